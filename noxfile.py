@@ -1,0 +1,113 @@
+"""Test sessions for the qvgen monorepo.
+
+`nox` runs every default session: each package alone (`tests(quant)` ... `tests(eval)`), `integration`,
+`lint`, `typecheck` and `demo`. `nox -s vbench` (not a default) runs the real VBench package in its own venv.
+Every install goes through `-c constraints.txt`, which pins the CPU build of torch that lies on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+PACKAGES = ROOT / "packages"
+CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
+PYTHON = "3.11"
+SIBLING_MODULES = {
+    "quant": "qvgen.quant",
+    "aux": "qvgen.auxiliary",
+    "data": "qvgen.data",
+    "models": "qvgen.models",
+    "train": "qvgen.train",
+    "eval": "qvgen.eval",
+    "demo": "qvgen.demo",
+}
+LIBRARY_PACKAGES = ["quant", "aux", "data", "models", "train", "eval"]
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = False
+nox.options.sessions = [
+    *(f"tests({p})" for p in LIBRARY_PACKAGES),
+    "integration",
+    "lint",
+    "typecheck",
+    "demo",
+]
+TEST_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def declared_qvgen_deps(short: str) -> list[str]:
+    """The qvgen-* packages that packages/qvgen-<short> declares, transitively, itself first."""
+    meta = tomllib.loads((PACKAGES / f"qvgen-{short}" / "pyproject.toml").read_text())
+    out = [short]
+    for dep in meta["project"]["dependencies"]:
+        name = dep.split(";")[0].split("[")[0].strip()
+        if name.startswith("qvgen-"):
+            for sub in declared_qvgen_deps(name.removeprefix("qvgen-")):
+                if sub not in out:
+                    out.append(sub)
+    return out
+
+
+def install_local(session: nox.Session, shorts: list[str], extras: tuple[str, ...] = ()) -> None:
+    """Install the given packages editable from packages/, all in one pip call, pinned by constraints."""
+    paths: list[str] = []
+    for short in shorts:
+        paths += ["-e", str(PACKAGES / f"qvgen-{short}")]
+    session.install(*CONSTRAINTS, "pytest", *extras, *paths)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("package", LIBRARY_PACKAGES, ids=LIBRARY_PACKAGES)
+def tests(session: nox.Session, package: str) -> None:
+    """One package alone: a fresh venv with only it and its declared qvgen dependencies."""
+    closure = declared_qvgen_deps(package)
+    install_local(session, closure)
+    undeclared = [SIBLING_MODULES[s] for s in SIBLING_MODULES if s not in closure]
+    session.run(
+        "python",
+        "-c",
+        "import importlib.util, sys\n"
+        f"bad = [m for m in {undeclared!r} if importlib.util.find_spec(m) is not None]\n"
+        "sys.exit(f'undeclared qvgen packages importable: {bad}' if bad else 0)",
+    )
+    session.run("python", "-c", f"import {SIBLING_MODULES[package]}")
+    session.run("pytest", str(PACKAGES / f"qvgen-{package}" / "tests"), *session.posargs, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def integration(session: nox.Session) -> None:
+    """Cross-package tests: every package installed together."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"])
+    session.run("pytest", str(ROOT / "tests" / "integration"), *session.posargs, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff check + format check, and no qvgen/__init__.py (the namespace is PEP 420)."""
+    session.install(*CONSTRAINTS, "-r", str(ROOT / "requirements-dev.txt"))
+    stray = sorted(str(p.relative_to(ROOT)) for p in PACKAGES.glob("*/src/qvgen/__init__.py"))
+    if stray:
+        session.error(f"qvgen is a PEP 420 namespace; delete {stray}")
+    session.run("ruff", "check", str(ROOT))
+    session.run("ruff", "format", "--check", str(ROOT))
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy over every package's src/."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"], extras=("-r", str(ROOT / "requirements-dev.txt")))
+    srcs = [str(p) for p in sorted(PACKAGES.glob("*/src"))]
+    session.run("mypy", *srcs, env={"MYPYPATH": os.pathsep.join(srcs)})
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The README's first command: the main job end to end on the embedded tiny default."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"])
+    args = session.posargs or []
+    session.run("qvgen", "demo", *args, env=TEST_ENV)
