@@ -1,3 +1,66 @@
-"""Quantizers for QVGen: LSQ+ weights, clipped per-token activations, real low-bit export (torchao)."""
+"""Fake quantization for QVGen QAT: LSQ+ weights, clipped per-token activations grouped by timestep."""
 
-__all__: list[str] = []
+from qvgen.quant.api import (
+    QuantParams,
+    QVGenFakeQuantConfig,
+    initialize_,
+    plan_quantization,
+    prepare_,
+    quant_parameter_groups,
+    quantized_layers,
+)
+from qvgen.quant.config import (
+    ActivationQuantConfig,
+    ClippedDynamicActivation,
+    LSQPlusWeight,
+    MinMaxWeight,
+    NoActivationQuant,
+    QuantConfig,
+    RoleOverride,
+    WeightQuantConfig,
+)
+from qvgen.quant.fake_quant import (
+    ActivationQuantizer,
+    WeightQuantizer,
+    activation_qparams,
+    fake_quantize_activation,
+    fake_quantize_weight,
+    minmax_weight_range,
+    mse_weight_range,
+)
+from qvgen.quant.linear import QuantLinear
+from qvgen.quant.roles import LayerRole, matches_any, resolve_role
+from qvgen.quant.timestep import TimestepContext, attach_timestep_context_, set_timesteps_, timestep_context
+
+__all__ = [
+    "ActivationQuantConfig",
+    "ActivationQuantizer",
+    "ClippedDynamicActivation",
+    "LSQPlusWeight",
+    "LayerRole",
+    "MinMaxWeight",
+    "NoActivationQuant",
+    "QVGenFakeQuantConfig",
+    "QuantConfig",
+    "QuantLinear",
+    "QuantParams",
+    "RoleOverride",
+    "TimestepContext",
+    "WeightQuantConfig",
+    "WeightQuantizer",
+    "activation_qparams",
+    "attach_timestep_context_",
+    "fake_quantize_activation",
+    "fake_quantize_weight",
+    "initialize_",
+    "matches_any",
+    "minmax_weight_range",
+    "mse_weight_range",
+    "plan_quantization",
+    "prepare_",
+    "quant_parameter_groups",
+    "quantized_layers",
+    "resolve_role",
+    "set_timesteps_",
+    "timestep_context",
+]

@@ -1,0 +1,240 @@
+"""Weight (LSQ+ / min-max) and activation (clipped dynamic per-token) fake quantizers.
+
+All arithmetic runs in float32 (float64 if the input is float64), whatever the model dtype (method.md
+B12); results are cast back by the caller.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, assert_never
+
+import torch
+from torch import Tensor, nn
+
+from qvgen.quant._torchao_compat import ste_round
+from qvgen.quant.config import ClippedDynamicActivation, LSQPlusWeight, MinMaxWeight
+from qvgen.quant.timestep import TimestepContext
+
+SCALE_EPS = 1e-9
+"""Lower bound of every scale (method.md §3.3, §4.1)."""
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 for float64 input, float32 for everything else (bf16/fp16/fp32)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def grad_scale(t: Tensor, g: float) -> Tensor:
+    """Same value as `t`, gradient multiplied by `g` (LSQ)."""
+    return (t - t * g).detach() + t * g
+
+
+def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
+    """LSQ+ quantize-dequantize `s * (clamp(round_ste(w/s + z), 0, P) - z)` per row (real-valued z)."""
+    qmax = 2**bits - 1
+    q = torch.clamp(ste_round(w / scale + zero_point), 0, qmax)
+    return scale * (q - zero_point)
+
+
+def mse_weight_range(
+    w: Tensor, bits: int, *, grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4
+) -> tuple[Tensor, Tensor]:
+    """Per-row (scale, zero point) `[out, 1]` by the shrink grid search of method.md §3.3.
+
+    Candidates p = 1 - k/grid for k < int(max_shrink*grid); the first k with the strictly smallest
+    sum |Q(W) - W|**norm wins, so ties go to the largest p. Vectorised over rows.
+    """
+    w = w.detach().to(compute_dtype(w))
+    qmax = 2**bits - 1
+    w_min = w.amin(dim=1, keepdim=True)
+    w_max = w.amax(dim=1, keepdim=True)
+    best_err = torch.full_like(w_min, math.inf)
+    best_scale = torch.empty_like(w_min)
+    best_zero = torch.empty_like(w_min)
+    for k in range(int(max_shrink * grid)):
+        p = 1.0 - k / grid
+        lo, hi = p * w_min, p * w_max
+        scale = ((hi - lo) / qmax).clamp_min(SCALE_EPS)
+        zero = -lo / scale
+        q = torch.clamp(torch.round(w / scale + zero), 0, qmax)
+        err = (scale * (q - zero) - w).abs().pow(norm).sum(dim=1, keepdim=True)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def minmax_weight_range(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Per-row (scale, zero point) `[out, 1]` from the full min/max range (the p = 1 point of the search)."""
+    w = w.detach().to(compute_dtype(w))
+    qmax = 2**bits - 1
+    lo = w.amin(dim=1, keepdim=True)
+    hi = w.amax(dim=1, keepdim=True)
+    scale = ((hi - lo) / qmax).clamp_min(SCALE_EPS)
+    return scale, -lo / scale
+
+
+class WeightQuantizer(nn.Module):
+    """Per-output-channel asymmetric weight fake quantizer with learnable `scale`/`zero_point` `[out, 1]`.
+
+    `method="lsq_plus"`: MSE-initialised, s and z trainable with LSQ gradient scaling.
+    `method="minmax"`: min/max range, s and z frozen (round-to-nearest baseline).
+    """
+
+    def __init__(
+        self,
+        out_features: int,
+        in_features: int,
+        cfg: LSQPlusWeight | MinMaxWeight,
+        *,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.bits = cfg.bits
+        self.in_features = in_features
+        self.cfg = cfg
+        match cfg:
+            case LSQPlusWeight():
+                self.method: Literal["lsq_plus", "minmax"] = "lsq_plus"
+                learnable, use_grad_scale = True, cfg.grad_scaling
+            case MinMaxWeight():
+                self.method = "minmax"
+                learnable, use_grad_scale = False, False
+            case _:
+                assert_never(cfg)
+        self.grad_scale_factor: float | None = (
+            1.0 / math.sqrt(in_features * (2**cfg.bits - 1)) if use_grad_scale else None
+        )
+        self.scale = nn.Parameter(
+            torch.ones(out_features, 1, device=device, dtype=torch.float32), requires_grad=learnable
+        )
+        self.zero_point = nn.Parameter(
+            torch.zeros(out_features, 1, device=device, dtype=torch.float32), requires_grad=learnable
+        )
+        self.initialized = False
+
+    @property
+    def qmax(self) -> int:
+        return 2**self.bits - 1
+
+    @torch.no_grad()
+    def initialize_(self, weight: Tensor) -> None:
+        """Set scale/zero point from `weight` (MSE search or min-max); the caller validates the weight."""
+        match self.cfg:
+            case LSQPlusWeight():
+                s, z = mse_weight_range(
+                    weight, self.bits, grid=self.cfg.grid, max_shrink=self.cfg.max_shrink, norm=self.cfg.norm
+                )
+            case MinMaxWeight():
+                s, z = minmax_weight_range(weight, self.bits)
+            case _:
+                assert_never(self.cfg)
+        self.scale.copy_(s)
+        self.zero_point.copy_(z)
+        self.initialized = True
+
+    def forward(self, weight: Tensor) -> Tensor:
+        dtype = compute_dtype(weight)
+        s, z = self.scale.to(dtype), self.zero_point.to(dtype)
+        if self.grad_scale_factor is not None:
+            s, z = grad_scale(s, self.grad_scale_factor), grad_scale(z, self.grad_scale_factor)
+        return fake_quantize_weight(weight.to(dtype), s, z, self.bits)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "scale" in state_dict and prefix + "zero_point" in state_dict:
+            self.initialized = True
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, bits={self.bits}, initialized={self.initialized}"
+
+
+def activation_qparams(x: Tensor, clip_lo: Tensor, clip_hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """Per-token (scale, integer zero point) `[..., 1]` of method.md §4.1 with clip factors broadcast to x.
+
+    lo = clip_lo * min(x), hi = clip_hi * max(x), s = max((hi-lo)/P, 1e-9), z = clamp(-round(lo/s), 0, P).
+    The zero point carries no gradient; the clip factors get theirs through s.
+    """
+    qmax = 2**bits - 1
+    lo = clip_lo * x.amin(dim=-1, keepdim=True)
+    hi = clip_hi * x.amax(dim=-1, keepdim=True)
+    scale = ((hi - lo) / qmax).clamp_min(SCALE_EPS)
+    zero = torch.clamp(-torch.round(lo / scale), 0, qmax).detach()
+    return scale, zero
+
+
+def fake_quantize_activation(x: Tensor, clip_lo: Tensor, clip_hi: Tensor, bits: int) -> Tensor:
+    """Dynamic per-token asymmetric quantize-dequantize `s * (clamp(round_ste(x/s) + z, 0, P) - z)`."""
+    scale, zero = activation_qparams(x, clip_lo, clip_hi, bits)
+    q = torch.clamp(ste_round(x / scale) + zero, 0, 2**bits - 1)
+    return scale * (q - zero)
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class ActivationQuantizer(nn.Module):
+    """Clipped dynamic per-token activation fake quantizer with one clip logit pair per timestep group.
+
+    `clip_logit_lo`/`clip_logit_hi` `[G]` are learnable; sigmoid gives the clip factors. The group of each
+    sample comes from the shared `TimestepContext` (set by `attach_timestep_context_`); with G = 1 no
+    timestep is needed.
+    """
+
+    def __init__(self, cfg: ClippedDynamicActivation, *, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.bits = cfg.bits
+        self.groups = cfg.groups
+        self.group_mode: Literal["bin", "mod"] = cfg.group_mode
+        init = _logit(cfg.clip_init)
+        self.clip_logit_lo = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
+        self.clip_logit_hi = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
+        self.context: TimestepContext | None = None
+
+    def clip_factors(self) -> tuple[Tensor, Tensor]:
+        """The per-group clip factors (sigmoid of the logits), float32 `[G]` each."""
+        return torch.sigmoid(self.clip_logit_lo.float()), torch.sigmoid(self.clip_logit_hi.float())
+
+    def group_index(self) -> Tensor:
+        """Per-sample group indices `[B]` (long) for the current call; `[0]` when G == 1."""
+        if self.groups == 1:
+            return torch.zeros(1, dtype=torch.long, device=self.clip_logit_lo.device)
+        if self.context is None:
+            raise RuntimeError(
+                "activation quantizer has no timestep context: call `qvgen.quant.attach_timestep_context_(model)` "
+                "(done by `prepare_`) or `qvgen.quant.set_timesteps_(model, t)`"
+            )
+        return self.context.group_index(self.groups, self.group_mode).to(self.clip_logit_lo.device)
+
+    def sample_clips(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Clip factors (lo, hi) gathered per sample and shaped to broadcast over `x`'s tokens."""
+        g = self.group_index()
+        batch = g.shape[0]
+        if x.dim() >= 2 and x.shape[0] == batch:
+            shape = (batch,) + (1,) * (x.dim() - 1)
+        elif batch == 1:
+            shape = (1,) * x.dim()
+        else:
+            raise ValueError(
+                f"activation of shape {tuple(x.shape)} does not start with the batch size {batch} of the "
+                "timesteps; pass one timestep per sample (shape [B]) or a single one"
+            )
+        lo, hi = self.clip_factors()
+        return lo[g].reshape(shape), hi[g].reshape(shape)
+
+    def qparams(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-token (scale, integer-valued zero point) `[..., 1]` in float32 (float64 for float64 x)."""
+        xc = x.to(compute_dtype(x))
+        lo, hi = self.sample_clips(xc)
+        return activation_qparams(xc, lo.to(xc.dtype), hi.to(xc.dtype), self.bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xc = x.to(compute_dtype(x))
+        lo, hi = self.sample_clips(xc)
+        return fake_quantize_activation(xc, lo.to(xc.dtype), hi.to(xc.dtype), self.bits).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, groups={self.groups}, group_mode={self.group_mode}"

@@ -1,0 +1,109 @@
+"""`QuantLinear`: the fake-quantized Linear used during QAT, with a slot for the auxiliary branch Φ."""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qvgen.quant.config import ClippedDynamicActivation, NoActivationQuant, QuantConfig
+from qvgen.quant.fake_quant import ActivationQuantizer, WeightQuantizer
+from qvgen.quant.roles import LayerRole
+
+
+class QuantLinear(nn.Module):
+    """Linear with fake-quantized input activations and weights: `F.linear(Qa(x), Qw(W) + Φ, b)`.
+
+    `weight` is the latent float weight `[out, in]`. `lowrank`, when set by qvgen-aux, is a module whose
+    call returns an `[out, in]` tensor added to `Qw(W)` before the single matmul, so Φ sees `Qa(x)`.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        *,
+        weight_quantizer: WeightQuantizer,
+        act_quantizer: ActivationQuantizer | nn.Identity,
+        role: LayerRole = LayerRole.other,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype)) if bias else None
+        self.weight_quantizer = weight_quantizer
+        self.act_quantizer = act_quantizer
+        self.role = LayerRole(role)
+        self.lowrank: nn.Module | None
+        self.register_module("lowrank", None)
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, cfg: QuantConfig, role: LayerRole = LayerRole.other
+    ) -> QuantLinear:
+        """A QuantLinear sharing `linear`'s weight and bias Parameters; call `initialize_` before use."""
+        weight_cfg, act_cfg = cfg.for_role(LayerRole(role))
+        device = linear.weight.device
+        act_quantizer: ActivationQuantizer | nn.Identity
+        match act_cfg:
+            case ClippedDynamicActivation():
+                act_quantizer = ActivationQuantizer(act_cfg, device=device)
+            case NoActivationQuant():
+                act_quantizer = nn.Identity()
+            case _:
+                assert_never(act_cfg)
+        new = cls(
+            linear.in_features,
+            linear.out_features,
+            linear.bias is not None,
+            weight_quantizer=WeightQuantizer(
+                linear.out_features, linear.in_features, weight_cfg, device=device
+            ),
+            act_quantizer=act_quantizer,
+            role=role,
+            device="meta",  # weight and bias are replaced by linear's own Parameters below
+        )
+        new.weight = linear.weight
+        new.bias = linear.bias
+        return new
+
+    def to_linear(self) -> nn.Linear:
+        """A plain `nn.Linear` with the latent weight and bias (Φ and the quantizers are dropped)."""
+        with torch.device("meta"):
+            linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        linear.weight = self.weight
+        linear.bias = self.bias
+        return linear
+
+    def _check_initialized(self) -> None:
+        if not self.weight_quantizer.initialized:
+            raise RuntimeError(
+                f"QuantLinear ({self.role}, {self.out_features}x{self.in_features}) has no weight range yet: "
+                "call `qvgen.quant.initialize_(model)` after `prepare_` and before the forward / optimizer"
+            )
+
+    def quantized_weight(self) -> Tensor:
+        """Qw(W) in float32 (float64 for a float64 model), detached, without Φ."""
+        self._check_initialized()
+        with torch.no_grad():
+            return self.weight_quantizer(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_initialized()
+        xq = self.act_quantizer(x)
+        w = self.weight_quantizer(self.weight)
+        if self.lowrank is not None:
+            w = w + self.lowrank()
+        return F.linear(xq, w.to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, role={self.role}"
+        )

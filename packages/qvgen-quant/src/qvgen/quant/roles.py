@@ -1,0 +1,42 @@
+"""Layer roles: how a model family names the job of each Linear, in quant's terms."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+
+class LayerRole(StrEnum):
+    """The job of one `nn.Linear` inside a video DiT (families map module-name globs to these)."""
+
+    attn_q = "attn_q"
+    attn_k = "attn_k"
+    attn_v = "attn_v"
+    attn_qkv = "attn_qkv"
+    attn_out = "attn_out"
+    cross_q = "cross_q"
+    cross_k = "cross_k"
+    cross_v = "cross_v"
+    cross_kv = "cross_kv"
+    cross_out = "cross_out"
+    ffn_up = "ffn_up"
+    ffn_down = "ffn_down"
+    time_embed = "time_embed"
+    modulation = "modulation"
+    text_proj = "text_proj"
+    proj_out = "proj_out"
+    other = "other"
+
+
+def matches_any(name: str, globs: Iterable[str]) -> bool:
+    """Whether a module name matches any fnmatch glob (case-sensitive)."""
+    return any(fnmatch.fnmatchcase(name, g) for g in globs)
+
+
+def resolve_role(name: str, layer_roles: Mapping[str, LayerRole]) -> LayerRole:
+    """The role of the first glob in `layer_roles` (insertion order) matching `name`; `other` if none."""
+    for glob, role in layer_roles.items():
+        if fnmatch.fnmatchcase(name, glob):
+            return LayerRole(role)
+    return LayerRole.other
