@@ -3,6 +3,7 @@
 from qvgen.data.config import (
     Bucket,
     FpsSampling,
+    FrameSampling,
     IngestConfig,
     LoaderConfig,
     OnError,
@@ -10,6 +11,27 @@ from qvgen.data.config import (
     WriterConfig,
 )
 from qvgen.data.encoder import LatentMoments, TextEmbeddings, VideoEncoder
+from qvgen.data.ingest import (
+    BadSampleError,
+    VideoRecord,
+    nearest_bucket,
+    read_caption_table,
+    read_video,
+    resize_center_crop,
+)
+from qvgen.data.procedural import (
+    COLOURS,
+    DIRECTIONS,
+    SHAPES,
+    MovingShape,
+    ProceduralClip,
+    caption_for,
+    encode_mp4,
+    make_clip,
+    render,
+    write_procedural_dataset,
+)
+from qvgen.data.reader import make_loader, make_pipeline
 from qvgen.data.schema import (
     BucketStats,
     LatentBatch,
@@ -19,16 +41,25 @@ from qvgen.data.schema import (
     SkippedSample,
     read_manifest,
 )
+from qvgen.data.writer import EncodedSample, WriteSummary, finalize_manifest, write_shards
 
 __all__ = [
+    "COLOURS",
+    "DIRECTIONS",
+    "SHAPES",
+    "BadSampleError",
     "Bucket",
     "BucketStats",
+    "EncodedSample",
     "FpsSampling",
+    "FrameSampling",
     "IngestConfig",
     "LatentBatch",
     "LatentMoments",
     "LoaderConfig",
+    "MovingShape",
     "OnError",
+    "ProceduralClip",
     "ShardFormatError",
     "ShardInfo",
     "ShardManifest",
@@ -36,6 +67,21 @@ __all__ = [
     "TextEmbeddings",
     "UniformSampling",
     "VideoEncoder",
+    "VideoRecord",
+    "WriteSummary",
     "WriterConfig",
+    "caption_for",
+    "encode_mp4",
+    "finalize_manifest",
+    "make_clip",
+    "make_loader",
+    "make_pipeline",
+    "nearest_bucket",
+    "read_caption_table",
     "read_manifest",
+    "read_video",
+    "render",
+    "resize_center_crop",
+    "write_procedural_dataset",
+    "write_shards",
 ]

@@ -48,7 +48,7 @@ FrameSampling = Annotated[UniformSampling | FpsSampling, Field(discriminator="ki
 
 
 class IngestConfig(_Frozen):
-    """Where the source clips and captions are and how they become pixel tensors."""
+    """Where the source clips and their captions are."""
 
     captions: Path
     """Caption table, `.csv` or `.jsonl` (OpenVid-1M layout: one row per clip)."""
@@ -58,15 +58,14 @@ class IngestConfig(_Frozen):
     caption_column: str = "caption"
     id_column: str | None = None
     """Column holding a stable sample id; default: the video column's value."""
-    buckets: Annotated[tuple[Bucket, ...], Field(min_length=1)] = (Bucket(frames=49, height=480, width=832),)
-    """Each clip goes to the bucket whose aspect ratio is nearest its own, then is resized and cropped."""
-    sampling: FrameSampling = UniformSampling()
-    on_error: OnError = "raise"
 
 
 class WriterConfig(_Frozen):
     """How latent shards are written."""
 
+    buckets: Annotated[tuple[Bucket, ...], Field(min_length=1)] = (Bucket(frames=49, height=480, width=832),)
+    """Each video file goes to the bucket nearest its aspect ratio, then is resized and centre-cropped."""
+    sampling: FrameSampling = UniformSampling()
     samples_per_shard: Annotated[int, Field(ge=1)] = 64
     """Bounds the shard size: samples_per_shard × per-sample bytes (Wan 1.3B, 49×480×832: ~9.4 MB/sample)."""
     store_logvar: bool = True
@@ -77,6 +76,7 @@ class WriterConfig(_Frozen):
     family: str | None = None
     """Model family recorded in the manifest ("wan", "cogvideox")."""
     on_error: OnError = "raise"
+    """Unreadable video, empty caption: stop naming the sample, or skip it and count it in the manifest."""
 
 
 class LoaderConfig(_Frozen):

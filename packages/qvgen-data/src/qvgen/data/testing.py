@@ -50,7 +50,7 @@ class FakeEncoder:
     def encode_videos(self, videos: Tensor) -> LatentMoments:
         if videos.ndim != 5 or videos.shape[1] != 3:
             raise ValueError(f"FakeEncoder expects videos (B, 3, F, H, W); got {tuple(videos.shape)}")
-        b, _, f, h, w = videos.shape
+        b, _, _, h, w = videos.shape
         s = self.spatial_stride
         if h % s or w % s:
             raise ValueError(f"FakeEncoder needs H and W divisible by {s}; got {h}×{w}")
