@@ -1,0 +1,213 @@
+"""`RunConfig`: one training run, validated at the edge (YAML file + `--set` overrides)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from qvgen.auxiliary import AuxConfig, validate_against_steps
+from qvgen.data import LoaderConfig
+from qvgen.models import ModelSpec
+from qvgen.quant import QuantConfig
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not validate; the CLI prints it and exits 2."""
+
+
+class LearningRates(_Frozen):
+    """One learning rate per optimizer parameter group (method.md §8.1)."""
+
+    weights: Annotated[float, Field(ge=0)] = 3e-5
+    """Latent full-precision weights of quantized linears."""
+    weight_qparams: Annotated[float, Field(ge=0)] = 3e-5
+    """Weight quantizer scale and zero point."""
+    act_clip: Annotated[float, Field(ge=0)] = 1e-2
+    """Activation clipping logits."""
+    phi: Annotated[float, Field(ge=0)] = 3e-5
+    """The auxiliary low-rank branches Φ (L, R)."""
+    other: Annotated[float, Field(ge=0)] = 3e-5
+    """Every other trainable parameter: biases, norms, patch embedding, modulation tables."""
+
+
+class OptimConfig(_Frozen):
+    """AdamW over explicit parameter groups, linear warm-up then cosine to zero."""
+
+    lr: LearningRates = LearningRates()
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    """Applied to every group, quantizer parameters and Φ included (as in the reference scripts)."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_fraction: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Linear warm-up length as a fraction of `train.max_steps` (rounded): 267 of 2667, 200 of 2000."""
+
+
+class TrainConfig(_Frozen):
+    """The loop: length, precision, objective, randomness."""
+
+    max_steps: Annotated[int, Field(ge=0)]
+    """Optimizer steps; 0 means post-training quantization only (calibrate, export)."""
+    grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
+    """Global gradient-norm clip; null disables it."""
+    gradient_checkpointing: bool = False
+    """Block-level activation checkpointing of the student (one level only, method.md B9)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """accelerate autocast for the student; quantizer arithmetic stays float32 inside qvgen.quant."""
+    caption_dropout: Annotated[float, Field(ge=0, le=1)] = 0.05
+    """Probability that a whole batch is trained on the empty prompt (teacher sees the same)."""
+    loss_target: Literal["teacher", "data"] = "teacher"
+    """teacher: MSE to the full-precision teacher on the same noisy input; data: the family's target."""
+    seed: int = 42
+    """Model-independent seed; each process draws its timesteps and noise from `seed + rank` (B3)."""
+
+
+class ValidationConfig(_Frozen):
+    """Sample short clips with the student every N steps and write them as mp4."""
+
+    every_n_steps: Annotated[int, Field(ge=1)] = 200
+    prompts: Annotated[tuple[str, ...], Field(min_length=1)] = ("a red square moves left",)
+    num_frames: Annotated[int, Field(ge=1)] = 9
+    height: Annotated[int, Field(ge=16)] = 64
+    width: Annotated[int, Field(ge=16)] = 64
+    num_inference_steps: Annotated[int, Field(ge=1)] = 4
+    guidance_scale: Annotated[float, Field(ge=1)] = 5.0
+    fps: Annotated[int, Field(ge=1)] = 8
+
+
+class LoggingConfig(_Frozen):
+    """Where metrics go: console progress bar, JSONL file, optionally TensorBoard."""
+
+    every_n_steps: Annotated[int, Field(ge=1)] = 1
+    progress_bar: bool = True
+    tensorboard: bool = False
+    """Needs the `tensorboard` package; the JSONL log (`metrics.jsonl`) is always written."""
+    validation: ValidationConfig | None = None
+
+
+class CheckpointConfig(_Frozen):
+    """Periodic resumable checkpoints under `output_dir/checkpoints/step-<N>`."""
+
+    every_n_steps: Annotated[int, Field(ge=1)] | None = 200
+    """null: no intermediate checkpoints."""
+    keep_last: Annotated[int, Field(ge=1)] = 2
+    resume_from: Path | Literal["latest"] | None = None
+    """A checkpoint folder, `latest` (newest valid one under output_dir, or a fresh start), or null."""
+
+
+class ExportConfig(_Frozen):
+    """What is written at the end of the run."""
+
+    fake_quant: bool = True
+    """The trained fake-quant student (Φ gone) in qvgen-quant's manifest + safetensors format."""
+    deploy: bool = True
+    """The real low-bit student after `qvgen.quant.convert_`."""
+
+
+class RunConfig(_Frozen):
+    """A whole QVGen run. Baselines are configs: PTQ (max_steps 0), LSQ QAT (aux null), QVGen (aux set)."""
+
+    schema_version: Literal[1] = 1
+    model: ModelSpec
+    """The family and checkpoint; `model.dtype` is the frozen teacher's dtype, the student trains in float32."""
+    quant: QuantConfig = QuantConfig()
+    aux: AuxConfig | None = None
+    """The auxiliary branches Φ and their rank decay; null trains plain QAT (the LSQ baseline)."""
+    data: LoaderConfig | None = None
+    """Latent shards; required when train.max_steps > 0. Its batch_size is the per-process batch."""
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig
+    logging: LoggingConfig = LoggingConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    export: ExportConfig = ExportConfig()
+    output_dir: Path
+    """Run folder: metrics.jsonl, checkpoints/, final/ and validation/."""
+
+    @model_validator(mode="after")
+    def _data_when_training(self) -> RunConfig:
+        if self.train.max_steps > 0 and self.data is None:
+            raise ValueError(
+                f"train.max_steps={self.train.max_steps} needs `data` (a qvgen.data LoaderConfig with "
+                "`shards:`); set train.max_steps=0 for post-training quantization without data"
+            )
+        if self.aux is not None:
+            validate_against_steps(self.aux, self.train.max_steps)  # Φ must be gone before the last step
+        if self.data is not None and self.data.mode != "train":
+            raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
+        return self
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node: Any = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            where = ".".join(keys[: i + 1])
+            raise ConfigError(f"{source}: `--set {dotted}`: `{where}` is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b.c=VALUE` → ("a.b.c", VALUE parsed as a YAML scalar)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError(
+            f"--set expects KEY=VALUE with a dotted key such as train.max_steps=4; got {item!r}"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
+    return key.strip(), value
+
+
+def _validate(data: Mapping[str, Any], source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid run config\n{e}") from e
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
+    """Apply `--set key=value` items to a resolved config and validate the result again."""
+    if not overrides:
+        return cfg
+    tree = cfg.model_dump(mode="json")
+    for item in overrides:
+        key, value = parse_override(item)
+        set_dotted(tree, key, value, source)
+    return _validate(tree, f"{source} (with {' '.join('--set ' + o for o in overrides)})")
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML run config, validate it, then apply `--set` overrides. Errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a run config is a YAML mapping (model:, train:, ...); got {type(data).__name__}"
+        )
+    cfg = _validate(data, str(path))
+    return apply_overrides(cfg, overrides, source=str(path))

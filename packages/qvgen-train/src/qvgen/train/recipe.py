@@ -1,0 +1,229 @@
+"""The QVGen recipe, top to bottom: `run(cfg)` distils a W4A4 student from its full-precision teacher.
+
+No Trainer class and no callbacks: every feature is a visible line below (house style §6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from torch import nn
+from tqdm.auto import tqdm
+
+from qvgen import auxiliary, quant
+from qvgen.data import LatentBatch, make_loader
+from qvgen.models import get_family
+from qvgen.train import checkpoint as ckpt
+from qvgen.train.config import RunConfig
+from qvgen.train.export import export_student
+from qvgen.train.loss import distill_loss
+from qvgen.train.optim import build_optimizer, build_scheduler
+from qvgen.train.prompts import empty_prompt
+from qvgen.train.validation import write_validation_clips
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a run produced. `losses` holds this process's loss at every step it trained (in order)."""
+
+    output_dir: Path
+    fake_quant_dir: Path | None
+    deploy_dir: Path | None
+    steps: int
+    losses: tuple[float, ...]
+    phi_rank: int | None
+
+
+def _vae_config(checkpoint: Path) -> dict[str, Any] | None:
+    path = checkpoint / "vae" / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _batches(loader: Any, skip: int) -> Iterator[LatentBatch]:
+    """The loader's stream from batch `skip` on (the data position of a resumed run)."""
+    it = iter(loader)
+    for _ in range(skip):
+        next(it)
+    yield from it
+
+
+def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.TrainState] | None:
+    where = cfg.checkpoint.resume_from
+    if where is None:
+        return None
+    path = ckpt.latest_checkpoint(cfg.output_dir / "checkpoints") if where == "latest" else Path(where)
+    if path is None:
+        return None
+    state = ckpt.verify_checkpoint(path)
+    ckpt.check_compatible(path, state, cfg.model_dump(mode="json"), accelerator.num_processes)
+    return path, state
+
+
+def run(cfg: RunConfig) -> RunResult:
+    """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`."""
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the world size
+        log_with="tensorboard" if cfg.logging.tensorboard else None,
+        project_dir=str(cfg.output_dir),
+    )
+    family = get_family(cfg.model.family)
+    if cfg.model.checkpoint is None:
+        raise ValueError("model.checkpoint: set the local diffusers folder of the model to quantize")
+    device, rank = accelerator.device, accelerator.process_index
+    resume = _resume_point(cfg, accelerator)
+    start = resume[1].step if resume is not None else 0
+
+    # 1. Teacher: frozen, eval, its own dtype. Student: the same checkpoint in float32 master weights.
+    teacher = family.load_transformer(cfg.model.checkpoint, dtype=cfg.model.dtype).to(device)
+    teacher.eval().requires_grad_(False)
+    student = family.load_transformer(cfg.model.checkpoint, dtype="float32").train()
+
+    # 2. Quantize and calibrate (fp32, before anything is wrapped), then attach Φ from SVD(W − Q(W)).
+    quant.prepare_(
+        student, cfg.quant, layer_roles=family.layer_roles, keep_high_precision=family.keep_high_precision
+    )
+    quant.initialize_(student, progress=accelerator.is_main_process)
+    branches = auxiliary.attach_(student, cfg.aux) if cfg.aux is not None else None
+    if branches is not None and start > 0:  # Φ's shapes as the checkpoint saw them (end of step start-1)
+        auxiliary.apply_(branches, auxiliary.rank_at(start - 1, cfg.aux.decay), None)
+    if cfg.train.gradient_checkpointing:
+        student.enable_gradient_checkpointing()  # block level only (method.md B9)
+
+    # 3. Optimizer groups, schedule, accelerate. The loader splits by node/worker itself (qvgen.data),
+    #    so it is not handed to accelerate (which would shard it a second time).
+    optimizer = build_optimizer(student, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    generator = torch.Generator().manual_seed(cfg.train.seed + rank)  # every rank its own draws (B3)
+    generators = {"sampling": generator}
+    data_batches = 0
+    if resume is not None:
+        ckpt.load_checkpoint(accelerator, resume[0], generators)
+        data_batches = resume[1].data_batches
+        log.info(f"resumed from {resume[0]} at step {start}", main_process_only=True)
+
+    losses: list[float] = []
+    if start < cfg.train.max_steps:
+        assert cfg.data is not None  # RunConfig validates it
+        loader = make_loader(cfg.data, rank=rank, world_size=accelerator.num_processes)
+        batches = _batches(loader, data_batches)
+        vae_config = _vae_config(Path(cfg.model.checkpoint))
+        empty_text, empty_len = empty_prompt(cfg, family)
+        metrics_path = cfg.output_dir / "metrics.jsonl"
+        if accelerator.is_main_process:
+            metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        if cfg.logging.tensorboard:
+            accelerator.init_trackers("qvgen")
+        bar = tqdm(
+            range(start, cfg.train.max_steps), initial=start, total=cfg.train.max_steps,
+            disable=not (cfg.logging.progress_bar and accelerator.is_local_main_process), desc="train",
+        )  # fmt: skip
+        phi_rank = None
+        for step in bar:
+            # 4. Rank decay: γ for this step; re-SVD + shrink, or removal, on boundary steps.
+            if branches is not None:
+                assert cfg.aux is not None
+                state = auxiliary.rank_at(step, cfg.aux.decay)
+                changed = auxiliary.apply_(branches, state, optimizer.optimizer)
+                phi_rank = state.rank
+                if changed and accelerator.num_processes > 1:
+                    student, optimizer, scheduler = _rewrap(accelerator, student, optimizer, scheduler)
+
+            # 5. One batch: posterior sample, normalise, per-family timesteps and noise (this rank's RNG).
+            batch = next(batches)
+            data_batches += 1
+            latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
+            noise = torch.randn(latents.shape, generator=generator)
+            timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
+            x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
+            text, lengths = batch.text_embeddings.to(device).float(), batch.text_lengths.to(device)
+            if cfg.train.caption_dropout > 0 and bool(
+                torch.rand((), generator=generator) < cfg.train.caption_dropout
+            ):
+                text = empty_text.to(device).expand_as(text)  # whole batch, teacher sees the same (§7.2)
+                lengths = empty_len.to(device).expand_as(lengths)
+
+            # 6. Target: the frozen teacher on the same noisy input (or the data target), then MSE in fp32.
+            if cfg.train.loss_target == "teacher":
+                with torch.no_grad():
+                    tdtype = next(teacher.parameters()).dtype
+                    xt = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
+                    target = family.predict(teacher, xt, text.to(tdtype), lengths)
+            else:
+                target = x.target
+            with accelerator.autocast():
+                pred = family.predict(student, x, text, lengths)
+            loss = distill_loss(pred, target)
+            accelerator.backward(loss)
+            if cfg.train.grad_clip is not None:
+                accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # 7. Log, validate, checkpoint (outside the step's hot path).
+            done = step + 1
+            if done % cfg.logging.every_n_steps == 0 or done == cfg.train.max_steps:
+                value = loss.item()
+                losses.append(value)
+                lr = scheduler.get_last_lr()[0]
+                record = {"step": done, "loss": value, "lr": lr, "phi_rank": phi_rank}
+                bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", rank=phi_rank)
+                if accelerator.is_main_process:
+                    with metrics_path.open("a") as f:
+                        f.write(json.dumps(record) + "\n")
+                if cfg.logging.tensorboard:
+                    accelerator.log({"loss": value, "lr": lr, "phi_rank": phi_rank or 0}, step=done)
+            val = cfg.logging.validation
+            if val is not None and done % val.every_n_steps == 0 and accelerator.is_main_process:
+                write_validation_clips(family, cfg, accelerator.unwrap_model(student), done)
+            every = cfg.checkpoint.every_n_steps
+            if every is not None and done % every == 0 and done < cfg.train.max_steps:
+                ckpt.save_checkpoint(
+                    accelerator,
+                    cfg.output_dir / "checkpoints",
+                    ckpt.TrainState(
+                        step=done, world_size=accelerator.num_processes, data_batches=data_batches,
+                        phi_rank=phi_rank, config=cfg.model_dump(mode="json"),
+                    ),
+                    generators,
+                    cfg.checkpoint.keep_last,
+                )  # fmt: skip
+        bar.close()
+        accelerator.end_training()
+
+    # 8. Export: Φ must be gone; the fake-quant student (manifest + safetensors) and the real low-bit one.
+    final = accelerator.unwrap_model(student)
+    remaining = auxiliary.lowrank_parameters(final)
+    if remaining:
+        raise RuntimeError(
+            f"Φ still has {len(remaining)} parameters after {cfg.train.max_steps} steps; "
+            "the config validator should have caught this (aux.decay vs train.max_steps)"
+        )
+    fake_dir = deploy_dir = None
+    if accelerator.is_main_process:
+        fake_dir, deploy_dir = export_student(final, cfg)
+    accelerator.wait_for_everyone()
+    phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
+    return RunResult(cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
+
+
+def _rewrap(
+    accelerator: Accelerator, model: nn.Module, optimizer: Any, scheduler: Any
+) -> tuple[Any, Any, Any]:
+    """Re-prepare after Φ changed shape: DDP's reducer is bound to the parameters it was built with."""
+    inner = accelerator.unwrap_model(model)
+    opt, sched = optimizer.optimizer, scheduler.scheduler
+    accelerator.free_memory()
+    return accelerator.prepare(inner, opt, sched)
