@@ -1,0 +1,80 @@
+"""`PipelineEncoder`: qvgen.data's `VideoEncoder` over a family's VAE, tokenizer and text encoder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from qvgen.data import LatentMoments, TextEmbeddings
+
+
+def config_digest(*configs: Any) -> str:
+    """Short sha256 over JSON dumps of configs (identity of a checkpoint's encoders)."""
+    h = hashlib.sha256()
+    for cfg in configs:
+        as_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        as_dict = {k: v for k, v in as_dict.items() if not k.startswith("_")}
+        h.update(json.dumps(as_dict, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:12]
+
+
+class PipelineEncoder:
+    """Videos through the pipeline's VAE, prompts through the pipeline's own `encode_prompt`.
+
+    Videos (B, 3, F, H, W) in [-1, 1] → posterior mean and log-variance (B, C, F', H', W') in float32,
+    not normalised. Prompts → (B, `max_length`, D) embeddings exactly as the pipeline conditions on them,
+    and the number of real tokens (including ``</s>``) per prompt.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pipeline: Any,
+        max_length: int,
+        clean_prompt: Callable[[str], str] = lambda s: s,
+    ) -> None:
+        self.name = name
+        self.pipeline = pipeline
+        self.max_length = max_length
+        self._clean = clean_prompt
+
+    @torch.no_grad()
+    def encode_videos(self, videos: Tensor) -> LatentMoments:
+        if videos.ndim != 5 or videos.shape[1] != 3:
+            raise ValueError(
+                f"{self.name}: videos must be (B, 3, F, H, W) in [-1, 1]; got {tuple(videos.shape)}"
+            )
+        vae = self.pipeline.vae
+        param = next(vae.parameters())
+        dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
+        return LatentMoments(mean=dist.mean.float(), logvar=dist.logvar.float())
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> TextEmbeddings:
+        prompts = list(prompts)
+        if not prompts:
+            raise ValueError(f"{self.name}: encode_prompts got no prompts")
+        device = next(self.pipeline.text_encoder.parameters()).device
+        embeds, _ = self.pipeline.encode_prompt(
+            prompts,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.max_length,
+            device=device,
+        )
+        mask = self.pipeline.tokenizer(
+            [self._clean(p) for p in prompts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        ).attention_mask
+        lengths = mask.gt(0).sum(dim=1).to(device=embeds.device, dtype=torch.int64)
+        return TextEmbeddings(embeddings=embeds, lengths=lengths)

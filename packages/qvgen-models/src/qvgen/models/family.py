@@ -1,0 +1,145 @@
+"""The `ModelFamily` Protocol and the tensor bundles that cross it (`Components`, `NoisedInputs`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from qvgen.data import VideoEncoder
+from qvgen.models.spec import DType, ModelSpec
+from qvgen.quant import LayerRole
+
+
+@dataclass(frozen=True, slots=True)
+class Components:
+    """The five diffusers/transformers objects of a text-to-video checkpoint."""
+
+    transformer: nn.Module
+    vae: nn.Module
+    text_encoder: nn.Module
+    tokenizer: Any
+    scheduler: Any
+
+    def as_dict(self) -> dict[str, Any]:
+        """Keyword arguments for the family's diffusers pipeline constructor."""
+        return {
+            "transformer": self.transformer,
+            "vae": self.vae,
+            "text_encoder": self.text_encoder,
+            "tokenizer": self.tokenizer,
+            "scheduler": self.scheduler,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class NoisedInputs:
+    """One noised training batch, in the family's transformer layout.
+
+    `target` is the data target in the transformer's output space, so that
+    ``mse(predict(...), target)`` is the plain denoising loss: Wan's flow velocity ε − x0, CogVideoX's
+    v = √ᾱ·ε − √(1−ᾱ)·x0 (method.md §7.1 shows the x0-space loss weighted by 1/(1−ᾱ) equals this).
+    Exactly one of `sigma` (Wan, flow matching) and `alpha_bar` (CogVideoX, DDPM) is set, shape (B,).
+    """
+
+    hidden_states: Tensor
+    timestep: Tensor
+    target: Tensor
+    sigma: Tensor | None = None
+    alpha_bar: Tensor | None = None
+
+
+class ModelFamily(Protocol):
+    """Everything qvgen needs to know about one diffusers video model family.
+
+    `spec`, where a method takes one, must be this family's spec (None means the spec defaults).
+    """
+
+    name: str
+    layer_roles: Mapping[str, LayerRole]
+    """fnmatch glob over transformer module names → role; matches fused ``to_qkv``/``to_kv`` too."""
+    keep_high_precision: tuple[str, ...]
+    """Globs quantization leaves alone. Empty: the official recipe quantizes every Linear."""
+    latent_layout: str
+    """Layout of normalised latents as the transformer takes them: "BCFHW" (Wan) or "BFCHW" (CogVideoX)."""
+
+    def load(self, path: str | Path, dtype: DType | torch.dtype = "float32") -> Components:
+        """All components from a local diffusers folder."""
+        ...
+
+    def load_transformer(self, path: str | Path, dtype: DType | torch.dtype = "float32") -> nn.Module:
+        """Only the transformer, from a diffusers folder or its ``transformer/`` subfolder."""
+        ...
+
+    def encoder(self, components: Components, spec: ModelSpec | None = None) -> VideoEncoder:
+        """qvgen.data's `VideoEncoder` over this checkpoint's VAE and text encoder."""
+        ...
+
+    def normalize_latents(self, z: Tensor, vae_config: Mapping[str, Any] | None = None) -> Tensor:
+        """Raw VAE latents (B, C, F, H, W) → normalised latents in `latent_layout`."""
+        ...
+
+    def denormalize_latents(self, z: Tensor, vae_config: Mapping[str, Any] | None = None) -> Tensor:
+        """Inverse of `normalize_latents`: back to raw VAE latents (B, C, F, H, W)."""
+        ...
+
+    def sample_timesteps(
+        self, batch_size: int, generator: torch.Generator | None = None, spec: ModelSpec | None = None
+    ) -> Tensor:
+        """Training timesteps (B,) in the units the transformer takes."""
+        ...
+
+    def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
+        """Noise normalised latents to `timesteps` and state the data target."""
+        ...
+
+    def predict(
+        self,
+        transformer: nn.Module,
+        x: NoisedInputs,
+        text_embeddings: Tensor,
+        text_lengths: Tensor | None = None,
+    ) -> Tensor:
+        """The transformer's raw output for `x` (what the distillation loss compares)."""
+        ...
+
+    def pipeline(self, components: Components, spec: ModelSpec | None = None) -> Any:
+        """The diffusers sampling pipeline over `components`."""
+        ...
+
+    def sample_kwargs(self, components: Components, **overrides: Any) -> dict[str, Any]:
+        """Default keyword arguments for calling `pipeline(...)`, updated with `overrides`."""
+        ...
+
+    def build_tiny_components(self, seed: int = 0) -> Components:
+        """A tiny, randomly initialised, architecturally faithful checkpoint, built offline."""
+        ...
+
+    def save_tiny(self, out_dir: str | Path, seed: int = 0) -> Path:
+        """Write `build_tiny_components(seed)` as a diffusers folder (atomically); return its path."""
+        ...
+
+    def real_transformer_config(self) -> dict[str, Any]:
+        """Constructor arguments of the real transformer (Wan2.1-T2V-1.3B / CogVideoX-2B)."""
+        ...
+
+    def build_transformer_on_meta(self, config: Mapping[str, Any] | None = None) -> nn.Module:
+        """The transformer for `config` (default: the real one) on the meta device, without memory."""
+        ...
+
+
+def check_noising_batch(family: str, latents: Tensor, noise: Tensor, timesteps: Tensor) -> None:
+    """Shape checks shared by the families' `noised_inputs`."""
+    if latents.ndim != 5 or noise.shape != latents.shape:
+        raise ValueError(
+            f"{family}: latents and noise must share one 5-D shape; got {tuple(latents.shape)} and "
+            f"{tuple(noise.shape)}"
+        )
+    if timesteps.shape != (latents.shape[0],):
+        raise ValueError(
+            f"{family}: timesteps must be ({latents.shape[0]},), one per sample; got {tuple(timesteps.shape)}"
+        )

@@ -1,0 +1,36 @@
+"""Tiny checkpoints for any package's tests: built offline once per process, saved as diffusers folders."""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from qvgen.models.registry import get_family
+from qvgen.models.spec import ModelSpec
+
+_SPEC_ADAPTER: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
+
+
+@functools.cache
+def _cache_root() -> Path:
+    root = Path(tempfile.mkdtemp(prefix="qvgen-tiny-models-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
+@functools.cache
+def tiny_checkpoint(family: str, seed: int = 0) -> Path:
+    """The tiny `family` checkpoint as a diffusers folder, built on first use and cached for the process."""
+    return get_family(family).save_tiny(_cache_root() / f"{family}-seed{seed}", seed=seed)
+
+
+def tiny_spec(family: str, **overrides: Any) -> ModelSpec:
+    """A float32 `ModelSpec` pointing at `tiny_checkpoint(family)`; `overrides` set other spec fields."""
+    data = {"family": family, "checkpoint": tiny_checkpoint(family), "dtype": "float32", **overrides}
+    return _SPEC_ADAPTER.validate_python(data)
