@@ -58,6 +58,8 @@ def read_caption_table(cfg: IngestConfig) -> list[VideoRecord]:
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        raise ValueError(f"{path}: caption table must be .csv or .jsonl, not {path.suffix!r}")
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
