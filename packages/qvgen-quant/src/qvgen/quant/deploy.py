@@ -1,0 +1,250 @@
+"""`DeployLinear`: the real low-bit layer a trained `QuantLinear` becomes (packed int4 + integer GEMM).
+
+The weight is stored as packed int4 codes ``q_w`` in ``[0, P]`` with a per-row scale ``s_w`` and a
+real-valued per-row zero point ``z_w``, so ``W_q = s_w * (q_w - z_w)`` exactly as in the LSQ+ fake
+quantizer. Two targets:
+
+``w4a4``: the input is quantized per token like the fake quantizer (``x_q = s_x * (q_x - z_x)``, integer
+``q_x`` and ``z_x``, the same `ActivationQuantizer` module and timestep group), then with
+``w8 = q_w - c`` (``c = clamp(round(z_w), 0, P)``, so ``|w8| <= P``), ``d = z_w - c`` and
+``u = q_x - o`` (``o = z_x`` when ``u`` fits int8, else 128)::
+
+    y = s_x * s_w * ( u @ w8.T  -  d * rowsum(u)  +  (o - z_x) * (rowsum(w8) - K * d) ) + bias
+
+``u @ w8.T`` is the integer GEMM (`qvgen.quant.integer_gemm`); the other two terms are rank-1.
+
+``w4a16``: int4 weight-only kernels with bf16 activations (memory savings only).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from qvgen.quant.fake_quant import ActivationQuantizer
+from qvgen.quant.integer_gemm import (
+    PreparedInt4Weight,
+    PreparedInt8Weight,
+    int4_weight_only_mm,
+    int8_gemm,
+    prepare_int4_weight_only,
+    prepare_int8_weight,
+)
+from qvgen.quant.linear import QuantLinear
+from qvgen.quant.packing import CONTAINER_BITS, pack_int4, packed_columns, unpack_int4
+from qvgen.quant.roles import LayerRole
+
+DeployTarget = Literal["w4a4", "w4a16"]
+
+MAX_WEIGHT_BITS = CONTAINER_BITS
+"""Deploy weights use the int4 container: 2-4 bits."""
+
+
+class DeployLinear(nn.Module):
+    """Linear with packed int4 weights; ``w4a4`` runs an integer GEMM, ``w4a16`` int4 weight-only.
+
+    Buffers (the saved state): ``weight_packed`` uint8 ``[out, ceil(in/2)]``, ``weight_scale`` and
+    ``weight_zero_point`` float32 ``[out]``, ``bias`` float32 ``[out]`` (if any); for ``w4a4`` also
+    ``act_quantizer.clip_logit_lo/hi`` ``[G]``. The kernel form of the weight is built on first use per
+    device and cached (not saved).
+    """
+
+    weight_packed: Tensor
+    weight_scale: Tensor
+    weight_zero_point: Tensor
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool,
+        *,
+        weight_bits: int,
+        act_quantizer: ActivationQuantizer | None,
+        role: LayerRole = LayerRole.other,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        if not 2 <= weight_bits <= MAX_WEIGHT_BITS:
+            raise ValueError(
+                f"deploy weights need 2..{MAX_WEIGHT_BITS} bits (int4 container), got {weight_bits}"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight_bits = weight_bits
+        self.role = LayerRole(role)
+        self.target: DeployTarget = "w4a16" if act_quantizer is None else "w4a4"
+        self.act_quantizer = act_quantizer
+        if act_quantizer is not None:
+            act_quantizer.requires_grad_(False)
+        self.register_buffer(
+            "weight_packed",
+            torch.zeros(out_features, packed_columns(in_features), dtype=torch.uint8, device=device),
+        )
+        self.register_buffer("weight_scale", torch.ones(out_features, dtype=torch.float32, device=device))
+        self.register_buffer(
+            "weight_zero_point", torch.zeros(out_features, dtype=torch.float32, device=device)
+        )
+        self.bias: Tensor | None
+        if bias:
+            self.register_buffer("bias", torch.zeros(out_features, dtype=torch.float32, device=device))
+        else:
+            self.bias = None
+        self._kernel_cache: dict[tuple[str, int | None], Any] = {}
+
+    @property
+    def weight_qmax(self) -> int:
+        return 2**self.weight_bits - 1
+
+    @classmethod
+    @torch.no_grad()
+    def from_quant_linear(
+        cls, layer: QuantLinear, target: DeployTarget = "w4a4", *, name: str = ""
+    ) -> DeployLinear:
+        """The deploy form of a trained `QuantLinear` (Φ must be gone); ``name`` labels errors."""
+        label = (
+            f"layer {name!r}"
+            if name
+            else f"QuantLinear ({layer.role}, {layer.out_features}x{layer.in_features})"
+        )
+        if layer.lowrank is not None:
+            raise ValueError(
+                f"{label} still has the auxiliary branch Φ (`lowrank` is set): finish rank decay to rank 0 "
+                "(qvgen.auxiliary removes Φ) or set `layer.lowrank = None` before `convert_`"
+            )
+        wq = layer.weight_quantizer
+        if not wq.initialized:
+            raise ValueError(
+                f"{label} has no weight range: call `qvgen.quant.initialize_(model)` before `convert_`"
+            )
+        if wq.bits > MAX_WEIGHT_BITS:
+            raise ValueError(
+                f"{label} has {wq.bits}-bit weights; deploy layers store 2..{MAX_WEIGHT_BITS}-bit codes in an int4 "
+                "container: keep this layer in fake-quant or high precision (keep_high_precision)"
+            )
+        act: ActivationQuantizer | None = None
+        if target == "w4a4":
+            if not isinstance(layer.act_quantizer, ActivationQuantizer):
+                raise ValueError(
+                    f"{label} has no activation quantizer, so it cannot run W4A4: convert with target='w4a16'"
+                )
+            act = layer.act_quantizer
+        w = layer.weight.detach().float()
+        if not torch.isfinite(w).all():
+            raise ValueError(f"{label} has NaN/Inf in its weight; cannot export it")
+        scale = wq.scale.detach().float()
+        zero = wq.zero_point.detach().float()
+        # the same float ops as the fake quantizer, so the codes are exactly those it uses
+        codes = torch.clamp(torch.round(w / scale + zero), 0, wq.qmax)
+        new = cls(
+            layer.in_features,
+            layer.out_features,
+            layer.bias is not None,
+            weight_bits=wq.bits,
+            act_quantizer=act,
+            role=layer.role,
+            device=w.device,
+        )
+        new.weight_packed.copy_(pack_int4(codes.to(torch.uint8)))
+        new.weight_scale.copy_(scale.reshape(-1))
+        new.weight_zero_point.copy_(zero.reshape(-1))
+        if layer.bias is not None:
+            assert new.bias is not None
+            new.bias.copy_(layer.bias.detach().float())
+        return new
+
+    def weight_codes(self) -> Tensor:
+        """The unpacked integer weight codes ``[out, in]`` (uint8 in ``[0, P]``)."""
+        return unpack_int4(self.weight_packed, self.in_features)
+
+    def dequantized_weight(self) -> Tensor:
+        """``s_w * (q_w - z_w)`` in float32 (for checks; the forward never builds it on the int8 path)."""
+        return self.weight_scale[:, None] * (self.weight_codes().float() - self.weight_zero_point[:, None])
+
+    def weight_nbytes(self) -> int:
+        """Bytes of the stored weight: packed codes plus float32 scale and zero point per row."""
+        return sum(
+            t.numel() * t.element_size()
+            for t in (self.weight_packed, self.weight_scale, self.weight_zero_point)
+        )
+
+    # -- kernel cache ---------------------------------------------------------------------------------
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        self._kernel_cache = {}
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._kernel_cache = {}
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _int8_kernel(self, device: torch.device) -> tuple[PreparedInt8Weight, Tensor, Tensor]:
+        key = ("int8", device.index if device.type == "cuda" else None)
+        cached = self._kernel_cache.get(key)
+        if cached is None:
+            codes = self.weight_codes().to(torch.int16)
+            z = self.weight_zero_point
+            c = torch.clamp(torch.round(z), 0, self.weight_qmax)
+            w8 = (codes - c.to(torch.int16)[:, None]).to(torch.int8)
+            d = z - c
+            rowsum = w8.sum(dim=1, dtype=torch.int64).float()
+            s = self.weight_scale
+            # coefficient rows of the rank-1 corrections: rowsum(u) and (o - z_x)
+            coef = torch.stack([-s * d, s * (rowsum - self.in_features * d)]).to(device)
+            bias = self.bias.to(device) if self.bias is not None else torch.zeros(0, device=device)
+            cached = (prepare_int8_weight(w8, s, device), coef, bias)
+            self._kernel_cache[key] = cached
+        return cached  # type: ignore[no-any-return]
+
+    def _int4_kernel(self, device: torch.device) -> PreparedInt4Weight:
+        key = ("int4", device.index if device.type == "cuda" else None)
+        cached = self._kernel_cache.get(key)
+        if cached is None:
+            cached = prepare_int4_weight_only(
+                self.weight_codes(), self.weight_scale, self.weight_zero_point, device
+            )
+            self._kernel_cache[key] = cached
+        return cached  # type: ignore[no-any-return]
+
+    # -- forward --------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"DeployLinear ({self.role}) expects in_features={self.in_features}, got {tuple(x.shape)}"
+            )
+        lead = x.shape[:-1]
+        if self.target == "w4a16":
+            y = int4_weight_only_mm(x.reshape(-1, self.in_features), self._int4_kernel(x.device))
+            if self.bias is not None:
+                y = y + self.bias
+            return y.reshape(*lead, self.out_features).to(x.dtype)
+        return self._forward_w4a4(x).reshape(*lead, self.out_features).to(x.dtype)
+
+    def _forward_w4a4(self, x: Tensor) -> Tensor:
+        act = self.act_quantizer
+        assert act is not None
+        xc = x.float()
+        scale, zero = act.qparams(xc)  # per token [..., 1], the fake quantizer's own code
+        qmax = 2**act.bits - 1
+        q = torch.clamp(torch.round(xc / scale) + zero, 0, qmax)
+        k = self.in_features
+        q = q.reshape(-1, k)
+        scale = scale.reshape(-1, 1)
+        zero = zero.reshape(-1, 1)
+        # u = q - o must fit int8: o = z_x (then o - z_x = 0) for P <= 127, else 128
+        offset = zero if qmax <= 127 else torch.full_like(zero, 128.0)
+        u = q - offset
+        weight, coef, bias = self._int8_kernel(x.device)
+        y = int8_gemm(u, weight)
+        lhs = torch.cat([u.sum(dim=1, keepdim=True), offset - zero], dim=1)
+        y.addmm_(lhs, coef).mul_(scale)
+        if self.bias is not None:
+            y.add_(bias)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"target={self.target}, weight_bits={self.weight_bits}, role={self.role}"
+        )

@@ -1,0 +1,272 @@
+"""Real low-bit export: `convert_` a trained model to deploy layers, `save_quantized` / `load_quantized`.
+
+On disk a deploy model is a folder with ``model.safetensors`` (the whole state dict: packed int4 codes,
+scales, zero points and clip logits of each deploy layer, plus every tensor that stays high precision)
+and ``quant_manifest.json`` (`DeployManifest`). Loading never unpickles and checks every layer's tensors
+against the manifest before touching the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from qvgen.quant.config import ClippedDynamicActivation
+from qvgen.quant.deploy import DeployLinear, DeployTarget
+from qvgen.quant.fake_quant import ActivationQuantizer
+from qvgen.quant.linear import QuantLinear
+from qvgen.quant.manifest import (
+    MANIFEST_FILE,
+    TENSORS_FILE,
+    DeployLayer,
+    DeployManifest,
+    SourceModel,
+    jsonable_config,
+)
+from qvgen.quant.packing import packed_columns, unpack_int4
+from qvgen.quant.timestep import attach_timestep_context_, timestep_context
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
+
+
+def deployed_layers(model: nn.Module) -> dict[str, DeployLinear]:
+    """All `DeployLinear` modules of ``model`` by dotted name."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, DeployLinear)}
+
+
+def convert_(model: nn.Module, *, target: DeployTarget = "w4a4") -> dict[str, DeployLinear]:
+    """Replace every `QuantLinear` of ``model`` by its `DeployLinear` (packed int4 weight); return them.
+
+    ``target="w4a4"`` keeps each layer's activation quantizer and runs an integer GEMM;
+    ``"w4a16"`` drops it and runs int4 weight-only kernels. Φ must already be removed from every layer.
+    """
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    if not layers:
+        raise ValueError("convert_: the model has no QuantLinear; call `qvgen.quant.prepare_` first")
+    if "" in layers:
+        raise ValueError(
+            "convert_: the model itself is a QuantLinear; use `DeployLinear.from_quant_linear(layer)`"
+        )
+    converted: dict[str, DeployLinear] = {}
+    for name, layer in layers.items():
+        converted[name] = DeployLinear.from_quant_linear(layer, target, name=name)
+    for name, deploy in converted.items():
+        _set_submodule(model, name, deploy)
+    return converted
+
+
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _layer_entry(name: str, layer: DeployLinear) -> DeployLayer:
+    act = layer.act_quantizer
+    return DeployLayer(
+        name=name,
+        role=layer.role,
+        in_features=layer.in_features,
+        out_features=layer.out_features,
+        bias=layer.bias is not None,
+        target=layer.target,
+        weight_bits=layer.weight_bits,
+        act_bits=act.bits if act is not None else None,
+        act_groups=act.groups if act is not None else None,
+        act_group_mode=act.group_mode if act is not None else None,
+    )
+
+
+def save_quantized(
+    model: nn.Module, directory: str | os.PathLike[str], *, identity: str = ""
+) -> DeployManifest:
+    """Write ``model`` (after `convert_`) to ``directory`` as safetensors + manifest, atomically.
+
+    ``identity`` names the source weights in the manifest (checkpoint folder, run id, ...).
+    """
+    layers = deployed_layers(model)
+    if not layers:
+        raise ValueError(
+            "save_quantized: the model has no DeployLinear; call `qvgen.quant.convert_(model)` first"
+        )
+    left = sorted(name for name, m in model.named_modules() if isinstance(m, QuantLinear))
+    if left:
+        raise ValueError(
+            f"save_quantized: layers {left[:5]} are still fake-quant QuantLinear; call `convert_` first"
+        )
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    manifest_path = out / MANIFEST_FILE
+    manifest_path.unlink(missing_ok=True)  # never leave an old manifest beside new tensors
+    tensors_path = out / TENSORS_FILE
+    _atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    context = timestep_context(model)
+    manifest = DeployManifest(
+        tensors_bytes=tensors_path.stat().st_size,
+        num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
+        source=SourceModel(
+            class_name=type(model).__name__,
+            identity=identity,
+            config=jsonable_config(getattr(model, "config", None)),
+        ),
+        layers=tuple(_layer_entry(name, layer) for name, layer in layers.items()),
+    )
+    text = manifest.model_dump_json(indent=2)
+    _atomic_write(manifest_path, lambda p: p.write_text(text + "\n"))
+    return manifest
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> DeployManifest:
+    """Parse and validate ``quant_manifest.json`` in ``directory``; errors name the file."""
+    path = Path(directory) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no deploy manifest here; was the folder written by `save_quantized`?"
+        )
+    try:
+        return DeployManifest.model_validate_json(path.read_text())
+    except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: invalid deploy manifest: {e}") from e
+
+
+def _expected_tensors(entry: DeployLayer) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    n, k = entry.out_features, entry.in_features
+    expected: dict[str, tuple[tuple[int, ...], torch.dtype]] = {
+        "weight_packed": ((n, packed_columns(k)), torch.uint8),
+        "weight_scale": ((n,), torch.float32),
+        "weight_zero_point": ((n,), torch.float32),
+    }
+    if entry.bias:
+        expected["bias"] = ((n,), torch.float32)
+    if entry.target == "w4a4":
+        assert entry.act_groups is not None
+        expected["act_quantizer.clip_logit_lo"] = ((entry.act_groups,), torch.float32)
+        expected["act_quantizer.clip_logit_hi"] = ((entry.act_groups,), torch.float32)
+    return expected
+
+
+def _check_layer_tensors(path: Path, entry: DeployLayer, tensors: dict[str, Tensor]) -> None:
+    where = f"{path}: layer {entry.name!r}"
+    prefix = entry.name + "."
+    expected = _expected_tensors(entry)
+    present = {k[len(prefix) :] for k in tensors if k.startswith(prefix)}
+    missing = sorted(set(expected) - present)
+    extra = sorted(present - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{where}: tensors disagree with the manifest (missing {missing}, unexpected {extra})"
+        )
+    for key, (shape, dtype) in expected.items():
+        t = tensors[prefix + key]
+        if tuple(t.shape) != shape or t.dtype != dtype:
+            raise ValueError(
+                f"{where}: {key} is {t.dtype} {tuple(t.shape)} but the manifest "
+                f"({entry.out_features}x{entry.in_features}) needs {dtype} {shape}"
+            )
+    codes_max = int(unpack_int4(tensors[prefix + "weight_packed"], entry.in_features).max())
+    if codes_max > 2**entry.weight_bits - 1:
+        raise ValueError(f"{where}: weight code {codes_max} exceeds the manifest's {entry.weight_bits} bits")
+    scale, zero = tensors[prefix + "weight_scale"], tensors[prefix + "weight_zero_point"]
+    if not (torch.isfinite(scale).all() and (scale > 0).all() and torch.isfinite(zero).all()):
+        raise ValueError(f"{where}: weight scale must be finite and > 0 and zero point finite")
+
+
+def _deploy_module(path: Path, model: nn.Module, entry: DeployLayer) -> DeployLinear:
+    where = f"{path}: layer {entry.name!r}"
+    try:
+        old = model.get_submodule(entry.name)
+    except AttributeError as e:
+        raise ValueError(
+            f"{where} does not exist in the {type(model).__name__} given to load_quantized"
+        ) from e
+    if not isinstance(old, nn.Linear | QuantLinear | DeployLinear):
+        raise ValueError(f"{where} is a {type(old).__name__} in the model, expected a Linear")
+    if (old.in_features, old.out_features) != (entry.in_features, entry.out_features):
+        raise ValueError(
+            f"{where} is {old.out_features}x{old.in_features} in the model but "
+            f"{entry.out_features}x{entry.in_features} in the manifest"
+        )
+    device = old.weight_packed.device if isinstance(old, DeployLinear) else old.weight.device
+    act = None
+    if entry.target == "w4a4":
+        assert (
+            entry.act_bits is not None and entry.act_groups is not None and entry.act_group_mode is not None
+        )
+        cfg = ClippedDynamicActivation(
+            bits=entry.act_bits, groups=entry.act_groups, group_mode=entry.act_group_mode
+        )
+        act = ActivationQuantizer(cfg, device=None if device.type == "meta" else device)
+    return DeployLinear(
+        entry.in_features,
+        entry.out_features,
+        entry.bias,
+        weight_bits=entry.weight_bits,
+        act_quantizer=act,
+        role=entry.role,
+        device=None if device.type == "meta" else device,
+    )
+
+
+def load_quantized(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load a folder written by `save_quantized` into ``model`` (a freshly built float skeleton); return it.
+
+    The Linears named in the manifest become `DeployLinear`s and every tensor is loaded strictly from
+    safetensors. A manifest that disagrees with the tensors or the model, or a truncated file, is refused
+    with an error naming the file and the layer.
+    """
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    path = directory / manifest.tensors_file
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: tensors file named by {directory / MANIFEST_FILE} is missing")
+    size = path.stat().st_size
+    if size != manifest.tensors_bytes:
+        raise ValueError(
+            f"{path}: {size} bytes but the manifest records {manifest.tensors_bytes}: truncated or replaced file"
+        )
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: cannot read the safetensors file ({e}); it is truncated or corrupt") from e
+    if type(model).__name__ != manifest.source.class_name:
+        raise ValueError(
+            f"{directory / MANIFEST_FILE}: saved from a {manifest.source.class_name}, "
+            f"but load_quantized got a {type(model).__name__}; build the matching model first"
+        )
+    for entry in manifest.layers:
+        _check_layer_tensors(path, entry, tensors)
+    new = {entry.name: _deploy_module(path, model, entry) for entry in manifest.layers}
+    for name, module in new.items():
+        _set_submodule(model, name, module)
+    try:
+        result = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: tensors do not fit the {type(model).__name__} given: {e}") from e
+    if result.missing_keys or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: state dict does not match the model outside the manifest's layers "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
+        )
+    if any(entry.target == "w4a4" for entry in manifest.layers):
+        attach_timestep_context_(model, manifest.num_train_timesteps)
+    return model
