@@ -42,11 +42,11 @@ def test_unknown_key_is_rejected_with_the_file_name(run_dict, wan_shards, tmp_pa
 
 
 def test_missing_file_and_bad_yaml_name_the_file(tmp_path):
-    with pytest.raises(ConfigError, match="nope.yaml"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml"):
         load_config(tmp_path / "nope.yaml")
     bad = tmp_path / "broken.yaml"
     bad.write_text("model: [unclosed\n")
-    with pytest.raises(ConfigError, match="broken.yaml: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"broken\.yaml: not valid YAML"):
         load_config(bad)
 
 
@@ -74,5 +74,5 @@ def test_parse_override_rejects_missing_equals_and_empty_keys():
 
 def test_override_into_a_scalar_names_the_field(run_dict, wan_shards, tmp_path):
     cfg = RunConfig.model_validate(run_dict("wan", wan_shards, tmp_path))
-    with pytest.raises(ConfigError, match="`train.max_steps` is a value"):
+    with pytest.raises(ConfigError, match=r"`train\.max_steps` is a value"):
         apply_overrides(cfg, ["train.max_steps.x=1"])

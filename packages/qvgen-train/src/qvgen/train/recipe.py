@@ -34,8 +34,10 @@ log = get_logger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RunResult:
-    """What a run produced. `losses` holds this process's loss at every step it trained (in order)."""
+    """What a run produced. `losses`: this process's loss at each logged step; `model`: the final student
+    (converted to deploy layers in place on the main process when `export.deploy` is set)."""
 
+    model: nn.Module
     output_dir: Path
     fake_quant_dir: Path | None
     deploy_dir: Path | None
@@ -216,7 +218,7 @@ def run(cfg: RunConfig) -> RunResult:
         fake_dir, deploy_dir = export_student(final, cfg)
     accelerator.wait_for_everyone()
     phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
-    return RunResult(cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
+    return RunResult(final, cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
 
 
 def _rewrap(
