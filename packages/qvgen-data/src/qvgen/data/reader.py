@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 import webdataset as wds
 from torch import Tensor
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from qvgen.data.config import LoaderConfig, OnError
 from qvgen.data.schema import (
@@ -137,9 +138,12 @@ def _read_shards(
             return False  # stop reading this shard
 
         n = 0
-        for sample in wds.tarfile_samples(iter([{"url": url}]), handler=stop):
-            n += 1
-            yield sample
+        with open(url, "rb") as stream:  # opened here (not by wds.url_opener) so it is always closed
+            files = tar_file_expander(iter([{"url": url, "stream": stream}]), handler=stop)
+            for sample in group_by_keys(files, handler=stop):
+                if META_EXT in sample and TENSORS_EXT in sample:  # a cut-off last sample is not counted
+                    n += 1
+                    yield sample
         if problems or n != want:
             cause = f": {problems[0]}" if problems else ""
             errors.bad(
