@@ -64,3 +64,30 @@ __all__ = [
     "set_timesteps_",
     "timestep_context",
 ]
+
+# --- Real low-bit export: deploy layers, integer GEMM, save/load (deploy.py, export.py, manifest.py) ---
+from qvgen.quant.deploy import DeployLinear, DeployTarget
+from qvgen.quant.export import (
+    convert_,
+    deployed_layers,
+    load_quantized,
+    read_manifest,
+    save_quantized,
+)
+from qvgen.quant.manifest import DeployLayer, DeployManifest, SourceModel
+from qvgen.quant.packing import pack_int4, unpack_int4
+
+__all__ += [
+    "DeployLayer",
+    "DeployLinear",
+    "DeployManifest",
+    "DeployTarget",
+    "SourceModel",
+    "convert_",
+    "deployed_layers",
+    "load_quantized",
+    "pack_int4",
+    "read_manifest",
+    "save_quantized",
+    "unpack_int4",
+]
