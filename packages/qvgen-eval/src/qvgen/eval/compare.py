@@ -1,0 +1,226 @@
+"""`qvgen-eval compare`: teacher and quantized variants at the same seeds → metrics → JSON + HTML report.
+
+The teacher runs first; per video its frames, final latents and every transformer output are kept in a
+safetensors file under `out_dir/teacher/trajectories/`, so one model at a time is in memory. Each
+variant then runs the same prompts and seeds with the same recorder, and is scored against them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from qvgen.eval import metrics
+from qvgen.eval.config import CompareConfig, ModelSource, SamplingSettings
+from qvgen.eval.loading import LoadedModel, load_model
+from qvgen.eval.prompts import SampleItem, plan_items
+from qvgen.eval.report import (
+    EvalReport,
+    FidelityMetrics,
+    SampleRecord,
+    StepErrorRecord,
+    VariantReport,
+    VideoMetrics,
+    summarize,
+    write_report,
+)
+from qvgen.eval.sample import DEFAULT_FPS, Generated, generate, pipeline_kwargs, resolve_prompts
+from qvgen.eval.video import read_video, write_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One video of one model: what the metrics need."""
+
+    generated: Generated
+    calls: list[metrics.TransformerCall]
+    video_path: Path
+
+
+def run_item(model: LoadedModel, item: SampleItem, kwargs: dict[str, Any], video_path: Path, fps: int) -> Run:
+    """Generate `item` while recording the transformer calls, and write its mp4."""
+    with metrics.record_transformer_calls(model.components.transformer) as calls:
+        gen = generate(model, item, kwargs)
+    write_video(gen.frames, video_path, fps)
+    return Run(gen, calls, video_path)
+
+
+def save_trajectory(run: Run, path: Path) -> None:
+    """Frames, final latents and transformer calls of `run` as one safetensors file (atomic)."""
+    tensors = {"frames": torch.from_numpy(run.generated.frames), "latents": run.generated.latents}
+    for i, c in enumerate(run.calls):
+        tensors[f"call.{i}.timestep"] = c.timestep
+        tensors[f"call.{i}.output"] = c.output
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_trajectory(path: Path) -> tuple[Generated, list[metrics.TransformerCall]]:
+    """Inverse of `save_trajectory`."""
+    t = load_file(str(path))
+    n = sum(1 for k in t if k.endswith(".output"))
+    calls = [metrics.TransformerCall(t[f"call.{i}.timestep"], t[f"call.{i}.output"]) for i in range(n)]
+    return Generated(t["frames"].numpy(), t["latents"]), calls
+
+
+def video_metrics(path: Path, report_dir: Path) -> VideoMetrics:
+    """Per-video metrics from the mp4 as written (VBench scores decoded files too)."""
+    frames = read_video(path)
+    return VideoMetrics(
+        path=path.relative_to(report_dir).as_posix(),
+        temporal_flickering=metrics.temporal_flickering(frames),
+        motion_energy=metrics.motion_energy(frames),
+    )
+
+
+def fidelity(
+    student: Generated,
+    student_calls: list[metrics.TransformerCall],
+    teacher: Generated,
+    teacher_calls: list[metrics.TransformerCall],
+) -> FidelityMetrics:
+    """A variant's video against the teacher's at the same seed."""
+    steps = metrics.step_errors(student_calls, teacher_calls)
+    return FidelityMetrics(
+        latent_mse=metrics.latent_mse(student.latents, teacher.latents),
+        psnr_db=metrics.psnr(student.frames, teacher.frames),
+        ssim=metrics.ssim(student.frames, teacher.frames),
+        motion_energy_ratio=metrics.motion_energy_ratio(student.frames, teacher.frames),
+        step_errors=tuple(
+            StepErrorRecord(step=e.step, timestep=e.timestep, mse=e.mse, relative_mse=e.relative_mse)
+            for e in steps
+        ),
+    )
+
+
+def resolve_device(requested: str) -> torch.device:
+    """ "auto": cuda when available, else cpu."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+@dataclass(frozen=True, slots=True)
+class Contender:
+    """A model to compare: its report name, kind, where it came from, and how to load it (lazily)."""
+
+    name: str
+    kind: Literal["full_precision", "fake_quant", "deploy"]
+    source: str
+    load: Callable[[], LoadedModel]
+
+
+def compare_models(
+    family: Literal["wan", "cogvideox"],
+    teacher: Contender,
+    variants: Sequence[Contender],
+    items: Sequence[SampleItem],
+    settings: SamplingSettings,
+    out_dir: Path,
+    *,
+    embed_videos: bool = True,
+) -> EvalReport:
+    """Sample `teacher` then each variant on `items`, score them, write report.json and report.html."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fps = settings.fps or DEFAULT_FPS[family]
+    model = teacher.load()
+    kwargs = pipeline_kwargs(model, settings)
+    traj_dir = out_dir / teacher.name / "trajectories"
+    teacher_samples = []
+    for k, item in enumerate(items):
+        run = run_item(model, item, kwargs, out_dir / teacher.name / item.filename, fps)
+        save_trajectory(run, traj_dir / f"{k:05d}.safetensors")
+        teacher_samples.append(
+            SampleRecord(
+                prompt=item.prompt,
+                index=item.index,
+                seed=item.seed,
+                video=video_metrics(run.video_path, out_dir),
+            )
+        )
+    del model
+    teacher_report = VariantReport(
+        name=teacher.name,
+        kind=teacher.kind,
+        source=teacher.source,
+        samples=tuple(teacher_samples),
+        summary=summarize(teacher_samples),
+    )
+
+    reports = []
+    for variant in variants:
+        model = variant.load()
+        samples = []
+        for k, item in enumerate(items):
+            run = run_item(model, item, kwargs, out_dir / variant.name / item.filename, fps)
+            ref, ref_calls = load_trajectory(traj_dir / f"{k:05d}.safetensors")
+            samples.append(
+                SampleRecord(
+                    prompt=item.prompt,
+                    index=item.index,
+                    seed=item.seed,
+                    video=video_metrics(run.video_path, out_dir),
+                    fidelity=fidelity(run.generated, run.calls, ref, ref_calls),
+                )
+            )
+        del model
+        reports.append(
+            VariantReport(
+                name=variant.name,
+                kind=variant.kind,
+                source=variant.source,
+                samples=tuple(samples),
+                summary=summarize(samples),
+            )
+        )
+        logger.info("%s: %s", variant.name, reports[-1].summary)
+
+    report = EvalReport(
+        family=family,
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        pipeline_kwargs={k: v for k, v in kwargs.items() if isinstance(v, int | float | str | bool | None)},
+        teacher=teacher_report,
+        variants=tuple(reports),
+    )
+    write_report(report, out_dir, embed_videos=embed_videos)
+    return report
+
+
+def compare(cfg: CompareConfig) -> EvalReport:
+    """`qvgen-eval compare`: the models of `cfg` at the same prompts and seeds."""
+    device = resolve_device(cfg.device)
+
+    def contender(name: str, source: ModelSource) -> Contender:
+        return Contender(
+            name, source.kind, str(source.path), lambda: load_model(cfg.family, source, cfg.dtype, device)
+        )
+
+    items = plan_items(resolve_prompts(cfg.prompts), cfg.prompts.videos_per_prompt, cfg.seed)
+    return compare_models(
+        cfg.family,
+        contender("teacher", cfg.teacher),
+        [contender(v.name, v.model) for v in cfg.variants],
+        items,
+        cfg.sampling,
+        cfg.out_dir,
+        embed_videos=cfg.embed_videos,
+    )

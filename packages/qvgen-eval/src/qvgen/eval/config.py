@@ -1,0 +1,160 @@
+"""Pydantic boundary models of the eval CLI: what to sample, how, and what to compare."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+C = TypeVar("C", bound=BaseModel)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class FullPrecisionModel(_Frozen):
+    """The teacher: a local diffusers folder."""
+
+    kind: Literal["full_precision"] = "full_precision"
+    path: Path
+
+
+class FakeQuantModel(_Frozen):
+    """A fake-quant student exported by training (manifest + safetensors), run with `QuantLinear`s."""
+
+    kind: Literal["fake_quant"] = "fake_quant"
+    path: Path
+    base: Path | None = None
+    """Diffusers folder for the VAE, text encoder, tokenizer and scheduler; None: the manifest's checkpoint."""
+
+
+class DeployModel(_Frozen):
+    """A real low-bit export (packed int4 + integer GEMM deploy layers)."""
+
+    kind: Literal["deploy"] = "deploy"
+    path: Path
+    base: Path | None = None
+    """Diffusers folder for the VAE, text encoder, tokenizer and scheduler; None: the manifest's checkpoint."""
+
+
+ModelSource = Annotated[FullPrecisionModel | FakeQuantModel | DeployModel, Field(discriminator="kind")]
+
+
+class SamplingSettings(_Frozen):
+    """Pipeline settings; None takes the family's default (method.md §10.3: 50 steps, CFG 5 Wan / 6 Cog)."""
+
+    height: Annotated[int, Field(gt=0, multiple_of=16)] | None = None
+    width: Annotated[int, Field(gt=0, multiple_of=16)] | None = None
+    num_frames: Annotated[int, Field(gt=0)] | None = None
+    num_inference_steps: Annotated[int, Field(gt=0)] | None = None
+    guidance_scale: Annotated[float, Field(ge=0.0)] | None = None
+    """Classifier-free guidance; > 1 runs the unconditional branch too (two calls for Wan, batched for Cog)."""
+    negative_prompt: str | None = None
+    use_dynamic_cfg: bool | None = None
+    """CogVideoX only; the official script sets True with DDIM (method.md B15)."""
+    fps: Annotated[int, Field(gt=0)] | None = None
+    """Frames per second of the written mp4; None: 16 (Wan) / 8 (CogVideoX)."""
+
+    def pipeline_overrides(self, family: str) -> dict[str, Any]:
+        """The explicitly set pipeline keyword arguments."""
+        if self.use_dynamic_cfg is not None and family != "cogvideox":
+            raise ValueError(f"sampling.use_dynamic_cfg is a CogVideoX setting; family is {family!r}")
+        fields = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "negative_prompt")
+        out = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
+        if self.use_dynamic_cfg is not None:
+            out["use_dynamic_cfg"] = self.use_dynamic_cfg
+        return out
+
+
+class PromptSource(_Frozen):
+    """Prompts: inline, or a file (text: one per line; `.json`: VBench's full-info prompt suite)."""
+
+    prompts: tuple[str, ...] = ()
+    file: Path | None = None
+    dimensions: tuple[str, ...] = ()
+    """With a VBench full-info `.json`: only prompts of these dimensions."""
+    videos_per_prompt: Annotated[int, Field(ge=1)] = 1
+    """VBench uses 5 (25 for temporal_flickering)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSource:
+        if bool(self.prompts) == (self.file is not None):
+            raise ValueError("set exactly one of prompts.prompts (inline list) and prompts.file")
+        if self.dimensions and self.file is None:
+            raise ValueError("prompts.dimensions filters prompts.file (a VBench full-info .json)")
+        return self
+
+
+class SampleConfig(_Frozen):
+    """`qvgen-eval sample`: one model, a prompt list, seeds → `{prompt}-{index}.mp4` in `out_dir`."""
+
+    schema_version: Literal[1] = 1
+    family: Literal["wan", "cogvideox"]
+    model: ModelSource
+    prompts: PromptSource
+    out_dir: Path
+    seed: int = 0
+    """Video k (prompt-major order) uses seed + k, whatever the number of processes."""
+    sampling: SamplingSettings = SamplingSettings()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    """"auto": the accelerate process's device (cuda:<local rank> when there is a GPU, else cpu)."""
+    skip_existing: bool = True
+    """Leave videos already in out_dir alone (resume)."""
+
+
+class Variant(_Frozen):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    """Folder name and column title in the report."""
+    model: ModelSource
+
+
+class CompareConfig(_Frozen):
+    """`qvgen-eval compare`: teacher and variants at the same seeds → metrics, JSON report, HTML page."""
+
+    schema_version: Literal[1] = 1
+    family: Literal["wan", "cogvideox"]
+    teacher: FullPrecisionModel
+    variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
+    prompts: PromptSource
+    out_dir: Path
+    seed: int = 0
+    sampling: SamplingSettings = SamplingSettings()
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"
+    embed_videos: bool = True
+    """Embed the mp4s in the HTML page (one self-contained file); False links them relatively."""
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> CompareConfig:
+        names = [v.name for v in self.variants]
+        if "teacher" in names or len(set(names)) != len(names):
+            raise ValueError(f"variants need unique names other than 'teacher', got {names}")
+        return self
+
+
+def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None) -> C:
+    """Read YAML/JSON `path`, apply dotted `overrides`, validate as `cls`; errors name the file."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read config {p}: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"config {p}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"--set {dotted}: {key!r} is not a mapping in {p}")
+            node = child
+        node[leaf] = value
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ValueError(f"config {p}:\n{e}") from e

@@ -1,0 +1,124 @@
+"""Sampling: a full-precision, fake-quant or deploy model in its family's diffusers pipeline → mp4 files.
+
+Each video has its own seed (`plan_items`), so the output does not depend on how many processes share
+the work; under `accelerate launch` the work list is split across ranks with nothing done twice.
+Activation quantizers take their timestep group from the `timestep` of each transformer call
+(`qvgen.quant.attach_timestep_context_`), which is right under CFG whatever the batching.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from qvgen.eval.config import PromptSource, SampleConfig, SamplingSettings
+from qvgen.eval.loading import LoadedModel, load_model
+from qvgen.eval.prompts import SampleItem, load_prompts, plan_items
+from qvgen.eval.video import write_video
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FPS = {"wan": 16, "cogvideox": 8}
+"""mp4 frame rate per family when the config sets none (the official sampling scripts)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    """One generated video: frames `[F, H, W, 3]` float32 in [0, 1] and the final latents (CPU, float32)."""
+
+    frames: np.ndarray
+    latents: Tensor
+
+
+@dataclass(frozen=True, slots=True)
+class SampleResult:
+    """What this process did."""
+
+    rank: int
+    world_size: int
+    written: tuple[Path, ...]
+    skipped: tuple[Path, ...]
+
+
+def pipeline_kwargs(model: LoadedModel, settings: SamplingSettings) -> dict[str, Any]:
+    """The family's defaults updated with the explicitly set `settings`."""
+    return model.family.sample_kwargs(model.components, **settings.pipeline_overrides(model.family.name))
+
+
+@torch.no_grad()
+def generate(model: LoadedModel, item: SampleItem, kwargs: dict[str, Any]) -> Generated:
+    """Run the pipeline once for `item` with a CPU generator seeded by `item.seed`."""
+    final: dict[str, Tensor] = {}
+
+    def keep_latents(pipe: Any, step: int, t: Any, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        final["latents"] = tensors["latents"]
+        return {}
+
+    out = model.pipeline(
+        prompt=item.prompt,
+        generator=torch.Generator("cpu").manual_seed(item.seed),
+        output_type="np",
+        callback_on_step_end=keep_latents,
+        callback_on_step_end_tensor_inputs=["latents"],
+        **kwargs,
+    )
+    frames = np.asarray(out.frames[0], dtype=np.float32)
+    if "latents" not in final:
+        raise RuntimeError("the pipeline ran no denoising step; check num_inference_steps")
+    return Generated(frames=frames, latents=final["latents"].detach().to("cpu", torch.float32))
+
+
+def resolve_prompts(cfg_prompts: PromptSource) -> list[str]:
+    """The prompt list of a `PromptSource`."""
+    if cfg_prompts.file is not None:
+        return load_prompts(cfg_prompts.file, cfg_prompts.dimensions)
+    return list(dict.fromkeys(cfg_prompts.prompts))
+
+
+def sample_items(
+    model: LoadedModel,
+    items: list[SampleItem],
+    out_dir: Path,
+    settings: SamplingSettings,
+    *,
+    skip_existing: bool = True,
+) -> tuple[list[Path], list[Path]]:
+    """Generate and write `items` into `out_dir`; return (written, skipped)."""
+    kwargs = pipeline_kwargs(model, settings)
+    fps = settings.fps or DEFAULT_FPS[model.family.name]
+    written, skipped = [], []
+    for item in items:
+        path = out_dir / item.filename
+        if skip_existing and path.is_file():
+            skipped.append(path)
+            continue
+        video = generate(model, item, kwargs)
+        written.append(write_video(video.frames, path, fps))
+        logger.info("wrote %s (seed %d)", path, item.seed)
+    return written, skipped
+
+
+def _device(state: Any, requested: str) -> torch.device:
+    return state.device if requested == "auto" else torch.device(requested)
+
+
+def sample(cfg: SampleConfig) -> SampleResult:
+    """`qvgen-eval sample`: this process's share of the videos of `cfg`, written to `cfg.out_dir`."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    items = plan_items(resolve_prompts(cfg.prompts), cfg.prompts.videos_per_prompt, cfg.seed)
+    model = load_model(cfg.family, cfg.model, cfg.dtype, _device(state, cfg.device))
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    with state.split_between_processes(items) as mine:
+        written, skipped = sample_items(
+            model, list(mine), cfg.out_dir, cfg.sampling, skip_existing=cfg.skip_existing
+        )
+    state.wait_for_everyone()
+    return SampleResult(state.process_index, state.num_processes, tuple(written), tuple(skipped))
