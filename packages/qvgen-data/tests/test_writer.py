@@ -110,7 +110,7 @@ def test_mean_only_shards_store_no_logvar(tmp_path: Path, make_samples: Samples)
 
 def test_store_logvar_with_a_mean_only_encoder_is_an_error(video_dir: Path, tmp_path: Path) -> None:
     records = read_caption_table(IngestConfig(captions=video_dir / "captions.csv"))
-    with pytest.raises(ValueError, match="gave no logvar; set WriterConfig.store_logvar=False"):
+    with pytest.raises(ValueError, match=r"gave no logvar; set WriterConfig\.store_logvar=False"):
         write_shards(records[:1], tmp_path, WriterConfig(buckets=(BUCKET,)), FakeEncoder(with_logvar=False))
 
 

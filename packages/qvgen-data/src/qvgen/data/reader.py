@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,7 +219,9 @@ def _bucket_batches(
 
 
 def _collate(samples: list[dict[str, Any]]) -> LatentBatch:
-    stack: Callable[[str], Tensor] = lambda key: torch.stack([s[key] for s in samples])  # noqa: E731
+    def stack(key: str) -> Tensor:  # a batch of one is a view, not a copy
+        return samples[0][key].unsqueeze(0) if len(samples) == 1 else torch.stack([s[key] for s in samples])
+
     return LatentBatch(
         latents_mean=stack("mean"),
         latents_logvar=stack("logvar") if samples[0]["logvar"] is not None else None,

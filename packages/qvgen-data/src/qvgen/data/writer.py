@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeAlias, TypeVar
 
 import safetensors.torch
 import torch
@@ -69,7 +69,7 @@ class EncodedSample:
     """(frames, height, width) of the pixels that were encoded."""
 
 
-SourceSample = VideoRecord | EncodedSample
+SourceSample: TypeAlias = VideoRecord | EncodedSample
 
 
 @dataclass(frozen=True, slots=True)
