@@ -1,4 +1,8 @@
-"""Φ under DistributedDataParallel: two CPU processes (gloo) cross every boundary and stay identical."""
+"""Φ under data parallelism: two CPU processes (gloo) cross every boundary and stay identical.
+
+DDP keeps Φ inside the wrapper and is re-wrapped when `apply_` replaces Parameters; FSDP2 keeps Φ out of
+the sharding (`ignored_params`) and averages its gradients with `all_reduce_grads_`.
+"""
 
 import subprocess
 import sys
@@ -7,29 +11,37 @@ from pathlib import Path
 import pytest
 import torch
 
-WORKER = Path(__file__).with_name("ddp_worker.py")
+WORKER = Path(__file__).with_name("dp_worker.py")
+RUNS = ["ddp-resvd", "ddp-columns", "fsdp-resvd"]
 
 
 @pytest.fixture(scope="module")
-def ddp_runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ddp")
+def dp_runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp")
     proc = subprocess.run(
-        [sys.executable, str(WORKER), str(out), "resvd,columns"], capture_output=True, text=True, timeout=300
+        [sys.executable, str(WORKER), str(out), ",".join(RUNS)], capture_output=True, text=True, timeout=400
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["resvd", "columns"])
-def test_ddp_ranks_agree_across_every_boundary_and_end_without_phi(ddp_runs, mode):
-    runs = [torch.load(ddp_runs / f"{mode}-rank{r}.pt", weights_only=True) for r in range(2)]
+@pytest.mark.parametrize("run", RUNS)
+def test_data_parallel_ranks_agree_across_every_boundary_and_end_without_phi(dp_runs, run):
+    runs = [torch.load(dp_runs / f"{run}-rank{r}.pt", weights_only=True) for r in range(2)]
     assert runs[0]["widths"] == runs[1]["widths"]
-    expected = [8] * 3 + [4] * 3 + [2] * 3 + [1] * 3 + [] if mode == "resvd" else [8] * 12
+    expected = [8] * 3 + [4] * 3 + [2] * 3 + [1] * 3 if run.endswith("resvd") else [8] * 12
     assert [w[0] for w in runs[0]["widths"][:12]] == expected
     assert runs[0]["widths"][-1] == []
     assert all(runs[0]["phi_grads_agree"]) and len(runs[0]["phi_grads_agree"]) == 12
-    states = [run["state"] for run in runs]
+    states = [r["state"] for r in runs]
     assert list(states[0]) == list(states[1]) and not any("lowrank" in k for k in states[0])
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
+
+
+@pytest.mark.slow
+def test_fsdp_and_ddp_train_the_same_model(dp_runs):
+    ddp, fsdp = (torch.load(dp_runs / f"{run}-rank0.pt", weights_only=True)["state"] for run in RUNS[::2])
+    for key in ddp:
+        torch.testing.assert_close(fsdp[key], ddp[key], atol=1e-5, rtol=1e-4, msg=key)

@@ -14,15 +14,18 @@ from qvgen.auxiliary.config import (
     validate_against_steps,
 )
 from qvgen.auxiliary.decay import apply_
+from qvgen.auxiliary.distributed import LOWRANK_MODULES, all_reduce_grads_
 from qvgen.auxiliary.lowrank import LowRankBranch, PhiGroup, balanced_factors, resvd_factors
 from qvgen.auxiliary.schedule import RankState, fill_gamma_, gamma_values, rank_at
 
 __all__ = [
+    "LOWRANK_MODULES",
     "AuxConfig",
     "DecaySchedule",
     "LowRankBranch",
     "PhiGroup",
     "RankState",
+    "all_reduce_grads_",
     "apply_",
     "attach_",
     "balanced_factors",
