@@ -75,6 +75,7 @@ def run(cfg: RunConfig) -> RunResult:
     """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`."""
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
+        cpu=not torch.cuda.is_available(),  # CPU-only: several processes become gloo DDP (MULTI_CPU)
         step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the world size
         log_with="tensorboard" if cfg.logging.tensorboard else None,
         project_dir=str(cfg.output_dir),
@@ -203,7 +204,8 @@ def run(cfg: RunConfig) -> RunResult:
                     cfg.checkpoint.keep_last,
                 )  # fmt: skip
         bar.close()
-        accelerator.end_training()
+        for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
+            tracker.finish()
 
     # 8. Export: Φ must be gone; the fake-quant student (manifest + safetensors) and the real low-bit one.
     final = accelerator.unwrap_model(student)

@@ -1,0 +1,89 @@
+"""The recipe end to end on the tiny Wan and CogVideoX: training, rank decay, resume, export, reload."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from qvgen import auxiliary, quant
+from qvgen.models import get_family
+from qvgen.train.checkpoint import CheckpointError
+from qvgen.train.config import RunConfig
+from qvgen.train.export import load_student
+from qvgen.train.recipe import run
+
+
+def _cfg(run_dict, family, shards, out, **sections) -> RunConfig:
+    return RunConfig.model_validate(run_dict(family, shards, out, **sections))
+
+
+def _states_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_tiny_run_trains_decays_phi_to_rank_zero_and_exports_a_loadable_student(
+    family, run_dict, wan_shards, cog_shards, tmp_path
+):
+    shards = wan_shards if family == "wan" else cog_shards
+    cfg = _cfg(run_dict, family, shards, tmp_path / "out", train={"caption_dropout": 0.5})
+    result = run(cfg)
+    assert result.phi_rank == 0 and result.steps == 7 and len(result.losses) == 7
+    assert all(0 < loss < float("inf") for loss in result.losses)
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 8))
+    assert [r["phi_rank"] for r in records] == [4, 4, 2, 2, 1, 1, 0]
+    assert records[0]["lr"] == 0.0 and records[1]["lr"] > 0  # warm-up starts at 0
+    assert not auxiliary.lowrank_parameters(result.model)
+
+    student = load_student(result.fake_quant_dir)
+    assert set(quant.quantized_layers(student)) and not auxiliary.lowrank_parameters(student)
+    deploy = quant.load_quantized(
+        get_family(family).load_transformer(cfg.model.checkpoint), result.deploy_dir
+    )
+    assert _states_equal(deploy, result.model)
+
+
+def test_student_differs_from_teacher_after_training_and_teacher_is_untouched(run_dict, wan_shards, tmp_path):
+    cfg = _cfg(run_dict, "wan", wan_shards, tmp_path / "out", export={"deploy": False})
+    result = run(cfg)
+    teacher = get_family("wan").load_transformer(cfg.model.checkpoint, dtype="float32")
+    layers = quant.quantized_layers(result.model)
+    name = next(iter(layers))
+    assert not torch.equal(layers[name].weight, teacher.get_submodule(name).weight)
+
+
+def test_resumed_run_ends_bitwise_equal_to_an_uninterrupted_run(run_dict, wan_shards, tmp_path):
+    sections = {
+        "export": {"fake_quant": False, "deploy": False},
+        "checkpoint": {"every_n_steps": 2, "keep_last": 3},
+        "train": {"caption_dropout": 0.3},
+    }
+    full = run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    # "kill" after step 4 (a rank-decay boundary follows): resume a fresh process state from that checkpoint.
+    shutil.copytree(
+        tmp_path / "a" / "checkpoints" / "step-00000004", tmp_path / "b" / "checkpoints" / "step-00000004"
+    )
+    sections["checkpoint"] = {**sections["checkpoint"], "resume_from": "latest"}
+    resumed = run(_cfg(run_dict, "wan", wan_shards, tmp_path / "b", **sections))
+    assert resumed.losses == full.losses[4:]
+    assert _states_equal(resumed.model, full.model)
+
+
+def test_resume_refuses_a_checkpoint_from_a_different_run(run_dict, wan_shards, tmp_path):
+    sections = {"export": {"fake_quant": False, "deploy": False}, "checkpoint": {"every_n_steps": 3}}
+    run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    sections["checkpoint"] = {"resume_from": str(tmp_path / "a" / "checkpoints" / "step-00000006")}
+    with pytest.raises(CheckpointError, match=r"train\.seed: checkpoint 3 vs now 4"):
+        run(_cfg(run_dict, "wan", wan_shards, tmp_path / "b", train={"seed": 4}, **sections))
+
+
+def test_ptq_baseline_needs_no_data_and_no_training(run_dict, wan_shards, tmp_path):
+    data = run_dict("wan", wan_shards, tmp_path / "out", train={"max_steps": 0}, aux=None)
+    data["quant"] = {"weight": {"kind": "minmax"}}
+    del data["data"]
+    result = run(RunConfig.model_validate(data))
+    assert result.losses == () and result.phi_rank is None
+    assert (result.deploy_dir / "quant_manifest.json").is_file()
