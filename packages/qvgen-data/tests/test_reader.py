@@ -125,3 +125,8 @@ def test_sample_shape_disagreeing_with_the_manifest_raises_naming_shard_and_samp
 def test_rank_outside_world_size_is_rejected(shards: Path) -> None:
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\); got 2"):
         make_loader(LoaderConfig(shards=shards), rank=2, world_size=2)
+
+
+def test_eval_mode_with_more_ranks_than_shards_says_how_to_fix_it(shards: Path) -> None:
+    with pytest.raises(ValueError, match=r"rank 5 of 6 gets no shard .* write smaller shards"):
+        make_loader(LoaderConfig(shards=shards, mode="eval"), rank=5, world_size=6)

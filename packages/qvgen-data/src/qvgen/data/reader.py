@@ -72,7 +72,13 @@ def make_pipeline(cfg: LoaderConfig, *, rank: int = 0, world_size: int = 1) -> w
         seed_fn = functools.partial(_worker_seed, cfg.seed, rank)
         stages = [wds.ResampledShards(urls, seed=cfg.seed, worker_seed=seed_fn, deterministic=True)]
     else:
-        stages = [wds.SimpleShardList(urls[rank::world_size]), wds.split_by_worker]
+        mine = urls[rank::world_size]
+        if not mine:
+            raise ValueError(
+                f"{root}: rank {rank} of {world_size} gets no shard (eval splits whole shards and there are "
+                f"{len(urls)}); write smaller shards (WriterConfig.samples_per_shard) or use fewer ranks"
+            )
+        stages = [wds.SimpleShardList(mine), wds.split_by_worker]
     stages.append(functools.partial(_read_shards, expected=expected, verify=cfg.verify_sha256, errors=errors))
     if cfg.mode == "train" and cfg.shuffle_buffer > 0:
         stages.append(functools.partial(_shuffle, bufsize=cfg.shuffle_buffer, seed=cfg.seed, rank=rank))
