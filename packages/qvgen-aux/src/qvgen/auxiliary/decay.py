@@ -51,7 +51,11 @@ def apply_(
     changed = False
     if state.rank == 0:
         replaced: dict[int, tuple[nn.Parameter | None, Slicer | None]] = {}
-        for branch in branches.values():
+        for name, branch in branches.items():
+            if branch.owner is None:
+                raise ValueError(
+                    f"apply_: branch {name!r} was not plugged in by attach_ and cannot be removed"
+                )
             branch.owner.lowrank = None
             replaced[id(branch.L)] = (None, None)
             replaced[id(branch.R)] = (None, None)

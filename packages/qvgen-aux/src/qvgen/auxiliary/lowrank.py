@@ -52,6 +52,8 @@ class LowRankBranch(nn.Module):
         self.L = nn.Parameter(L.detach().float().clone())
         self.R = nn.Parameter(R.detach().float().clone())
         self.group = group if group is not None else PhiGroup(L.shape[1])
+        self.owner: nn.Module | None
+        object.__setattr__(self, "owner", None)  # the QuantLinear it is plugged into; not a submodule
         if self.group.values.numel() < L.shape[1]:
             raise ValueError(
                 f"LowRankBranch: the group's γ has {self.group.values.numel()} entries < width {L.shape[1]}"
