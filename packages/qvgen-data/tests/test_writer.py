@@ -19,6 +19,7 @@ from qvgen.data import (
     ShardFormatError,
     VideoRecord,
     WriterConfig,
+    encode_mp4,
     finalize_manifest,
     make_loader,
     read_caption_table,
@@ -233,3 +234,29 @@ def test_caption_table_to_shards_keeps_table_order_in_keys(video_dir: Path, vide
     rows = list(csv.DictReader((video_dir / "captions.csv").read_text().splitlines()))
     ids = [sid for b in _eval_batches(video_shards, batch_size=1) for sid in b.ids]
     assert ids == [r["video"] for r in rows]
+
+
+def test_sample_disagreeing_with_earlier_samples_raises_naming_it(
+    tmp_path: Path, make_samples: Samples
+) -> None:
+    samples = make_samples(3)
+    s = samples[1]
+    samples[1] = EncodedSample(
+        s.id, s.caption, s.latents_mean, s.latents_logvar, torch.zeros(7, 8), s.text_length, s.video_shape
+    )
+    with pytest.raises(
+        ValueError, match=r"sample 1 \(id 'clip/1\.mp4'\): text embeddings \(7, 8\), earlier samples \(6, 8\)"
+    ):
+        write_shards(samples, tmp_path, WriterConfig(), encoder_name="x")
+
+
+def test_videos_go_to_the_bucket_nearest_their_aspect_ratio(video_dir: Path, tmp_path: Path) -> None:
+    wide = tmp_path / "wide.mp4"
+    wide.write_bytes(encode_mp4(torch.rand(3, 9, 32, 64) * 2 - 1))
+    records = read_caption_table(IngestConfig(captions=video_dir / "captions.csv"))[:2]
+    records.append(VideoRecord("wide", "a wide clip", wide))
+    buckets = (BUCKET, Bucket(frames=5, height=16, width=48))
+    summary = write_shards(records, tmp_path / "s", WriterConfig(buckets=buckets), FakeEncoder())
+    assert summary.manifest is not None
+    stats = {b.video_shape: (b.latent_shape, b.num_samples) for b in summary.manifest.buckets}
+    assert stats == {(9, 32, 32): ((16, 3, 4, 4), 2), (5, 16, 48): ((16, 2, 2, 6), 1)}

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -237,23 +238,19 @@ def _write_shard(
         stale.unlink()
     tmp = out / f".{name}.{os.getpid()}.tmp"
     skipped: list[SkippedSample] = []
-    buckets: dict[tuple[int, int, int], tuple[tuple[int, int, int, int], int]] = {}
-    text_shape: tuple[int, int] | None = None
-    count = 0
+    latent_of: dict[tuple[int, int, int], tuple[int, ...]] = {}  # video bucket -> latent shape
+    counts: Counter[tuple[int, int, int]] = Counter()
+    text_shape: tuple[int, ...] | None = None
     with tmp.open("wb") as f:
         with wds.TarWriter(f, encoder=False, mtime=0) as tar:
             for start in range(0, len(chunk), cfg.encode_batch_size):
                 indexed = list(enumerate(chunk[start : start + cfg.encode_batch_size], start=first + start))
                 for index, sample in _encode(indexed, cfg, encoder, skipped):
-                    _check_sample(sample, index, cfg, buckets, text_shape)
-                    text_shape = (sample.text_embeddings.shape[0], sample.text_embeddings.shape[1])
-                    latent = tuple(sample.latents_mean.shape)
-                    buckets[sample.video_shape] = (
-                        latent,
-                        buckets.get(sample.video_shape, (latent, 0))[1] + 1,
-                    )  # type: ignore[assignment]
+                    _check_sample(sample, index, cfg, latent_of.get(sample.video_shape), text_shape)
+                    text_shape = tuple(sample.text_embeddings.shape)
+                    latent_of[sample.video_shape] = tuple(sample.latents_mean.shape)
+                    counts[sample.video_shape] += 1
                     tar.write(_serialize(sample, index, cfg))
-                    count += 1
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out / name)
@@ -263,20 +260,21 @@ def _write_shard(
         name=name,
         sha256=digest,
         num_bytes=(out / name).stat().st_size,
-        num_samples=count,
+        num_samples=counts.total(),
         first_index=first,
         num_skipped=len(skipped),
     )
     record = _ShardRecord(
         info=info,
-        text_shape=text_shape,
+        text_shape=text_shape,  # type: ignore[arg-type]
         buckets=tuple(
-            BucketStats(video_shape=v, latent_shape=lat, num_samples=n) for v, (lat, n) in buckets.items()
+            BucketStats(video_shape=v, latent_shape=latent_of[v], num_samples=n)  # type: ignore[arg-type]
+            for v, n in counts.items()
         ),
         skipped=tuple(skipped),
     )
     _atomic_write_text(out / name.replace(".tar", ".json"), record.model_dump_json(indent=1))
-    logger.info("%s: wrote %s (%d samples, %d skipped)", out, name, count, len(skipped))
+    logger.info("%s: wrote %s (%d samples, %d skipped)", out, name, info.num_samples, len(skipped))
     return record
 
 
@@ -352,9 +350,10 @@ def _check_sample(
     s: EncodedSample,
     index: int,
     cfg: WriterConfig,
-    buckets: dict[tuple[int, int, int], tuple[tuple[int, int, int, int], int]],
-    text_shape: tuple[int, int] | None,
+    bucket_latent: tuple[int, ...] | None,
+    text_shape: tuple[int, ...] | None,
 ) -> None:
+    """Shapes that the manifest will promise: same per bucket, one text shape for the whole shard."""
     where = f"sample {index} (id {s.id!r})"
     if s.latents_mean.ndim != 4 or s.text_embeddings.ndim != 2:
         raise ValueError(
@@ -373,10 +372,10 @@ def _check_sample(
         raise ValueError(
             f"{where}: text embeddings {tuple(s.text_embeddings.shape)}, earlier samples {text_shape}"
         )
-    prev = buckets.get(s.video_shape)
-    if prev is not None and prev[0] != tuple(s.latents_mean.shape):
+    if bucket_latent is not None and tuple(s.latents_mean.shape) != bucket_latent:
         raise ValueError(
-            f"{where}: bucket {s.video_shape} gave latents {tuple(s.latents_mean.shape)}, earlier samples {prev[0]}"
+            f"{where}: bucket {s.video_shape} gave latents {tuple(s.latents_mean.shape)}, "
+            f"earlier samples {bucket_latent}"
         )
 
 
