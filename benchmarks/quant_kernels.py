@@ -63,9 +63,10 @@ def median_ms(fns: list[Callable[[], object]], repeats: int) -> list[float]:
 
 def trained_pair(in_f: int, out_f: int) -> tuple[nn.Module, QuantLinear, DeployLinear]:
     """A W4A4 QuantLinear (min-max init, zero points moved off the grid) and its DeployLinear."""
-    model = nn.Sequential(nn.Linear(in_f, out_f))
+    linear = nn.Linear(in_f, out_f)
     with torch.no_grad():
-        model[0].weight.normal_(0, 0.02)
+        linear.weight.normal_(0, 0.02)
+    model = nn.Sequential(linear)
     prepare_(model, QuantConfig(weight=MinMaxWeight(bits=4), activation=ClippedDynamicActivation(bits=4)))
     initialize_(model, progress=False)
     fake = model[0]
@@ -124,7 +125,7 @@ def weight_memory() -> float:
     )
     for label, cfg, device in [("Wan tiny", WAN_TINY, "cpu"), ("Wan 1.3B meta", WAN_1_3B, "meta")]:
         with torch.device(device):
-            model = WanTransformer3DModel(**cfg)
+            model: nn.Module = WanTransformer3DModel(**cfg)  # type: ignore[assignment]
         bf16, deploy, _ = linear_bytes(model)
         n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
         # everything that is not a Linear weight (biases, norms, conv patch embed, tables) stays bf16

@@ -227,14 +227,18 @@ class DeployLinear(nn.Module):
         xc = x.float()
         scale, zero = act.qparams(xc)  # per token [..., 1], the fake quantizer's own code
         qmax = 2**act.bits - 1
-        q = torch.clamp(torch.round(xc / scale) + zero, 0, qmax)
         k = self.in_features
-        q = q.reshape(-1, k)
         scale = scale.reshape(-1, 1)
         zero = zero.reshape(-1, 1)
-        # u = q - o must fit int8: o = z_x (then o - z_x = 0) for P <= 127, else 128
-        offset = zero if qmax <= 127 else torch.full_like(zero, 128.0)
-        u = q - offset
+        # u = q_x - o with q_x = clamp(round(x / s) + z, 0, P), computed in place (one new [M, K] buffer).
+        # o = z_x (u in [-P, P], fits int8) when P <= 127, else o = 128. Exact: all values are small integers.
+        u = torch.div(xc.reshape(-1, k), scale).round_()
+        if qmax <= 127:
+            offset = zero
+            u.clamp_(min=-zero, max=qmax - zero)
+        else:
+            offset = torch.full_like(zero, 128.0)
+            u.add_(zero).clamp_(0, qmax).sub_(offset)
         weight, coef, bias = self._int8_kernel(x.device)
         y = int8_gemm(u, weight)
         lhs = torch.cat([u.sum(dim=1, keepdim=True), offset - zero], dim=1)
