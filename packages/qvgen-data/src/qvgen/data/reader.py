@@ -118,6 +118,7 @@ class _Errors:
             logger.warning(
                 "loader skipped %s this pass", ", ".join(f"{n} {k}" for k, n in self.counts.items())
             )
+            self.counts.clear()
 
 
 def _read_shards(
