@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from qvgen.quant.roles import LayerRole
 
 Bits = Annotated[int, Field(ge=2, le=8)]
+
+
+def _kind_or(default: str) -> Any:
+    """Discriminator that reads `kind` and falls back to `default`, so `{bits: 3}` means the default variant."""
+
+    def kind(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get("kind", default))
+        return str(getattr(value, "kind", default))
+
+    return Discriminator(kind)
 
 
 class _Frozen(BaseModel):
@@ -48,7 +59,9 @@ class MinMaxWeight(_Frozen):
     """Weight bit width."""
 
 
-WeightQuantConfig = Annotated[LSQPlusWeight | MinMaxWeight, Field(discriminator="kind")]
+WeightQuantConfig = Annotated[
+    Annotated[LSQPlusWeight, Tag("lsq_plus")] | Annotated[MinMaxWeight, Tag("minmax")], _kind_or("lsq_plus")
+]
 
 
 class ClippedDynamicActivation(_Frozen):
@@ -71,7 +84,10 @@ class NoActivationQuant(_Frozen):
     kind: Literal["none"] = "none"
 
 
-ActivationQuantConfig = Annotated[ClippedDynamicActivation | NoActivationQuant, Field(discriminator="kind")]
+ActivationQuantConfig = Annotated[
+    Annotated[ClippedDynamicActivation, Tag("clipped_dynamic")] | Annotated[NoActivationQuant, Tag("none")],
+    _kind_or("clipped_dynamic"),
+]
 
 
 class RoleOverride(_Frozen):

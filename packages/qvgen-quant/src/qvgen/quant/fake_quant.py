@@ -105,7 +105,7 @@ class WeightQuantizer(nn.Module):
             case _:
                 assert_never(cfg)
         self.grad_scale_factor: float | None = (
-            1.0 / math.sqrt(in_features * (2**cfg.bits - 1)) if use_grad_scale else None
+            1.0 / math.sqrt(max(in_features, 1) * (2**cfg.bits - 1)) if use_grad_scale else None
         )
         self.scale = nn.Parameter(
             torch.ones(out_features, 1, device=device, dtype=torch.float32), requires_grad=learnable
@@ -194,9 +194,9 @@ class ActivationQuantizer(nn.Module):
         self.clip_logit_hi = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.context: TimestepContext | None = None
 
-    def clip_factors(self) -> tuple[Tensor, Tensor]:
-        """The per-group clip factors (sigmoid of the logits), float32 `[G]` each."""
-        return torch.sigmoid(self.clip_logit_lo.float()), torch.sigmoid(self.clip_logit_hi.float())
+    def clip_factors(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+        """The per-group clip factors (sigmoid of the logits), `[G]` each, computed in `dtype`."""
+        return torch.sigmoid(self.clip_logit_lo.to(dtype)), torch.sigmoid(self.clip_logit_hi.to(dtype))
 
     def group_index(self) -> Tensor:
         """Per-sample group indices `[B]` (long) for the current call; `[0]` when G == 1."""
@@ -222,19 +222,19 @@ class ActivationQuantizer(nn.Module):
                 f"activation of shape {tuple(x.shape)} does not start with the batch size {batch} of the "
                 "timesteps; pass one timestep per sample (shape [B]) or a single one"
             )
-        lo, hi = self.clip_factors()
+        lo, hi = self.clip_factors(compute_dtype(x))
         return lo[g].reshape(shape), hi[g].reshape(shape)
 
     def qparams(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Per-token (scale, integer-valued zero point) `[..., 1]` in float32 (float64 for float64 x)."""
         xc = x.to(compute_dtype(x))
         lo, hi = self.sample_clips(xc)
-        return activation_qparams(xc, lo.to(xc.dtype), hi.to(xc.dtype), self.bits)
+        return activation_qparams(xc, lo, hi, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
         xc = x.to(compute_dtype(x))
         lo, hi = self.sample_clips(xc)
-        return fake_quantize_activation(xc, lo.to(xc.dtype), hi.to(xc.dtype), self.bits).to(x.dtype)
+        return fake_quantize_activation(xc, lo, hi, self.bits).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, groups={self.groups}, group_mode={self.group_mode}"

@@ -69,7 +69,7 @@ class QuantLinear(nn.Module):
             role=role,
             device="meta",  # weight and bias are replaced by linear's own Parameters below
         )
-        new.weight = linear.weight
+        new.weight = linear.weight  # type: ignore[assignment]  # nn.Linear annotates it as Tensor
         new.bias = linear.bias
         return new
 
@@ -78,7 +78,7 @@ class QuantLinear(nn.Module):
         with torch.device("meta"):
             linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
         linear.weight = self.weight
-        linear.bias = self.bias
+        linear.bias = self.bias  # type: ignore[assignment]  # nn.Linear allows None at runtime
         return linear
 
     def _check_initialized(self) -> None:

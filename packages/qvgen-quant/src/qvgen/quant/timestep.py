@@ -51,11 +51,8 @@ class TimestepContext:
                 "after `qvgen.quant.attach_timestep_context_(model)`, or call `qvgen.quant.set_timesteps_(model, t)`"
             )
         if mode == "bin":
-            g = torch.floor(
-                t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-                * groups
-                / self.num_train_timesteps
-            )
+            # float64 so that float32 timesteps near a bin edge land where exact arithmetic puts them
+            g = torch.floor(t.to(torch.float64) * groups / self.num_train_timesteps)
             g = g.clamp(0, groups - 1).long()
         else:
             g = torch.remainder(t.long(), groups)

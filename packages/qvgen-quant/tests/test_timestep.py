@@ -1,0 +1,111 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from qvgen.quant import (
+    ActivationQuantizer,
+    ClippedDynamicActivation,
+    TimestepContext,
+    attach_timestep_context_,
+    set_timesteps_,
+    timestep_context,
+)
+
+
+class _Denoiser(nn.Module):
+    """Stand-in transformer root: CogVideoX-like signature, timestep third positional."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = ActivationQuantizer(ClippedDynamicActivation(groups=10))
+        self.b = nn.Sequential(ActivationQuantizer(ClippedDynamicActivation(groups=10, group_mode="mod")))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                timestep: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        self.seen.append(self.a.group_index())
+        return self.b(self.a(hidden_states))
+
+
+def test_attach_shares_one_context_among_all_activation_quantizers() -> None:
+    model = _Denoiser()
+    ctx = attach_timestep_context_(model)
+    assert isinstance(ctx, TimestepContext)
+    assert model.a.context is ctx and model.b[0].context is ctx
+    assert timestep_context(model) is ctx
+    assert attach_timestep_context_(model) is ctx  # idempotent
+    assert len(model._forward_pre_hooks) == 1
+
+
+@pytest.mark.parametrize("how", ["kwarg", "positional"])
+def test_pre_hook_reads_the_timestep_argument_each_call(how: str) -> None:
+    model = _Denoiser()
+    attach_timestep_context_(model)
+    x = torch.randn(2, 3, 8)
+    for t in (torch.tensor([0, 999]), torch.tensor([450, 451])):
+        if how == "kwarg":
+            model(x, timestep=t)
+        else:
+            model(x, None, t)
+    assert [g.tolist() for g in model.seen] == [[0, 9], [4, 4]]
+
+
+def test_pre_hook_clears_timesteps_when_a_call_passes_none() -> None:
+    model = _Denoiser()
+    attach_timestep_context_(model)
+    model(torch.randn(1, 2, 8), timestep=torch.tensor([5]))
+    with pytest.raises(RuntimeError, match="no timestep set"):
+        model(torch.randn(1, 2, 8))
+
+
+def test_no_hook_without_timestep_parameter_and_manual_set_works() -> None:
+    model = nn.Sequential(ActivationQuantizer(ClippedDynamicActivation(groups=5)))
+    ctx = attach_timestep_context_(model)
+    assert len(model._forward_pre_hooks) == 0
+    set_timesteps_(model, torch.tensor([999.0]))
+    assert ctx.group_index(5, "bin").tolist() == [4]
+    model(torch.randn(1, 3, 4))
+
+
+def test_set_timesteps_attaches_a_context_when_missing() -> None:
+    model = nn.Sequential(ActivationQuantizer(ClippedDynamicActivation(groups=5)))
+    ctx = set_timesteps_(model, 10)
+    assert model[0].context is ctx and ctx.timesteps is not None and ctx.timesteps.shape == (1,)
+
+
+def test_num_train_timesteps_sets_the_bin_width() -> None:
+    model = nn.Sequential(ActivationQuantizer(ClippedDynamicActivation(groups=4)))
+    attach_timestep_context_(model, num_train_timesteps=100)
+    set_timesteps_(model, torch.tensor([24.0, 25.0, 99.0, 500.0]))
+    assert model[0].group_index().tolist() == [0, 1, 3, 3]
+    with pytest.raises(ValueError, match="num_train_timesteps=100, not 1000"):
+        attach_timestep_context_(model, num_train_timesteps=1000)
+
+
+def test_context_rejects_2d_timesteps_and_bad_num_train_timesteps() -> None:
+    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
+        TimestepContext().set(torch.zeros(2, 2))
+    with pytest.raises(ValueError, match="num_train_timesteps must be >= 1"):
+        TimestepContext(0)
+
+
+def test_group_indices_are_computed_once_per_call_and_reset_on_set() -> None:
+    ctx = TimestepContext()
+    ctx.set(torch.tensor([10.0]))
+    first = ctx.group_index(50, "bin")
+    assert ctx.group_index(50, "bin") is first
+    ctx.set(torch.tensor([990.0]))
+    assert ctx.group_index(50, "bin").tolist() == [49]
+
+
+def test_deepcopy_of_a_model_gets_its_own_shared_context() -> None:
+    model = _Denoiser()
+    attach_timestep_context_(model)
+    clone = copy.deepcopy(model)
+    ctx = timestep_context(clone)
+    assert ctx is not timestep_context(model)
+    assert clone.a.context is ctx and clone.b[0].context is ctx
+    clone(torch.randn(1, 2, 8), timestep=torch.tensor([999]))
+    assert ctx.timesteps is not None and timestep_context(model).timesteps is None
