@@ -50,7 +50,7 @@ def test_two_process_ddp_run_keeps_ranks_in_sync_with_different_noise(run_dict, 
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, "\n".join(l for l in proc.stderr.splitlines() if l.startswith("[rank"))[
+    assert proc.returncode == 0, "\n".join(x for x in proc.stderr.splitlines() if x.startswith("[rank"))[
         -6000:
     ]
     r0, r1 = (json.loads((tmp_path / f"rank{i}.json").read_text()) for i in (0, 1))

@@ -77,3 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def console_main() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":  # `accelerate launch -m qvgen.train.cli run CONFIG.yaml`
+    console_main()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
 from torch import nn
 from tqdm.auto import tqdm
@@ -105,6 +105,12 @@ def run(cfg: RunConfig) -> RunResult:
 
     # 3. Optimizer groups, schedule, accelerate. The loader splits by node/worker itself (qvgen.data),
     #    so it is not handed to accelerate (which would shard it a second time).
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if fsdp and branches is not None and not accelerator.state.fsdp_plugin.ignored_modules:
+        raise ValueError(
+            "FSDP with Φ: set `fsdp_ignored_modules: '.*\\.lowrank'` in the accelerate config so Φ stays "
+            "replicated and can shrink (see configs/accelerate/fsdp.yaml)"
+        )
     optimizer = build_optimizer(student, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
@@ -122,7 +128,7 @@ def run(cfg: RunConfig) -> RunResult:
         loader = make_loader(cfg.data, rank=rank, world_size=accelerator.num_processes)
         batches = _batches(loader, data_batches)
         vae_config = _vae_config(Path(cfg.model.checkpoint))
-        empty_text, empty_len = empty_prompt(cfg, family)
+        empty = empty_prompt(cfg, family) if cfg.train.caption_dropout > 0 else None
         metrics_path = cfg.output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +146,7 @@ def run(cfg: RunConfig) -> RunResult:
                 state = auxiliary.rank_at(step, cfg.aux.decay)
                 changed = auxiliary.apply_(branches, state, optimizer.optimizer)
                 phi_rank = state.rank
-                if changed and accelerator.num_processes > 1:
+                if changed and accelerator.num_processes > 1 and not fsdp:
                     student, optimizer, scheduler = _rewrap(accelerator, student, optimizer, scheduler)
 
             # 5. One batch: posterior sample, normalise, per-family timesteps and noise (this rank's RNG).
@@ -151,11 +157,9 @@ def run(cfg: RunConfig) -> RunResult:
             timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
             x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
             text, lengths = batch.text_embeddings.to(device).float(), batch.text_lengths.to(device)
-            if cfg.train.caption_dropout > 0 and bool(
-                torch.rand((), generator=generator) < cfg.train.caption_dropout
-            ):
-                text = empty_text.to(device).expand_as(text)  # whole batch, teacher sees the same (§7.2)
-                lengths = empty_len.to(device).expand_as(lengths)
+            if empty is not None and bool(torch.rand((), generator=generator) < cfg.train.caption_dropout):
+                text = empty[0].to(device).expand_as(text)  # whole batch, teacher sees the same (§7.2)
+                lengths = empty[1].to(device).expand_as(lengths)
 
             # 6. Target: the frozen teacher on the same noisy input (or the data target), then MSE in fp32.
             if cfg.train.loss_target == "teacher":
@@ -169,8 +173,11 @@ def run(cfg: RunConfig) -> RunResult:
                 pred = family.predict(student, x, text, lengths)
             loss = distill_loss(pred, target)
             accelerator.backward(loss)
+            if fsdp and branches:
+                auxiliary.all_reduce_grads_(branches)  # Φ is replicated outside FSDP (ignored modules)
             if cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+            lr = scheduler.get_last_lr()[0]  # the latent-weight group's lr used by this step
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -180,7 +187,6 @@ def run(cfg: RunConfig) -> RunResult:
             if done % cfg.logging.every_n_steps == 0 or done == cfg.train.max_steps:
                 value = loss.item()
                 losses.append(value)
-                lr = scheduler.get_last_lr()[0]
                 record = {"step": done, "loss": value, "lr": lr, "phi_rank": phi_rank}
                 bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", rank=phi_rank)
                 if accelerator.is_main_process:
