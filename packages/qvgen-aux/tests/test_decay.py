@@ -140,9 +140,10 @@ def test_removal_leaves_exactly_a_plain_quantized_model(mode):
 
 def test_apply_on_steps_without_event_only_updates_gamma():
     _, branches, optimizer = _setup()
-    L = branches["0"].L
+    L, gamma = branches["0"].L, branches["0"].group.values
     assert not apply_(branches, rank_at(2, SCHED), optimizer)
     assert branches["0"].L is L
+    assert branches["0"].group.values is gamma  # written in place, once for all branches
     assert torch.equal(branches["0"].group.values, gamma_values(rank_at(2, SCHED), 8))
 
 
