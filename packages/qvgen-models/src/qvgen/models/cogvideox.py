@@ -221,7 +221,7 @@ class CogVideoXFamily:
             hidden_states=sched.add_noise(latents, noise, t),
             timestep=t,
             target=sched.get_velocity(latents, noise, t),
-            alpha_bar=sched.alphas_cumprod.to(t.device)[t],
+            alpha_bar=sched.alphas_cumprod.to(device=t.device, dtype=torch.float32)[t],
         )
 
     def predict(
