@@ -12,7 +12,7 @@ def test_registry_holds_both_families_under_their_names():
 
 def test_get_family_unknown_name_lists_known_families():
     assert get_family("wan") is FAMILIES["wan"]
-    with pytest.raises(KeyError, match="unknown model family 'hunyuan'.*cogvideox, wan"):
+    with pytest.raises(KeyError, match=r"unknown model family 'hunyuan'.*cogvideox, wan"):
         get_family("hunyuan")
 
 
