@@ -11,6 +11,9 @@ import sys
 
 
 def main() -> int:
+    # Running a script puts its folder first on sys.path, where qvgen's own vbench.py would shadow the package.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     args = json.loads(sys.argv[1])
     os.environ["VBENCH_CACHE_DIR"] = args["cache_dir"]
     import torch

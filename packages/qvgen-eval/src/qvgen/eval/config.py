@@ -88,6 +88,11 @@ class PromptSource(_Frozen):
         return self
 
 
+def _check_family_settings(family: str, sampling: SamplingSettings) -> None:
+    if sampling.use_dynamic_cfg is not None and family != "cogvideox":
+        raise ValueError(f"sampling.use_dynamic_cfg is a CogVideoX setting; family is {family!r}")
+
+
 class SampleConfig(_Frozen):
     """`qvgen-eval sample`: one model, a prompt list, seeds → `{prompt}-{index}.mp4` in `out_dir`."""
 
@@ -104,6 +109,11 @@ class SampleConfig(_Frozen):
     """"auto": the accelerate process's device (cuda:<local rank> when there is a GPU, else cpu)."""
     skip_existing: bool = True
     """Leave videos already in out_dir alone (resume)."""
+
+    @model_validator(mode="after")
+    def _family_settings(self) -> SampleConfig:
+        _check_family_settings(self.family, self.sampling)
+        return self
 
 
 class Variant(_Frozen):
@@ -130,6 +140,7 @@ class CompareConfig(_Frozen):
 
     @model_validator(mode="after")
     def _unique_names(self) -> CompareConfig:
+        _check_family_settings(self.family, self.sampling)
         names = [v.name for v in self.variants]
         if "teacher" in names or len(set(names)) != len(names):
             raise ValueError(f"variants need unique names other than 'teacher', got {names}")

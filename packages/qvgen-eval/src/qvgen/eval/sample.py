@@ -112,7 +112,7 @@ def sample(cfg: SampleConfig) -> SampleResult:
     """`qvgen-eval sample`: this process's share of the videos of `cfg`, written to `cfg.out_dir`."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     items = plan_items(resolve_prompts(cfg.prompts), cfg.prompts.videos_per_prompt, cfg.seed)
     model = load_model(cfg.family, cfg.model, cfg.dtype, _device(state, cfg.device))
     cfg.out_dir.mkdir(parents=True, exist_ok=True)

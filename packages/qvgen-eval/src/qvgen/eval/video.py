@@ -1,4 +1,4 @@
-"""mp4 in and out: atomic h264 writes through imageio-ffmpeg, uint8 RGB reads."""
+"""mp4 in and out: atomic h264 writes through imageio-ffmpeg, uint8 RGB reads through PyAV (FFmpeg)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import av
 import imageio.v2 as imageio
 import numpy as np
 
@@ -56,11 +57,11 @@ def read_video(path: str | Path) -> np.ndarray:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"no video file at {p}")
-    reader = imageio.get_reader(str(p), format="FFMPEG")
     try:
-        frames = [np.asarray(f) for f in reader]
-    finally:
-        reader.close()
+        with av.open(str(p)) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.FFmpegError, IndexError) as e:
+        raise ValueError(f"cannot decode video {p}: {e}") from e
     if not frames:
         raise ValueError(f"video {p} has no frames")
     return np.stack(frames).astype(np.uint8, copy=False)
