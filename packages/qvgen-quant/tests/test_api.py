@@ -160,6 +160,14 @@ def test_initialize_rejects_meta_weights_and_unprepared_models() -> None:
         initialize_(nn.Sequential(nn.Linear(4, 4)), progress=False)
 
 
+def test_initialize_refuses_layers_that_already_have_phi() -> None:
+    model = _model()
+    layers = prepare_(model, QuantConfig(), layer_roles=ROLES)
+    layers["1.ffn.0"].lowrank = nn.Linear(1, 1)  # any module in the slot
+    with pytest.raises(ValueError, match=r"layer '1\.ffn\.0' \(and 0 more\) already has Φ attached"):
+        initialize_(model, progress=False)
+
+
 def test_quant_parameter_groups_split_weights_qparams_and_clips() -> None:
     model = _model()
     layers = prepare_(model, QuantConfig(), layer_roles=ROLES)

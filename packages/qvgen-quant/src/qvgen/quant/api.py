@@ -139,6 +139,12 @@ def initialize_(model: nn.Module, *, progress: bool = True) -> None:
     layers = quantized_layers(model)
     if not layers:
         raise ValueError("model has no QuantLinear layers: call `qvgen.quant.prepare_(model, cfg)` first")
+    with_phi = [name for name, layer in layers.items() if layer.lowrank is not None]
+    if with_phi:
+        raise ValueError(
+            f"layer {with_phi[0]!r} (and {len(with_phi) - 1} more) already has Φ attached; Φ is fitted to "
+            "W - Q(W), so call `qvgen.quant.initialize_` before `qvgen.auxiliary.attach_`"
+        )
     for name, layer in tqdm(layers.items(), desc="weight ranges", unit="layer", disable=not progress):
         _check_weight(name, layer)
         layer.weight_quantizer.initialize_(layer.weight)
