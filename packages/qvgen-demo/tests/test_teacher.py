@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 
 from qvgen.data import COLOURS, DIRECTIONS, SHAPES, make_clip
+from qvgen.demo.cli import main
 from qvgen.demo.teacher import (
     CARD_NAME,
     DEFAULT_TEACHER_DIR,
@@ -71,8 +72,12 @@ def _same_weights(a: Path, b: Path) -> bool:
     )
 
 
-def test_two_step_run_is_deterministic(micro_teacher: Path, tmp_path: Path):
-    again = train_teacher(TeacherConfig(out=tmp_path / "again", **MICRO))
+def test_cli_run_of_the_same_config_reproduces_the_weights(micro_teacher: Path, tmp_path: Path, capsys):
+    again = tmp_path / "again"
+    argv = ["train-teacher", "--out", str(again), "--vae-steps", "2", "--steps", "2"]
+    argv += [f"--set={k}={v}" for k, v in MICRO.items() if k not in {"vae_steps", "steps"}]
+    assert main(argv) == 0
+    assert f"wrote {again}" in capsys.readouterr().out
     assert _same_weights(micro_teacher, again)
     report_a = json.loads((micro_teacher / REPORT_NAME).read_text())
     report_b = json.loads((again / REPORT_NAME).read_text())
@@ -103,6 +108,11 @@ def test_balanced_captions_cover_the_vocabulary_and_parse():
 def test_config_rejects_shapes_the_wan_vae_cannot_take(field, value, message):
     with pytest.raises(ValidationError, match=message):
         TeacherConfig(**{field: value})
+
+
+def test_cli_rejects_a_bad_setting_with_exit_code_2(capsys):
+    assert main(["train-teacher", "--set", "frames=10"]) == 2
+    assert "frames must be 4k+1" in capsys.readouterr().out
 
 
 def test_retrain_command_lists_only_changed_fields():

@@ -8,6 +8,10 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from qvgen.demo.teacher import add_cli as add_train_teacher_cli
+from qvgen.demo.teacher import cli_main as train_teacher_main
+from qvgen.demo.teacher import config_from_args as teacher_config_from_args
+
 DEFAULT_PROMPT = "a red square moves left"
 
 
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=4, help="sampling steps (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the model weights and the sample")
     demo.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: %(default)r)")
+    add_train_teacher_cli(sub)
     return parser
 
 
@@ -65,6 +70,13 @@ def run_demo(out: Path, family_name: str, *, steps: int, seed: int, prompt: str)
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "train-teacher":
+        try:
+            cfg = teacher_config_from_args(args)
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            print(f"qvgen train-teacher: {e}")
+            return 2
+        return train_teacher_main(cfg)
     if args.command == "demo":
         if args.steps < 1:
             print(f"qvgen demo: --steps must be at least 1; got {args.steps}")

@@ -88,9 +88,9 @@ class TeacherConfig(_Frozen):
     height: Annotated[int, Field(ge=32)] = 64
     width: Annotated[int, Field(ge=32)] = 64
 
-    vae_steps: Annotated[int, Field(ge=0)] = 1200
-    vae_batch_size: Annotated[int, Field(ge=1)] = 8
-    vae_lr: Annotated[float, Field(gt=0)] = 3e-3
+    vae_steps: Annotated[int, Field(ge=0)] = 900
+    vae_batch_size: Annotated[int, Field(ge=1)] = 4
+    vae_lr: Annotated[float, Field(gt=0)] = 2e-3
     vae_crop: Annotated[int, Field(ge=16)] = 32
     """Square crop the VAE trains on (half of them centred near the shape)."""
     vae_clips: Annotated[int, Field(ge=1)] = 512
@@ -101,7 +101,7 @@ class TeacherConfig(_Frozen):
 
     num_clips: Annotated[int, Field(ge=1)] = 2048
     """Training clips encoded into latent shards for the transformer."""
-    steps: Annotated[int, Field(ge=0)] = 6000
+    steps: Annotated[int, Field(ge=0)] = 3000
     """Transformer optimiser steps."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
@@ -621,9 +621,9 @@ def config_from_args(args: Any) -> TeacherConfig:
     return TeacherConfig.model_validate(values)
 
 
-def cli_main(args: Any) -> int:
-    """Run `qvgen train-teacher`; prints the folder and the teacher's adherence."""
-    out = train_teacher(config_from_args(args))
+def cli_main(cfg: TeacherConfig) -> int:
+    """Run `qvgen train-teacher` for `cfg`; prints the folder and the teacher's adherence."""
+    out = train_teacher(cfg)
     quality = json.loads((out / REPORT_NAME).read_text())["quality"]
     print(f"qvgen train-teacher: wrote {out}")
     print("adherence " + " ".join(f"{k}={v:.3f}" for k, v in quality["teacher"].items()))
