@@ -1,0 +1,126 @@
+"""`qvgen-eval compare` on the tiny Wan and CogVideoX: full precision vs fake-quant vs real low-bit export."""
+
+import copy
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from safetensors.torch import save_file
+
+from qvgen import quant
+from qvgen.eval import load_report
+from qvgen.eval.cli import main
+from qvgen.models import get_family
+from qvgen.models.testing import tiny_checkpoint
+
+
+def _export_student(family: str, fake_dir, deploy_dir) -> None:
+    """A PTQ student written in the two on-disk forms eval reads.
+
+    fake_dir: qvgen-train's student folder (`student_manifest.json` + `model.safetensors`); deploy_dir:
+    qvgen-quant's `convert_` + `save_quantized`.
+    """
+    fam = get_family(family)
+    ckpt = tiny_checkpoint(family)
+    cfg = quant.QuantConfig()
+    student = fam.load_transformer(ckpt)
+    layers = quant.prepare_(
+        student, cfg, layer_roles=fam.layer_roles, keep_high_precision=fam.keep_high_precision
+    )
+    quant.initialize_(student, progress=False)
+    fake_dir.mkdir()
+    save_file(
+        {k: v.contiguous() for k, v in student.state_dict().items()}, str(fake_dir / "model.safetensors")
+    )
+    manifest = {
+        "schema_version": 1, "kind": "fake_quant", "family": family, "checkpoint": str(ckpt),
+        "quant": cfg.model_dump(mode="json"), "layers": {n: str(m.role) for n, m in layers.items()},
+        "steps": 0, "qvgen_train_version": "test", "git_sha": None, "run_config": {},
+    }  # fmt: skip
+    (fake_dir / "student_manifest.json").write_text(json.dumps(manifest))
+    deployed = copy.deepcopy(student)
+    quant.convert_(deployed)
+    quant.save_quantized(deployed, deploy_dir, identity=str(ckpt))
+
+
+@pytest.fixture(scope="module", params=["wan", "cogvideox"])
+def compared(request, tmp_path_factory):
+    family = request.param
+    root = tmp_path_factory.mktemp(f"compare-{family}")
+    _export_student(family, root / "fake", root / "deploy")
+    ckpt = str(tiny_checkpoint(family))
+    cfg = root / "compare.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "family": family,
+        "teacher": {"kind": "full_precision", "path": ckpt},
+        "variants": [
+            {"name": "fp_copy", "model": {"kind": "full_precision", "path": ckpt}},
+            {"name": "w4a4_fake", "model": {"kind": "fake_quant", "path": str(root / "fake")}},
+            {"name": "w4a4_deploy", "model": {"kind": "deploy", "path": str(root / "deploy")}},
+        ],
+        "prompts": {"prompts": ["a cat playing piano", "a dog running on the beach"]},
+        "out_dir": str(root / "out"),
+        "seed": 7,
+        "sampling": {"height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 4, "guidance_scale": 5.0},
+        "device": "cpu",
+    }))  # fmt: skip
+    assert main(["compare", str(cfg)]) == 0
+    return family, root / "out"
+
+
+def test_compare_writes_a_report_with_every_model_and_video(compared):
+    family, out = compared
+    report = load_report(out / "report.json")
+    assert report.family == family
+    assert [v.name for v in report.variants] == ["fp_copy", "w4a4_fake", "w4a4_deploy"]
+    assert [v.kind for v in report.variants] == ["full_precision", "fake_quant", "deploy"]
+    for m in (report.teacher, *report.variants):
+        assert [(s.prompt, s.index, s.seed) for s in m.samples] == [
+            ("a cat playing piano", 0, 7), ("a dog running on the beach", 0, 8),
+        ]  # fmt: skip
+        for s in m.samples:
+            assert (out / s.video.path).is_file() and s.video.path.endswith(f"{s.prompt}-0.mp4")
+            assert 0.0 < s.video.temporal_flickering <= 1.0
+
+
+def test_teacher_against_itself_has_zero_error_at_the_same_seed(compared):
+    _, out = compared
+    fp = load_report(out / "report.json").variants[0]
+    for s in fp.samples:
+        f = s.fidelity
+        assert f is not None
+        assert f.latent_mse == 0.0 and f.psnr_db == 100.0 and f.ssim == pytest.approx(1.0)
+        assert f.motion_energy_ratio == pytest.approx(1.0)
+        assert len(f.step_errors) == 4 and all(e.relative_mse == 0.0 for e in f.step_errors)
+
+
+def test_quantized_variants_differ_from_the_teacher_and_deploy_tracks_fake_quant(compared):
+    _, out = compared
+    report = load_report(out / "report.json")
+    fake, deploy = report.variants[1], report.variants[2]
+    for v in (fake, deploy):
+        s = v.summary
+        assert s["latent_mse"] > 0 and s["step_relative_mse"] > 0 and 0 < s["psnr_db"] < 100
+        assert 0 < s["ssim"] < 1 and s["motion_energy_ratio"] > 0
+        first = [smp.fidelity.step_errors[0].relative_mse for smp in v.samples if smp.fidelity]
+        assert all(0 < e < 1 for e in first)  # the first step sees identical inputs: pure quantization error
+    # The deploy layers compute the fake quantizer's function with integer GEMMs.
+    assert deploy.summary["step_relative_mse"] == pytest.approx(fake.summary["step_relative_mse"], rel=0.2)
+    assert abs(deploy.summary["psnr_db"] - fake.summary["psnr_db"]) < 2.0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")
+def test_html_report_renders_in_headless_chromium_and_every_video_loads(compared):
+    _, out = compared
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--virtual-time-budget=10000", "--dump-dom", (out / "report.html").as_uri()],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    assert "<h1>qvgen eval" in dom and dom.count("<svg") >= 5
+    assert 'data-total="8" data-loaded="8" data-failed="0"' in dom

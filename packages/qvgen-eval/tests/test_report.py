@@ -1,0 +1,93 @@
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from qvgen.eval import EvalReport, load_report, parse_results, write_report, write_video
+from qvgen.eval.report import (
+    FidelityMetrics,
+    SampleRecord,
+    StepErrorRecord,
+    VariantReport,
+    VideoMetrics,
+    summarize,
+)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+PROMPT = 'a <b>bold</b> "cat"'
+
+
+def _report(tmp_path) -> EvalReport:
+    t = np.linspace(0, 1, 6)[:, None, None, None]
+    frames = np.broadcast_to(t * np.ones((1, 16, 32, 3)) * 0.8, (6, 16, 32, 3))
+    write_video(frames, tmp_path / "teacher" / "clip-0.mp4", fps=8)
+    write_video(frames[::-1], tmp_path / "w4" / "clip-0.mp4", fps=8)
+    video = VideoMetrics(path="teacher/clip-0.mp4", temporal_flickering=0.9, motion_energy=0.1)
+    teacher = [SampleRecord(prompt=PROMPT, index=0, seed=1, video=video)]
+    fid = FidelityMetrics(
+        latent_mse=0.5, psnr_db=20.0, ssim=0.7, motion_energy_ratio=1.1,
+        step_errors=(StepErrorRecord(step=0, timestep=999, mse=0.1, relative_mse=0.01),
+                     StepErrorRecord(step=1, timestep=500, mse=0.2, relative_mse=0.03)),
+    )  # fmt: skip
+    variant = [SampleRecord(prompt=PROMPT, index=0, seed=1, fidelity=fid,
+                            video=video.model_copy(update={"path": "w4/clip-0.mp4"}))]  # fmt: skip
+    return EvalReport(
+        family="wan",
+        created="2026-01-01T00:00:00+00:00",
+        pipeline_kwargs={"num_inference_steps": 2},
+        teacher=VariantReport(name="teacher", kind="full_precision", source="x", samples=tuple(teacher),
+                              summary=summarize(teacher)),
+        variants=(VariantReport(name="w4", kind="fake_quant", source="y", samples=tuple(variant),
+                                summary=summarize(variant)),),
+        vbench={"w4": parse_results(__import__("pathlib").Path(__file__).parent / "data" / "vbench"
+                                    / "all_dimensions_eval_results.json")},
+    )  # fmt: skip
+
+
+def test_summary_means_every_scalar_metric():
+    rec = lambda f, p: SampleRecord(  # noqa: E731
+        prompt="p", index=0, seed=0, video=VideoMetrics(path="v", temporal_flickering=f, motion_energy=f / 10),
+        fidelity=FidelityMetrics(latent_mse=p, psnr_db=p, ssim=p, motion_energy_ratio=p,
+                                 step_errors=(StepErrorRecord(step=0, timestep=1, mse=p, relative_mse=p),)),
+    )  # fmt: skip
+    s = summarize([rec(0.8, 1.0), rec(1.0, 3.0)])
+    assert s == pytest.approx({"temporal_flickering": 0.9, "motion_energy": 0.09, "latent_mse": 2.0,
+                               "psnr_db": 2.0, "ssim": 2.0, "motion_energy_ratio": 2.0, "step_relative_mse": 2.0})  # fmt: skip
+
+
+def test_report_round_trips_through_json_and_the_html_escapes_prompts(tmp_path):
+    report = _report(tmp_path)
+    json_path, html_path = write_report(report, tmp_path)
+    assert load_report(json_path) == report
+    assert json.loads(json_path.read_text())["schema_version"] == 1
+    page = html_path.read_text()
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert page.count("data:video/mp4;base64,") == 2  # self-contained: no external resources
+    assert re.search(r"""(src|href)=["']?(https?:|//)|<link|<script src""", page) is None
+    linked = write_report(report, tmp_path / "linked" / "..", embed_videos=False)[1].read_text()
+    assert 'src="teacher/clip-0.mp4"' in linked
+
+
+def test_load_report_names_the_file(tmp_path):
+    bad = tmp_path / "report.json"
+    bad.write_text("{}")
+    with pytest.raises(ValueError, match=r"report\.json"):
+        load_report(bad)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium)")
+def test_page_renders_in_headless_chromium_with_videos_loaded_and_a_screenshot(tmp_path):
+    _, html_path = write_report(_report(tmp_path), tmp_path)
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--virtual-time-budget=10000"]  # fmt: skip
+    dom = subprocess.run([*flags, "--dump-dom", html_path.as_uri()], capture_output=True, text=True,
+                         timeout=120, check=True).stdout  # fmt: skip
+    assert 'data-total="2" data-loaded="2" data-failed="0"' in dom
+    assert "VBench — w4" in dom and "<polyline" in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, "--window-size=1200,900", f"--screenshot={shot}", html_path.as_uri()],
+                   capture_output=True, timeout=120, check=True)  # fmt: skip
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
