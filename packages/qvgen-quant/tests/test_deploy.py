@@ -224,6 +224,19 @@ def test_deploy_linear_rebuilds_kernel_after_load_state_dict() -> None:
     torch.testing.assert_close(after - bias, 2 * (before - bias), rtol=1e-5, atol=1e-5)
 
 
+def test_deploy_linear_keeps_quantization_grid_in_float32_under_dtype_casts() -> None:
+    model, layer = trained_layer(64, 32)
+    set_timesteps_(model, 3.0)
+    deploy = DeployLinear.from_quant_linear(layer)
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        before = deploy(x)
+        deploy.to(torch.bfloat16)
+        assert all(t.dtype in (torch.float32, torch.uint8) for t in deploy.state_dict().values())
+        assert torch.equal(deploy(x), before)
+        assert deploy(x.bfloat16()).dtype == torch.bfloat16
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("a_bits", [4, None])
 def test_deploy_linear_on_cuda_matches_cpu(a_bits: int | None) -> None:

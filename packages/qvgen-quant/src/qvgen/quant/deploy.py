@@ -172,8 +172,18 @@ class DeployLinear(nn.Module):
 
     # -- kernel cache ---------------------------------------------------------------------------------
     def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Follow device moves, but keep scales, zero points, bias and clip logits in float32.
+
+        ``model.to(torch.bfloat16)`` would otherwise round the quantization grid itself.
+        """
         self._kernel_cache = {}
-        return super()._apply(fn, recurse)
+        before = {n: t.detach() for n, t in self.state_dict(keep_vars=True).items() if t.is_floating_point()}
+        out = super()._apply(fn, recurse)
+        for name, t in self.state_dict(keep_vars=True).items():
+            old = before.get(name)
+            if old is not None and t.dtype != old.dtype:
+                t.data = old.to(t.device)
+        return out
 
     def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self._kernel_cache = {}
