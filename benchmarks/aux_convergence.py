@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--outlier", type=float, default=8.0, help="scale of every (dim/4)-th input channel")
     args = p.parse_args(argv)
     if args.steps is None:
-        args.steps = 600 if args.quick else 3000
+        args.steps = 400 if args.quick else 3000
     torch.set_num_threads(1)
     t = teacher(args.dim, args.hidden, args.depth, args.seed).eval()
     outliers = torch.ones(args.dim)
