@@ -95,13 +95,25 @@ def test_gradients_reach_weight_scale_zero_point_and_clip_logits() -> None:
         assert set(torch.nonzero(p.grad).flatten().tolist()) == {5, 40}  # bins of t = 100 and 800
 
 
-def test_bf16_layer_keeps_bf16_output_and_float32_quantized_weight() -> None:
-    layer = _layer().to(torch.bfloat16)
-    layer.weight_quantizer.float()  # the recipe keeps qparams in float32
-    layer.act_quantizer.float()
-    out = layer(torch.randn(2, 3, 32).bfloat16())
+def test_bf16_cast_keeps_quantizer_parameters_in_float32() -> None:
+    layer = _layer()
+    x = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        layer.weight.copy_(layer.weight.bfloat16().float())  # representable in bf16: casting loses nothing
+        reference = layer(x.bfloat16().float())
+    layer.to(torch.bfloat16)
+    assert layer.weight.dtype == torch.bfloat16
+    quantizer_params = [*layer.weight_quantizer.parameters(), *layer.act_quantizer.parameters()]
+    assert {p.dtype for p in quantizer_params} == {torch.float32}
+    out = layer(x.bfloat16())
     assert out.dtype == torch.bfloat16
     assert layer.quantized_weight().dtype == torch.float32
+    torch.testing.assert_close(
+        layer.quantized_weight(), layer.weight_quantizer(layer.weight.float()), atol=0, rtol=0
+    )
+    torch.testing.assert_close(out.float(), reference, atol=0.05, rtol=0.02)  # bf16 matmul output rounding
+    layer.double()  # float64 casts are kept (parity tests use them)
+    assert layer.weight_quantizer.scale.dtype == torch.float64
 
 
 def test_weight_only_config_leaves_activations_unquantized() -> None:

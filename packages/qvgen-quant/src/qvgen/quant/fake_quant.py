@@ -25,6 +25,23 @@ def compute_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def keep_float32_on_half_cast(module: nn.Module, fn, recurse: bool) -> nn.Module:  # type: ignore[no-untyped-def]
+    """`nn.Module._apply` that follows device moves but undoes casts of its own parameters to fp16/bf16.
+
+    `model.to(torch.bfloat16)` would otherwise round the quantization grid itself (method.md B12).
+    """
+    before = {name: p.detach() for name, p in module.named_parameters(recurse=False)}
+    out = nn.Module._apply(module, fn, recurse)
+    for name, p in module.named_parameters(recurse=False):
+        old = before[name]
+        if p.dtype in _HALF and old.dtype not in _HALF:
+            p.data = old.to(p.device)
+    return out
+
+
 def grad_scale(t: Tensor, g: float) -> Tensor:
     """Same value as `t`, gradient multiplied by `g` (LSQ)."""
     return (t - t * g).detach() + t * g
@@ -148,6 +165,9 @@ class WeightQuantizer(nn.Module):
             s, z = grad_scale(s, self.grad_scale_factor), grad_scale(z, self.grad_scale_factor)
         return fake_quantize_weight(weight.to(dtype), s, z, self.bits)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        return keep_float32_on_half_cast(self, fn, recurse)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "scale" in state_dict and prefix + "zero_point" in state_dict:
@@ -241,6 +261,9 @@ class ActivationQuantizer(nn.Module):
         xc = x.to(compute_dtype(x))
         lo, hi = self.sample_clips(xc)
         return fake_quantize_activation(xc, lo, hi, self.bits).to(x.dtype)
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        return keep_float32_on_half_cast(self, fn, recurse)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, groups={self.groups}, group_mode={self.group_mode}"
