@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         with_phi = run(t, bits, True, args, outliers)
         for name, r in (("no-phi", base), ("phi", with_phi)):
             print(
-                f"W{bits}A{bits} {name:6s} early_grad_norm={r['grad_norm']:.4g} first_loss={r['first_loss']:.4g} "
+                f"W{bits}A{args.act_bits or bits} {name:6s} early_grad_norm={r['grad_norm']:.4g} first_loss={r['first_loss']:.4g} "
                 f"early_loss={r['early_loss']:.4g} final_loss={r['final_loss']:.4g} "
                 f"final_rank={r['final_rank']}"
             )
