@@ -31,7 +31,7 @@ LIBRARY_PACKAGES = ["quant", "aux", "data", "models", "train", "eval"]
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False
 nox.options.sessions = [
-    *(f"tests({p})" for p in LIBRARY_PACKAGES),
+    *(f"tests({p})" for p in [*LIBRARY_PACKAGES, "demo"]),
     "integration",
     "lint",
     "typecheck",
@@ -62,7 +62,7 @@ def install_local(session: nox.Session, shorts: list[str], extras: tuple[str, ..
 
 
 @nox.session(python=PYTHON)
-@nox.parametrize("package", LIBRARY_PACKAGES, ids=LIBRARY_PACKAGES)
+@nox.parametrize("package", [*LIBRARY_PACKAGES, "demo"], ids=[*LIBRARY_PACKAGES, "demo"])
 def tests(session: nox.Session, package: str) -> None:
     """One package alone: a fresh venv with only it and its declared qvgen dependencies."""
     closure = declared_qvgen_deps(package)
