@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from qvgen.auxiliary import AuxConfig, DecaySchedule, all_reduce_grads_, attach_
+from qvgen.auxiliary.testing import tiny_quantized_mlp
+
 WORKER = Path(__file__).with_name("dp_worker.py")
 RUNS = ["ddp-resvd", "ddp-columns", "fsdp-resvd"]
 
@@ -45,3 +48,12 @@ def test_fsdp_and_ddp_train_the_same_model(dp_runs):
     ddp, fsdp = (torch.load(dp_runs / f"{run}-rank0.pt", weights_only=True)["state"] for run in RUNS[::2])
     for key in ddp:
         torch.testing.assert_close(fsdp[key], ddp[key], atol=1e-5, rtol=1e-4, msg=key)
+
+
+def test_all_reduce_grads_is_a_no_op_without_a_process_group():
+    model = tiny_quantized_mlp()
+    branches = attach_(model, AuxConfig(decay=DecaySchedule(initial_rank=4)))
+    model(torch.randn(4, 64)).sum().backward()
+    before = [b.L.grad.clone() for b in branches.values()]
+    all_reduce_grads_(branches)
+    assert all(torch.equal(b.L.grad, g) for b, g in zip(branches.values(), before))

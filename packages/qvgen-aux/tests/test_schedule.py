@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from qvgen.auxiliary import DecaySchedule, fill_gamma_, gamma_values, rank_at
+from qvgen.auxiliary import AuxConfig, DecaySchedule, fill_gamma_, gamma_values, rank_at
 
 WAN = DecaySchedule(initial_rank=32, period=444)
 
@@ -117,3 +117,7 @@ def test_fill_gamma_writes_in_place():
     out = fill_gamma_(gamma, rank_at(2, DecaySchedule(initial_rank=8, period=4)))
     assert out is gamma
     assert gamma.tolist() == [1, 1, 1, 1, 0.5, 0.5, 0.5, 0.5]
+
+
+def test_rank_at_accepts_the_whole_aux_config():
+    assert rank_at(900, AuxConfig(decay=WAN)) == rank_at(900, WAN)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from qvgen.auxiliary.config import DecaySchedule
+from qvgen.auxiliary.config import AuxConfig, DecaySchedule
 
 __all__ = ["RankState", "fill_gamma_", "gamma_values", "rank_at"]
 
@@ -32,7 +32,7 @@ class RankState:
         return self.rank == 0
 
 
-def rank_at(step: int, schedule: DecaySchedule) -> RankState:
+def rank_at(step: int, schedule: DecaySchedule | AuxConfig) -> RankState:
     """The active rank and α at `step`. With u = step − warm_up, (k, s) = divmod(u, T):
 
     1. u < 0 (warm-up): rank r0, α = 1, phase −1, no event.
@@ -46,6 +46,8 @@ def rank_at(step: int, schedule: DecaySchedule) -> RankState:
     """
     if step < 0:
         raise ValueError(f"rank_at: step must be >= 0, got {step}")
+    if isinstance(schedule, AuxConfig):
+        schedule = schedule.decay
     r0, period = schedule.initial_rank, schedule.period
     u = step - schedule.warm_up
     if u < 0:  # case 1
