@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import shutil
 import subprocess
 
@@ -124,3 +125,51 @@ def test_html_report_renders_in_headless_chromium_and_every_video_loads(compared
     ).stdout  # fmt: skip
     assert "<h1>qvgen eval" in dom and dom.count("<svg") >= 5
     assert 'data-total="8" data-loaded="8" data-failed="0"' in dom
+
+
+def _small_compare_config(tmp_path, **extra):
+    ckpt = str(tiny_checkpoint("wan"))
+    cfg = tmp_path / "compare.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "family": "wan",
+        "teacher": {"path": ckpt},
+        "variants": [{"name": "copy", "model": {"kind": "full_precision", "path": ckpt}}],
+        "prompts": {"prompts": ["a red kite"]},
+        "out_dir": str(tmp_path / "out"),
+        "sampling": {"height": 32, "width": 32, "num_frames": 9, "num_inference_steps": 2, "guidance_scale": 3.0},
+        "device": "cpu",
+        **extra,
+    }))  # fmt: skip
+    return cfg
+
+
+def test_compare_with_vbench_fails_on_missing_weights_before_sampling(tmp_path):
+    cfg = _small_compare_config(
+        tmp_path, vbench={"dimensions": ["dynamic_degree"], "cache_dir": str(tmp_path)}
+    )
+    with pytest.raises(FileNotFoundError, match=r"raft-things\.pth"):
+        main(["compare", str(cfg)])
+    assert not (tmp_path / "out" / "teacher").exists()
+
+
+def test_compare_refuses_vbench_dimensions_that_need_its_prompt_suite(tmp_path, capsys):
+    cfg = _small_compare_config(tmp_path, vbench={"dimensions": ["color"]})
+    assert main(["compare", str(cfg)]) == 2
+    assert "vbench_standard" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("QVGEN_VBENCH_PYTHON"),
+    reason="set QVGEN_VBENCH_PYTHON to an interpreter with vbench (scripts/vbench_smoke.sh builds one)",
+)
+def test_compare_scores_every_model_with_the_real_vbench(tmp_path):
+    cfg = _small_compare_config(
+        tmp_path, vbench={"dimensions": ["temporal_flickering"], "cache_dir": str(tmp_path)}
+    )
+    assert main(["compare", str(cfg)]) == 0
+    report = load_report(tmp_path / "out" / "report.json")
+    assert set(report.vbench) == {"teacher", "copy"}
+    for m in (report.teacher, *report.variants):
+        vb = report.vbench[m.name].dimensions["temporal_flickering"]
+        assert vb.score == pytest.approx(m.samples[0].video.temporal_flickering, abs=1e-6)

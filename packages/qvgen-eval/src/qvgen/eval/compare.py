@@ -34,6 +34,7 @@ from qvgen.eval.report import (
     write_report,
 )
 from qvgen.eval.sample import DEFAULT_FPS, Generated, generate, pipeline_kwargs, resolve_prompts
+from qvgen.eval.vbench import VBenchConfig, check_weights, default_cache_dir, run_vbench
 from qvgen.eval.video import read_video, write_video
 
 logger = logging.getLogger(__name__)
@@ -214,8 +215,12 @@ def compare(cfg: CompareConfig) -> EvalReport:
             name, source.kind, str(source.path), lambda: load_model(cfg.family, source, cfg.dtype, device)
         )
 
+    cache_dir = None
+    if cfg.vbench is not None:  # fail on missing weights before sampling anything
+        cache_dir = (cfg.vbench.cache_dir or default_cache_dir()).expanduser().resolve()
+        check_weights(cfg.vbench.dimensions, cache_dir)
     items = plan_items(resolve_prompts(cfg.prompts), cfg.prompts.videos_per_prompt, cfg.seed)
-    return compare_models(
+    report = compare_models(
         cfg.family,
         contender("teacher", cfg.teacher),
         [contender(v.name, v.model) for v in cfg.variants],
@@ -224,3 +229,20 @@ def compare(cfg: CompareConfig) -> EvalReport:
         cfg.out_dir,
         embed_videos=cfg.embed_videos,
     )
+    if cfg.vbench is None:
+        return report
+    scores = {}
+    for m in (report.teacher, *report.variants):
+        vb = VBenchConfig(
+            videos_dir=cfg.out_dir / m.name,
+            dimensions=cfg.vbench.dimensions,
+            output_dir=cfg.out_dir / "vbench" / m.name,
+            cache_dir=cache_dir,
+            python=cfg.vbench.python,
+            device=cfg.vbench.device,
+            name=m.name,
+        )
+        scores[m.name] = run_vbench(vb)
+    report = report.model_copy(update={"vbench": scores})
+    write_report(report, cfg.out_dir, embed_videos=cfg.embed_videos)
+    return report

@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from qvgen.eval.vbench import VBenchDimension
+from qvgen.eval.vbench import constants as vbench_constants
+
 C = TypeVar("C", bound=BaseModel)
 
 
@@ -122,6 +125,27 @@ class Variant(_Frozen):
     model: ModelSource
 
 
+class VBenchSettings(_Frozen):
+    """Run VBench on every model's videos after `compare` sampled them (weights from a local cache only)."""
+
+    dimensions: Annotated[tuple[VBenchDimension, ...], Field(min_length=1)]
+    cache_dir: Path | None = None
+    """None: `$VBENCH_CACHE_DIR`, else `~/.cache/vbench`."""
+    python: Path | None = None
+    """Interpreter with `vbench`; None: `$QVGEN_VBENCH_PYTHON`, else this one."""
+    device: Literal["cpu", "cuda"] = "cpu"
+
+    @model_validator(mode="after")
+    def _custom_dimensions(self) -> VBenchSettings:
+        bad = sorted(set(self.dimensions) & set(vbench_constants().custom_input_unsupported))
+        if bad:
+            raise ValueError(
+                f"vbench.dimensions {bad} need VBench's own prompt suite and naming; score those folders with "
+                "`qvgen-eval vbench` in mode 'vbench_standard' instead"
+            )
+        return self
+
+
 class CompareConfig(_Frozen):
     """`qvgen-eval compare`: teacher and variants at the same seeds → metrics, JSON report, HTML page."""
 
@@ -137,6 +161,8 @@ class CompareConfig(_Frozen):
     device: str = "auto"
     embed_videos: bool = True
     """Embed the mp4s in the HTML page (one self-contained file); False links them relatively."""
+    vbench: VBenchSettings | None = None
+    """Also score every model with VBench (custom prompts: VBench reads them from the file names)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> CompareConfig:

@@ -39,6 +39,7 @@ VBenchDimension = Literal[
     "overall_consistency",
 ]
 CACHE_ENV = "VBENCH_CACHE_DIR"
+PYTHON_ENV = "QVGEN_VBENCH_PYTHON"
 RUNNER = Path(__file__).with_name("_vbench_runner.py")
 
 
@@ -91,7 +92,7 @@ class VBenchConfig(_Frozen):
     full_info: Path | None = None
     """vbench_standard only: VBench's full-info JSON; None: the one shipped in the vbench package."""
     python: Path | None = None
-    """Interpreter with `vbench` installed; None: this one."""
+    """Interpreter with `vbench` installed; None: `$QVGEN_VBENCH_PYTHON`, else this one."""
     device: Literal["cpu", "cuda"] = "cpu"
     imaging_quality_preprocessing_mode: Literal["longer", "shorter", "shorter_centercrop", "None"] = "longer"
     name: str = "qvgen"
@@ -270,7 +271,7 @@ def run_vbench(cfg: VBenchConfig) -> VBenchReport:
         "prompt_list": [],
         "imaging_quality_preprocessing_mode": cfg.imaging_quality_preprocessing_mode,
     }
-    python = str(cfg.python) if cfg.python else sys.executable
+    python = str(cfg.python or os.environ.get(PYTHON_ENV) or sys.executable)
     proc = subprocess.run(
         [python, str(RUNNER), json.dumps(args)], capture_output=True, text=True, cwd=output_dir, check=False
     )
