@@ -56,7 +56,7 @@ def apply_(
                 raise ValueError(
                     f"apply_: branch {name!r} was not plugged in by attach_ and cannot be removed"
                 )
-            branch.owner.lowrank = None
+            branch.owner.register_module("lowrank", None)
             replaced[id(branch.L)] = (None, None)
             replaced[id(branch.R)] = (None, None)
         branches.clear()

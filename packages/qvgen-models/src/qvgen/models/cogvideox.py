@@ -173,7 +173,8 @@ class CogVideoXFamily:
     # -- data ------------------------------------------------------------------------------------------
     def max_text_length(self, components: Components, spec: ModelSpec | None = None) -> int:
         """The transformer's max_text_seq_length; a spec value must equal it."""
-        own = int(components.transformer.config.max_text_seq_length)
+        config: Any = components.transformer.config
+        own = int(config.max_text_seq_length)
         wanted = _spec(spec).max_text_length
         if wanted is not None and wanted != own:
             raise ValueError(
@@ -257,8 +258,9 @@ class CogVideoXFamily:
 
     def sample_kwargs(self, components: Components, **overrides: Any) -> dict[str, Any]:
         """The transformer's native size (480×720, 49 frames for 2B), 50 steps, CFG 6 dynamic + `overrides`."""
-        cfg = components.transformer.config
-        spatial = 2 ** (len(components.vae.config.block_out_channels) - 1)
+        cfg: Any = components.transformer.config
+        vae_config: Any = components.vae.config
+        spatial = 2 ** (len(vae_config.block_out_channels) - 1)
         defaults: dict[str, Any] = {
             "height": cfg.sample_height * spatial,
             "width": cfg.sample_width * spatial,

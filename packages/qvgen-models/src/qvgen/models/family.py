@@ -59,13 +59,25 @@ class ModelFamily(Protocol):
     `spec`, where a method takes one, must be this family's spec (None means the spec defaults).
     """
 
-    name: str
-    layer_roles: Mapping[str, LayerRole]
-    """fnmatch glob over transformer module names → role; matches fused ``to_qkv``/``to_kv`` too."""
-    keep_high_precision: tuple[str, ...]
-    """Globs quantization leaves alone. Empty: the official recipe quantizes every Linear."""
-    latent_layout: str
-    """Layout of normalised latents as the transformer takes them: "BCFHW" (Wan) or "BFCHW" (CogVideoX)."""
+    @property
+    def name(self) -> str:
+        """The registry key: "wan" or "cogvideox"."""
+        ...
+
+    @property
+    def layer_roles(self) -> Mapping[str, LayerRole]:
+        """fnmatch glob over transformer module names → role; matches fused ``to_qkv``/``to_kv`` too."""
+        ...
+
+    @property
+    def keep_high_precision(self) -> tuple[str, ...]:
+        """Globs quantization leaves alone. Empty: the official recipe quantizes every Linear."""
+        ...
+
+    @property
+    def latent_layout(self) -> str:
+        """Layout of normalised latents as the transformer takes them: "BCFHW" (Wan) or "BFCHW" (CogVideoX)."""
+        ...
 
     def load(self, path: str | Path, dtype: DType | torch.dtype = "float32") -> Components:
         """All components from a local diffusers folder."""
