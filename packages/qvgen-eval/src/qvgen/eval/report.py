@@ -172,17 +172,27 @@ def _video_src(report_dir: Path, rel: str, embed: bool) -> str:
     return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _line_plot(title: str, series: dict[str, list[tuple[float, float]]], x_label: str, log_y: bool) -> str:
+def _color(name: str, order: Sequence[str]) -> str:
+    """One colour per model across all plots, in report order (teacher first)."""
+    return _PALETTE[order.index(name) % len(_PALETTE)] if name in order else _PALETTE[-1]
+
+
+def _line_plot(
+    title: str, series: dict[str, list[tuple[float, float]]], x_label: str, log_y: bool, order: Sequence[str]
+) -> str:
     """An inline SVG line chart of `series` (name -> points)."""
     import math
 
-    w, h, pad, legend = 520, 260, 48, 100
+    w, h, pad, legend = 540, 260, 60, 100
     pts = [p for s in series.values() for p in s]
     if not pts:
         return ""
 
+    positive = [p[1] for p in pts if p[1] > 0]
+    floor = min(positive) / 10 if positive else 1e-12  # zeros (a bit-exact variant) sit one decade below
+
     def ty(v: float) -> float:
-        return math.log10(max(v, 1e-12)) if log_y else v
+        return math.log10(max(v, floor)) if log_y else v
 
     xs = [p[0] for p in pts]
     ys = [ty(p[1]) for p in pts]
@@ -207,7 +217,7 @@ def _line_plot(title: str, series: dict[str, list[tuple[float, float]]], x_label
         f'<text x="{pad - 4}" y="{h - pad}" text-anchor="end" font-size="10">{_fmt(10**y0 if log_y else y0)}</text>',
     ]
     for k, (name, points) in enumerate(series.items()):
-        color = _PALETTE[(k + 1) % len(_PALETTE)]
+        color = _color(name, order)
         path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         parts.append(
@@ -218,7 +228,7 @@ def _line_plot(title: str, series: dict[str, list[tuple[float, float]]], x_label
     return "".join(parts)
 
 
-def _bar_plot(title: str, values: dict[str, float]) -> str:
+def _bar_plot(title: str, values: dict[str, float], order: Sequence[str]) -> str:
     """An inline SVG horizontal bar chart (one bar per model)."""
     if not values:
         return ""
@@ -236,7 +246,7 @@ def _bar_plot(title: str, values: dict[str, float]) -> str:
             f'<text x="{pad - 6}" y="{y + 14}" text-anchor="end" font-size="11">{html.escape(name)}</text>'
         )
         parts.append(
-            f'<rect x="{pad}" y="{y}" width="{bw:.1f}" height="{row - 6}" fill="{_PALETTE[k % len(_PALETTE)]}"/>'
+            f'<rect x="{pad}" y="{y}" width="{bw:.1f}" height="{row - 6}" fill="{_color(name, order)}"/>'
         )
         parts.append(f'<text x="{pad + bw + 4:.1f}" y="{y + 14}" font-size="11">{_fmt(v)}</text>')
     parts.append("</svg>")
@@ -272,10 +282,15 @@ def render_html(report: EvalReport, report_dir: Path, *, embed_videos: bool = Tr
             for e in s.fidelity.step_errors if s.fidelity else ():
                 per_step.setdefault(e.step, []).append(e.relative_mse)
         series[v.name] = [(k, sum(x) / len(x)) for k, x in sorted(per_step.items())]
-    out.append(_line_plot("denoiser output relative MSE vs teacher", series, "sampling step", log_y=True))
+    order = [m.name for m in models]
+    out.append(_line_plot("denoiser output relative MSE vs teacher", series, "sampling step", True, order))
     for key in ("psnr_db", "ssim", "motion_energy_ratio"):
-        out.append(_bar_plot(key, {v.name: v.summary[key] for v in report.variants if key in v.summary}))
-    out.append(_bar_plot("temporal_flickering", {m.name: m.summary["temporal_flickering"] for m in models}))
+        out.append(
+            _bar_plot(key, {v.name: v.summary[key] for v in report.variants if key in v.summary}, order)
+        )
+    out.append(
+        _bar_plot("temporal_flickering", {m.name: m.summary["temporal_flickering"] for m in models}, order)
+    )
     out.append("</div>")
 
     for name, vb in report.vbench.items():
