@@ -22,6 +22,8 @@ from qvgen.eval import parse_caption, score_videos
 from qvgen.models import get_family
 
 MICRO = {
+    "vae_image_steps": 2,
+    "vae_image_batch_size": 2,
     "vae_steps": 2,
     "vae_batch_size": 2,
     "vae_clips": 2,
@@ -43,7 +45,8 @@ def micro_teacher(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_two_step_run_writes_a_loadable_diffusers_folder_with_report_and_card(micro_teacher: Path):
     report = json.loads((micro_teacher / REPORT_NAME).read_text())
-    assert report["vae"]["steps"] == 2 and report["transformer"]["steps"] == 2
+    assert report["vae"]["images"]["steps"] == 2 and report["vae"]["clips"]["steps"] == 2
+    assert report["transformer"]["steps"] == 2
     assert report["config"]["num_clips"] == 3
     assert set(report["quality"]) >= {"teacher", "ground_truth", "vae_reconstruction", "vae_psnr_db"}
     card = (micro_teacher / CARD_NAME).read_text()

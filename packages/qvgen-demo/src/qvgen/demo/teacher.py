@@ -88,9 +88,16 @@ class TeacherConfig(_Frozen):
     height: Annotated[int, Field(ge=32)] = 64
     width: Annotated[int, Field(ge=32)] = 64
 
-    vae_steps: Annotated[int, Field(ge=0)] = 900
+    vae_image_steps: Annotated[int, Field(ge=0)] = 3000
+    """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
+    vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
+    vae_lr: Annotated[float, Field(gt=0)] = 4e-3
+    """Peak one-cycle learning rate of the single-frame steps."""
+    vae_steps: Annotated[int, Field(ge=0)] = 300
+    """VAE steps on whole clips next (they teach the causal temporal path)."""
     vae_batch_size: Annotated[int, Field(ge=1)] = 4
-    vae_lr: Annotated[float, Field(gt=0)] = 2e-3
+    vae_clip_lr: Annotated[float, Field(gt=0)] = 1e-3
+    """Peak one-cycle learning rate of the clip steps."""
     vae_crop: Annotated[int, Field(ge=16)] = 32
     """Square crop the VAE trains on (half of them centred near the shape)."""
     vae_clips: Annotated[int, Field(ge=1)] = 512
@@ -169,7 +176,7 @@ class _Budget:
 
 
 def _clip_pool(cfg: TeacherConfig) -> tuple[Tensor, Tensor, Tensor]:
-    """Clips (N, 3, F, H, W) in [-1, 1], shape masks (N, 1, F, H, W) and mean shape centres (N, 2)."""
+    """Clips (N, 3, F, H, W) in [-1, 1], shape masks (N, 1, F, H, W) and shape centres (N, F, 2)."""
     clips = [
         make_clip(cfg.world_seed, i, frames=cfg.frames, height=cfg.height, width=cfg.width, max_objects=1)
         for i in range(cfg.vae_clips)
@@ -177,77 +184,88 @@ def _clip_pool(cfg: TeacherConfig) -> tuple[Tensor, Tensor, Tensor]:
     # Rendering the same shapes over a background of -1 (→ -3 after render's scaling) marks their pixels.
     below = torch.full((3, cfg.height, cfg.width), -1.0)
     masks = torch.stack([(render(c.objects, below) > -2.5).any(0, keepdim=True) for c in clips])
-    centres = torch.stack([c.objects[0].centroids.mean(0) for c in clips])
+    centres = torch.stack([c.objects[0].centroids for c in clips])
     return torch.stack([c.frames for c in clips]), masks.float(), centres
 
 
 def _crop_batch(
-    pool: tuple[Tensor, Tensor, Tensor], cfg: TeacherConfig, gen: torch.Generator
+    pool: tuple[Tensor, Tensor, Tensor], cfg: TeacherConfig, gen: torch.Generator, batch: int, frames: int
 ) -> tuple[Tensor, Tensor]:
-    """A batch of crops: three in four centred near the shape (±crop/4), the rest anywhere."""
+    """Crops (B, 3, frames, c, c) and their shape masks: three in four centred near the shape (±c/4).
+
+    With `frames` = 1 each crop is one random frame of a clip, otherwise the whole clip.
+    """
     videos, masks, centres = pool
     size, h, w = cfg.vae_crop, cfg.height, cfg.width
-    index = torch.randint(0, videos.shape[0], (cfg.vae_batch_size,), generator=gen).tolist()
-    jitter = torch.randint(-size // 4, size // 4 + 1, (cfg.vae_batch_size, 2), generator=gen).tolist()
-    anywhere = torch.rand(cfg.vae_batch_size, 2, generator=gen).tolist()
+    index = torch.randint(0, videos.shape[0], (batch,), generator=gen).tolist()
+    first = torch.randint(0, videos.shape[2] - frames + 1, (batch,), generator=gen).tolist()
+    jitter = torch.randint(-size // 4, size // 4 + 1, (batch, 2), generator=gen).tolist()
+    anywhere = torch.rand(batch, 2, generator=gen).tolist()
     xs, ms = [], []
-    for j, i in enumerate(index):
+    for j, (i, f) in enumerate(zip(index, first)):
         if j % 4 != 3:
-            cx, cy = centres[i].tolist()
+            cx, cy = centres[i, f : f + frames].mean(0).tolist()
             x0 = round(cx - size / 2 + jitter[j][0])
             y0 = round(cy - size / 2 + jitter[j][1])
         else:
             x0, y0 = round(anywhere[j][0] * (w - size)), round(anywhere[j][1] * (h - size))
         x0, y0 = min(max(x0, 0), w - size), min(max(y0, 0), h - size)
-        xs.append(videos[i, :, :, y0 : y0 + size, x0 : x0 + size])
-        ms.append(masks[i, :, :, y0 : y0 + size, x0 : x0 + size])
+        xs.append(videos[i, :, f : f + frames, y0 : y0 + size, x0 : x0 + size])
+        ms.append(masks[i, :, f : f + frames, y0 : y0 + size, x0 : x0 + size])
     return torch.stack(xs), torch.stack(ms)
 
 
 def train_vae(vae: Any, cfg: TeacherConfig, budget: _Budget) -> dict[str, Any]:
-    """Fit the VAE to procedural crops, then store its latent statistics in its config."""
+    """Fit the VAE to procedural crops (single frames, then clips); store its latent statistics."""
     gen = torch.Generator().manual_seed(cfg.seed)
     pool = _clip_pool(cfg)
     with torch.no_grad():  # start with posterior std ≈ 0.02 so the sampled latents carry signal at once
         vae.quant_conv.bias[vae.config.z_dim :] = -8.0
     vae.train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
-    total = max(cfg.vae_steps, 1)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=cfg.vae_lr, total_steps=total, pct_start=0.05
-    )
-    losses: list[float] = []
-    running = torch.zeros(())
-    steps_done = 0
-    bar = tqdm(range(cfg.vae_steps), desc="teacher 1/3 VAE", unit="step", dynamic_ncols=True)
-    for step in bar:
-        if budget.spent():
-            break
-        x, mask = _crop_batch(pool, cfg, gen)
-        weight = 1.0 + cfg.vae_shape_weight * mask
-        posterior = vae.encode(x).latent_dist
-        noise = torch.randn(posterior.mean.shape, generator=gen)
-        recon = vae.decode(posterior.mean + posterior.std * noise).sample
-        err = recon - x
-        rec_loss = ((err.abs() + err.square()) * weight).mean() / weight.mean()
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = rec_loss + cfg.vae_kl_weight * kl
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        running += rec_loss.detach()
-        steps_done = step + 1
-        if steps_done % 50 == 0:
-            losses.append(float(running) / 50)
-            running.zero_()
-            bar.set_postfix(recon=f"{losses[-1]:.4f}")
-    bar.close()
+    log: dict[str, Any] = {}
+    phases = [
+        ("images", cfg.vae_image_steps, cfg.vae_image_batch_size, 1, cfg.vae_lr),
+        ("clips", cfg.vae_steps, cfg.vae_batch_size, cfg.frames, cfg.vae_clip_lr),
+    ]
+    for name, steps, batch, frames, lr in phases:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=lr, total_steps=max(steps, 1), pct_start=0.05
+        )
+        losses: list[float] = []
+        running = torch.zeros(())
+        steps_done = 0
+        bar = tqdm(range(steps), desc=f"teacher 1/3 VAE {name}", unit="step", dynamic_ncols=True)
+        for step in bar:
+            if budget.spent():
+                break
+            x, mask = _crop_batch(pool, cfg, gen, batch, frames)
+            weight = 1.0 + cfg.vae_shape_weight * mask
+            posterior = vae.encode(x).latent_dist
+            noise = torch.randn(posterior.mean.shape, generator=gen)
+            recon = vae.decode(posterior.mean + posterior.std * noise).sample
+            err = recon - x
+            rec_loss = ((err.abs() + err.square()) * weight).mean() / weight.mean()
+            kl = posterior.kl().mean() / x[0].numel()
+            loss = rec_loss + cfg.vae_kl_weight * kl
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            running += rec_loss.detach()
+            steps_done = step + 1
+            if steps_done % 50 == 0:
+                losses.append(float(running) / 50)
+                running.zero_()
+                bar.set_postfix(recon=f"{losses[-1]:.4f}")
+        bar.close()
+        log[name] = {"steps": steps_done, "recon_loss_every_50": losses}
     vae.eval()
     stats = _latent_stats(vae, pool[0])
     vae.register_to_config(latents_mean=stats[0], latents_std=stats[1])
-    return {"steps": steps_done, "recon_loss_every_50": losses}
+    log["steps"] = log["images"]["steps"] + log["clips"]["steps"]
+    return log
 
 
 @torch.no_grad()
@@ -375,17 +393,31 @@ def sample_teacher(components: Components, captions: list[str], cfg: TeacherConf
 
 
 @torch.no_grad()
+def _reconstruction_check(components: Components, cfg: TeacherConfig, n: int) -> dict[str, Any]:
+    """Adherence and PSNR of the VAE's reconstructions of `n` held-out clips."""
+    clips = [
+        make_clip(cfg.eval_seed, i, frames=cfg.frames, height=cfg.height, width=cfg.width, max_objects=1)
+        for i in range(n)
+    ]
+    truth = torch.stack([c.frames for c in clips])
+    vae: Any = components.vae
+    recon = vae.decode(vae.encode(truth).latent_dist.mean).sample.clamp(-1, 1)
+    psnr = 10 * torch.log10(4.0 / (recon - truth).square().mean(dim=(1, 2, 3, 4)))
+    report = score_videos([_unit(r) for r in recon], [c.caption for c in clips])
+    return {
+        "adherence": {k: round(getattr(report, k), 4) for k in ("colour", "shape", "motion", "overall")},
+        "psnr_db": round(float(psnr.mean()), 2),
+    }
+
+
+@torch.no_grad()
 def evaluate_teacher(components: Components, cfg: TeacherConfig) -> dict[str, Any]:
     """Adherence of teacher samples, of held-out ground-truth clips and of their VAE reconstructions."""
     clips = [
         make_clip(cfg.eval_seed, i, frames=cfg.frames, height=cfg.height, width=cfg.width, max_objects=1)
         for i in range(cfg.eval_clips)
     ]
-    truth = torch.stack([c.frames for c in clips])
-    captions = [c.caption for c in clips]
-    vae: Any = components.vae
-    recon = vae.decode(vae.encode(truth).latent_dist.mean).sample.clamp(-1, 1)
-    psnr = 10 * torch.log10(4.0 / (recon - truth).square().mean(dim=(1, 2, 3, 4)))
+    recon = _reconstruction_check(components, cfg, cfg.eval_clips)
     prompts = balanced_captions(cfg.eval_prompts)
     samples = sample_teacher(components, prompts, cfg, seed=cfg.eval_seed)
 
@@ -394,9 +426,9 @@ def evaluate_teacher(components: Components, cfg: TeacherConfig) -> dict[str, An
 
     return {
         "teacher": summary(score_videos(list(samples), prompts)),
-        "ground_truth": summary(score_videos([_unit(c) for c in truth], captions)),
-        "vae_reconstruction": summary(score_videos([_unit(r) for r in recon], captions)),
-        "vae_psnr_db": round(float(psnr.mean()), 2),
+        "ground_truth": summary(score_videos([_unit(c.frames) for c in clips], [c.caption for c in clips])),
+        "vae_reconstruction": recon["adherence"],
+        "vae_psnr_db": recon["psnr_db"],
         "chance": {k: round(v, 4) for k, v in chance_levels().items()},
         "prompts": prompts,
     }
@@ -432,6 +464,7 @@ def train_teacher(cfg: TeacherConfig) -> Path:
                 _save_vae(components.vae, vae_log, vae_dir)
         components.vae.requires_grad_(False)
         timings["vae_s"] = time.monotonic() - t
+        logger.info("VAE ready: %s", json.dumps(_reconstruction_check(components, cfg, 12)))
 
         t = time.monotonic()
         shard_dir = work / f"shards-{_digest(cfg, (*_VAE_FIELDS, 'num_clips'))}"
@@ -464,8 +497,9 @@ def train_teacher(cfg: TeacherConfig) -> Path:
         return _save(components, report, cfg.out)
 
 
-_VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "vae_steps", "vae_batch_size", "vae_lr",
-               "vae_crop", "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
+_VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "vae_image_steps", "vae_image_batch_size",
+               "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop", "vae_clips",
+               "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 
 
 def _digest(cfg: TeacherConfig, fields: tuple[str, ...]) -> str:
@@ -536,9 +570,12 @@ textured background, captioned "a <colour> <shape> moves <direction>". Load it w
 
 ## How it was trained (`qvgen.demo.teacher.train_teacher`)
 
-1. VAE ({report["vae"]["steps"]} steps, batch {cfg["vae_batch_size"]}, {cfg["vae_crop"]}×{cfg["vae_crop"]}
-   crops of {cfg["vae_clips"]} clips, AdamW one-cycle lr {cfg["vae_lr"]}): L1 + L2 reconstruction with
-   shape pixels weighted ×{1 + cfg["vae_shape_weight"]:g}, KL weight {cfg["vae_kl_weight"]:g}. Its
+1. VAE, AdamW with one one-cycle schedule per stage, {cfg["vae_crop"]}×{cfg["vae_crop"]} crops of
+   {cfg["vae_clips"]} clips (three in four centred near the shape): {report["vae"]["images"]["steps"]} steps
+   on single frames (batch {cfg["vae_image_batch_size"]}, peak lr {cfg["vae_lr"]}), then
+   {report["vae"]["clips"]["steps"]} steps on whole clips (batch {cfg["vae_batch_size"]}, peak lr
+   {cfg["vae_clip_lr"]}); loss L1 + L2 with shape pixels weighted ×{1 + cfg["vae_shape_weight"]:g}, KL
+   weight {cfg["vae_kl_weight"]:g} (posterior log-variance bias started at −8). Its
    per-channel latent mean/std were then written into `vae/config.json` (`latents_mean`, `latents_std`).
 2. The frozen VAE and the frozen, randomly initialised UMT5 encoder encoded {cfg["num_clips"]} clips
    (world seed {cfg["world_seed"]}) into qvgen.data latent shards (`{report["encoder"]}`).
