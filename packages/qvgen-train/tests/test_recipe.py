@@ -106,3 +106,27 @@ def test_ptq_baseline_needs_no_data_and_no_training(run_dict, wan_shards, tmp_pa
     result = run(RunConfig.model_validate(data))
     assert result.losses == () and result.phi_rank is None
     assert (result.deploy_dir / "quant_manifest.json").is_file()
+
+
+def test_validation_clips_are_written_as_mp4_every_n_steps(run_dict, wan_shards, tmp_path):
+    validation = {"every_n_steps": 4, "prompts": ["a red square"], "num_frames": 5, "height": 32, "width": 32,
+                  "num_inference_steps": 2, "guidance_scale": 1.0}  # fmt: skip
+    sections = {
+        "export": {"fake_quant": False, "deploy": False},
+        "logging": {"progress_bar": False, "validation": validation},
+    }
+    run(_cfg(run_dict, "wan", wan_shards, tmp_path / "out", **sections))
+    clips = sorted(p.name for p in (tmp_path / "out" / "validation").iterdir())
+    assert clips == ["step-00000004-0.mp4"]
+    assert (tmp_path / "out" / "validation" / clips[0]).stat().st_size > 0
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(run_dict, wan_shards, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "tensorboard" in name else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="pip install tensorboard"):
+        run(_cfg(run_dict, "wan", wan_shards, tmp_path / "out", logging={"tensorboard": True}))

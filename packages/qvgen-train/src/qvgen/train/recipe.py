@@ -6,6 +6,7 @@ No Trainer class and no callbacks: every feature is a visible line below (house 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +74,13 @@ def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.
 
 def run(cfg: RunConfig) -> RunResult:
     """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`."""
+    if cfg.logging.tensorboard and not any(
+        importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
+    ):
+        raise ValueError(
+            "logging.tensorboard is true but the `tensorboard` package is not installed; "
+            "`pip install tensorboard` or set logging.tensorboard=false (metrics.jsonl is always written)"
+        )
     accelerator = Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         cpu=not torch.cuda.is_available(),  # CPU-only: several processes become gloo DDP (MULTI_CPU)
