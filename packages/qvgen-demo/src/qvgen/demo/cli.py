@@ -1,18 +1,17 @@
-"""The `qvgen` command. For now `qvgen demo`: build the tiny model, save it, load it back, sample a clip."""
+"""The `qvgen` command: `qvgen demo` (QVGen end to end on the embedded teacher) and `qvgen train-teacher`."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from qvgen.demo.flow import DemoConfig, run_demo
 from qvgen.demo.teacher import add_cli as add_train_teacher_cli
 from qvgen.demo.teacher import cli_main as train_teacher_main
 from qvgen.demo.teacher import config_from_args as teacher_config_from_args
 
-DEFAULT_PROMPT = "a red square moves left"
+DEFAULTS = DemoConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,50 +21,48 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
-        help="build the tiny offline model, save and reload it, sample a short clip, write an mp4",
+        help="QVGen W4A4 training on the embedded tiny Wan teacher, compared with RTN and the teacher",
+        description=(
+            "Build latent shards with the embedded teacher's encoders, train a W4A4 QVGen student (Φ decayed "
+            "to rank 0), export it as real low-bit weights, sample held-out prompts with the teacher, an RTN "
+            "baseline and the student, write an HTML report and print a table."
+        ),
+    )
+    demo.add_argument("--out", type=Path, default=DEFAULTS.out, help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--steps", type=int, default=DEFAULTS.steps, help="QVGen training steps (default: %(default)s)"
     )
     demo.add_argument(
-        "--out", type=Path, default=Path("outputs/demo"), help="output folder (default: %(default)s)"
+        "--prompts",
+        type=int,
+        default=DEFAULTS.prompts,
+        help="held-out prompts, one video each (default: %(default)s)",
     )
     demo.add_argument(
-        "--family", choices=("wan", "cogvideox"), default="wan", help="model family (default: wan)"
+        "--seed", type=int, default=DEFAULTS.seed, help="training and sampling seed (default: %(default)s)"
     )
-    demo.add_argument("--steps", type=int, default=4, help="sampling steps (default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the model weights and the sample")
-    demo.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt (default: %(default)r)")
+    demo.add_argument(
+        "--bits",
+        type=int,
+        choices=(3, 4),
+        default=DEFAULTS.bits,
+        help="WnAn bit width (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--clips",
+        type=int,
+        default=DEFAULTS.num_clips,
+        help="procedural training clips (default: %(default)s)",
+    )
+    demo.add_argument(
+        "--teacher",
+        type=Path,
+        default=DEFAULTS.teacher,
+        help="teacher diffusers folder (default: the embedded one)",
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_train_teacher_cli(sub)
     return parser
-
-
-def run_demo(out: Path, family_name: str, *, steps: int, seed: int, prompt: str) -> Path:
-    """Tiny checkpoint → diffusers folder → load through the family → 64×64×9 clip → mp4 path."""
-    import torch
-    from diffusers.utils import export_to_video
-
-    from qvgen.models import get_family
-
-    family = get_family(family_name)
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint = family.save_tiny(out / f"tiny-{family_name}", seed=seed)
-    components = family.load(checkpoint, "float32")
-    pipe = family.pipeline(components)
-    kwargs = family.sample_kwargs(components, height=64, width=64, num_frames=9, num_inference_steps=steps)
-    frames = pipe(
-        prompt=prompt,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="np",
-        **kwargs,
-    ).frames[0]
-    video = out / f"demo-{family_name}.mp4"
-    fd, tmp = tempfile.mkstemp(prefix=f".{video.stem}.", suffix=".mp4", dir=out)
-    os.close(fd)
-    try:
-        export_to_video(list(frames), tmp, fps=8)
-        os.replace(tmp, video)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return video
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,11 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return train_teacher_main(cfg)
     if args.command == "demo":
-        if args.steps < 1:
-            print(f"qvgen demo: --steps must be at least 1; got {args.steps}")
+        try:
+            demo_cfg = DemoConfig(
+                out=args.out, teacher=args.teacher, steps=args.steps, prompts=args.prompts, seed=args.seed,
+                bits=args.bits, num_clips=args.clips, progress=not args.no_progress,
+            )  # fmt: skip
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            print(f"qvgen demo: {e}")
             return 2
-        video = run_demo(args.out, args.family, steps=args.steps, seed=args.seed, prompt=args.prompt)
-        print(f"qvgen demo: wrote {video.resolve()}")
+        result = run_demo(demo_cfg)
+        print(result.table())
+        print(
+            f"Φ rank at the end of training: {result.phi_rank}; deploy export: {result.deploy_dir.resolve()}"
+        )
+        print(f"qvgen demo: report {result.report_html.resolve()} ({result.wall_s:.0f} s)")
     return 0
 
 

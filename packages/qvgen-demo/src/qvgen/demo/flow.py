@@ -18,11 +18,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from qvgen.demo.teacher import DEFAULT_TEACHER_DIR, REPORT_NAME
+
+if TYPE_CHECKING:
+    from qvgen.train import RunConfig
 
 Method = Literal["rtn", "lsq", "qvgen"]
 """RTN: min-max PTQ, no training. LSQ: LSQ+ QAT without Φ. QVGen: LSQ+ QAT with Φ and rank decay."""
@@ -165,9 +168,205 @@ def held_out_prompts(n: int, shape: tuple[int, int, int], seed: int = PROMPT_WOR
     return tuple(out)
 
 
+def build_shards(
+    teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED, progress: bool = True
+) -> Path:
+    """`num_clips` procedural one-object clips of world `seed` at the teacher's clip size, encoded by the
+    teacher's own VAE + UMT5 into latent shards under `out_dir/shards` (reused when already complete)."""
+    from qvgen.data import Bucket, IngestConfig, WriterConfig, read_manifest, write_procedural_dataset
+    from qvgen.models import WanSpec
+    from qvgen.train import PrecomputeConfig, precompute
+
+    shard_dir = out_dir / "shards"
+    try:
+        if read_manifest(shard_dir).num_samples == num_clips:
+            return shard_dir
+    except (OSError, ValueError):
+        pass  # no (complete) shard set yet: write it
+    frames, height, width = teacher_clip_shape(teacher)
+    captions = write_procedural_dataset(
+        out_dir / "videos", num_clips, seed=seed, frames=frames, height=height, width=width, max_objects=1
+    )
+    cfg = PrecomputeConfig(
+        model=WanSpec(checkpoint=teacher, dtype="float32"),
+        ingest=IngestConfig(captions=captions),
+        writer=WriterConfig(
+            buckets=(Bucket(frames=frames, height=height, width=width),),
+            samples_per_shard=max(1, min(256, num_clips)),
+            latent_dtype="float32",
+            text_dtype="float32",
+            encode_batch_size=16,
+        ),
+        out_dir=shard_dir,
+    )
+    precompute(cfg)
+    return shard_dir
+
+
+def run_config(
+    method: Method, bits: int, teacher: Path, shards: Path | None, budget: TrainBudget, out_dir: Path, *,
+    progress: bool = True,
+) -> RunConfig:  # fmt: skip
+    """The `qvgen.train.RunConfig` of one method at W{bits}A{bits}; LSQ and QVGen share `budget`."""
+    from qvgen.auxiliary import AuxConfig, DecaySchedule
+    from qvgen.data import LoaderConfig
+    from qvgen.models import WanSpec
+    from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, MinMaxWeight, QuantConfig
+    from qvgen.train import (
+        CheckpointConfig,
+        LearningRates,
+        LoggingConfig,
+        OptimConfig,
+        RunConfig,
+        TrainConfig,
+    )
+
+    activation = ClippedDynamicActivation(bits=bits)
+    if method == "rtn":
+        quant = QuantConfig(weight=MinMaxWeight(bits=bits), activation=activation)
+    else:
+        quant = QuantConfig(weight=LSQPlusWeight(bits=bits), activation=activation)
+    steps = 0 if method == "rtn" else budget.steps
+    aux = None
+    if method == "qvgen":
+        period = decay_period(budget.initial_rank, steps)
+        aux = AuxConfig(decay=DecaySchedule(initial_rank=budget.initial_rank, period=period))
+    lr = budget.lr
+    return RunConfig(
+        model=WanSpec(checkpoint=teacher, dtype="float32"),
+        quant=quant,
+        aux=aux,
+        data=None
+        if steps == 0 or shards is None
+        else LoaderConfig(shards=shards, batch_size=budget.batch_size, num_workers=0, seed=budget.seed),
+        optim=OptimConfig(
+            lr=LearningRates(weights=lr, weight_qparams=lr, act_clip=budget.act_clip_lr, phi=lr, other=lr)
+        ),
+        train=TrainConfig(max_steps=steps, caption_dropout=0.1, seed=budget.seed),
+        logging=LoggingConfig(progress_bar=progress),
+        checkpoint=CheckpointConfig(every_n_steps=None),
+        output_dir=out_dir,
+    )
+
+
+def train_variant(cfg: RunConfig) -> tuple[Path, int | None]:
+    """Run `cfg` (PTQ when max_steps is 0) and return its deploy export folder and Φ's final rank."""
+    from qvgen.train import run
+
+    result = run(cfg)
+    if result.deploy_dir is None:
+        raise RuntimeError(f"{cfg.output_dir}: the run wrote no deploy export (export.deploy is off)")
+    return result.deploy_dir, result.phi_rank
+
+
+def evaluate(
+    teacher: Path,
+    variants: Sequence[tuple[str, Path]],
+    prompts: Sequence[str],
+    out_dir: Path,
+    *,
+    seed: int,
+    sampling_steps: int,
+    guidance_scale: float,
+) -> tuple[tuple[Row, ...], Path, Path]:
+    """Teacher + deploy students on `prompts` (seed + k) → report.json/html in `out_dir` → table rows."""
+    import torch
+
+    from qvgen.eval import (
+        Contender,
+        DeployModel,
+        FullPrecisionModel,
+        SamplingSettings,
+        compare_models,
+        load_model,
+        plan_items,
+        read_video,
+        score_videos,
+    )
+
+    frames, height, width = teacher_clip_shape(teacher)
+    settings = SamplingSettings(
+        height=height, width=width, num_frames=frames, num_inference_steps=sampling_steps,
+        guidance_scale=guidance_scale, fps=8,
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    fp = FullPrecisionModel(path=teacher)
+    teacher_c = Contender(
+        "teacher", "full_precision", str(teacher), lambda: load_model("wan", fp, "float32", cpu)
+    )
+
+    def contender(name: str, path: Path) -> Contender:
+        src = DeployModel(path=path, base=teacher)
+        return Contender(name, "deploy", str(path), lambda: load_model("wan", src, "float32", cpu))
+
+    items = plan_items(list(prompts), 1, seed)
+    report = compare_models(
+        "wan", teacher_c, [contender(n, p) for n, p in variants], items, settings, out_dir, embed_videos=True
+    )
+    rows = []
+    for model in (report.teacher, *report.variants):
+        videos = [read_video(out_dir / s.video.path) for s in model.samples]
+        adherence = score_videos(videos, [s.prompt for s in model.samples])
+        summary = model.summary
+        rows.append(
+            Row(
+                name=model.name,
+                colour=adherence.colour,
+                shape=adherence.shape,
+                motion=adherence.motion,
+                flickering=summary["temporal_flickering"],
+                psnr_db=summary.get("psnr_db"),
+                latent_mse=summary.get("latent_mse"),
+                step_relative_mse=summary.get("step_relative_mse"),
+            )
+        )
+    return tuple(rows), out_dir / "report.html", out_dir / "report.json"
+
+
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Shards → QVGen training (Φ to rank 0) → deploy export → teacher / RTN / QVGen compared."""
-    raise NotImplementedError("skeleton: being written")
+    start = time.perf_counter()
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    shape = teacher_clip_shape(cfg.teacher)
+    prompts = held_out_prompts(cfg.prompts, shape)
+    shards = build_shards(cfg.teacher, out, cfg.num_clips, progress=cfg.progress)
+    budget = cfg.budget()
+    tag = f"w{cfg.bits}a{cfg.bits}"
+    rtn_dir, _ = train_variant(
+        run_config(
+            "rtn", cfg.bits, cfg.teacher, None, budget, out / "runs" / f"rtn-{tag}", progress=cfg.progress
+        )
+    )
+    qvgen_dir, phi_rank = train_variant(
+        run_config(
+            "qvgen",
+            cfg.bits,
+            cfg.teacher,
+            shards,
+            budget,
+            out / "runs" / f"qvgen-{tag}",
+            progress=cfg.progress,
+        )
+    )
+    rows, html, json_path = evaluate(
+        cfg.teacher,
+        [(f"rtn-{tag}", rtn_dir), (f"qvgen-{tag}", qvgen_dir)],
+        prompts,
+        out / "report",
+        seed=cfg.seed,
+        sampling_steps=cfg.sampling_steps,
+        guidance_scale=cfg.guidance_scale,
+    )
+    return DemoResult(
+        rows=rows,
+        report_html=html,
+        report_json=json_path,
+        deploy_dir=qvgen_dir,
+        phi_rank=phi_rank,
+        prompts=prompts,
+        wall_s=time.perf_counter() - start,
+    )
 
 
 def format_table(rows: Sequence[Row]) -> str:
@@ -189,6 +388,3 @@ def format_table(rows: Sequence[Row]) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     return "\n".join(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
-
-
-_ = time

@@ -1,0 +1,84 @@
+"""The demo flow end to end on the embedded teacher, at a handful of steps and one held-out prompt."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import imageio_ffmpeg
+import pytest
+
+from qvgen import auxiliary, quant
+from qvgen.demo.flow import (
+    DATA_WORLD_SEED,
+    DemoConfig,
+    DemoResult,
+    decay_period,
+    held_out_prompts,
+    run_demo,
+    teacher_clip_shape,
+)
+from qvgen.demo.teacher import DEFAULT_TEACHER_DIR
+from qvgen.models import get_family
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
+    out = tmp_path_factory.mktemp("demo")
+    cfg = DemoConfig(out=out, steps=5, prompts=1, num_clips=8, batch_size=2, initial_rank=2,
+                     sampling_steps=2, progress=False)  # fmt: skip
+    return run_demo(cfg)
+
+
+def test_demo_table_has_teacher_rtn_and_qvgen_rows_scored_against_the_teacher(demo: DemoResult) -> None:
+    assert [r.name for r in demo.rows] == ["teacher", "rtn-w4a4", "qvgen-w4a4"]
+    teacher, *students = demo.rows
+    assert teacher.psnr_db is None and teacher.latent_mse is None
+    for row in students:
+        assert row.psnr_db is not None and math.isfinite(row.psnr_db)
+        assert row.latent_mse is not None and row.latent_mse > 0
+    for row in demo.rows:
+        assert all(0.0 <= x <= 1.0 for x in (row.colour, row.shape, row.motion))
+    table = demo.table()
+    header = [c.strip() for c in table.splitlines()[0].split("|")]
+    assert header[:4] == ["model", "colour", "shape", "motion"]
+    assert "qvgen-w4a4" in table and "rtn-w4a4" in table
+
+
+def test_demo_writes_the_html_report_and_one_mp4_per_model(demo: DemoResult) -> None:
+    assert demo.report_html.stat().st_size > 0
+    report = json.loads(demo.report_json.read_text())
+    assert [v["name"] for v in report["variants"]] == ["rtn-w4a4", "qvgen-w4a4"]
+    frames, _, _ = teacher_clip_shape(DEFAULT_TEACHER_DIR)
+    for name in ("teacher", "rtn-w4a4", "qvgen-w4a4"):
+        videos = list((demo.report_html.parent / name).glob("*.mp4"))
+        assert len(videos) == 1, name
+        assert imageio_ffmpeg.count_frames_and_secs(str(videos[0]))[0] == frames
+
+
+def test_demo_decays_phi_to_rank_zero_and_exports_a_deploy_student(demo: DemoResult) -> None:
+    assert demo.phi_rank == 0
+    model = quant.load_quantized(get_family("wan").load_transformer(DEFAULT_TEACHER_DIR), demo.deploy_dir)
+    assert quant.deployed_layers(model)
+    assert not auxiliary.lowrank_parameters(model)
+
+
+def test_held_out_prompts_are_distinct_and_from_another_world_than_the_training_data() -> None:
+    shape = teacher_clip_shape(DEFAULT_TEACHER_DIR)
+    prompts = held_out_prompts(6, shape)
+    assert len(set(prompts)) == 6
+    assert held_out_prompts(6, shape) == prompts
+    assert held_out_prompts(6, shape, seed=DATA_WORLD_SEED) != prompts
+
+
+def test_decay_period_removes_phi_before_the_last_step_and_rejects_short_runs() -> None:
+    period = decay_period(8, 100)
+    schedule = auxiliary.DecaySchedule(initial_rank=8, period=period)
+    assert auxiliary.required_steps(schedule) <= 100
+    assert auxiliary.rank_at(99, schedule).rank == 0
+    with pytest.raises(ValueError, match="steps=4"):
+        decay_period(8, 4)
+    with pytest.raises(ValueError, match="steps=4"):
+        DemoConfig(steps=4, initial_rank=8)
