@@ -1,46 +1,33 @@
 """`qvgen-eval compare` on the tiny Wan and CogVideoX: full precision vs fake-quant vs real low-bit export."""
 
 import copy
-import json
 import os
 import shutil
 import subprocess
 
 import pytest
 import yaml
-from safetensors.torch import save_file
 
 from qvgen import quant
 from qvgen.eval import load_report
 from qvgen.eval.cli import main
-from qvgen.models import get_family
+from qvgen.models import get_family, save_student
 from qvgen.models.testing import tiny_checkpoint
 
 
 def _export_student(family: str, fake_dir, deploy_dir) -> None:
     """A PTQ student written in the two on-disk forms eval reads.
 
-    fake_dir: qvgen-train's student folder (`student_manifest.json` + `model.safetensors`); deploy_dir:
+    fake_dir: the fake-quant student folder (`qvgen.models.save_student`, as qvgen-train writes it); deploy_dir:
     qvgen-quant's `convert_` + `save_quantized`.
     """
     fam = get_family(family)
     ckpt = tiny_checkpoint(family)
     cfg = quant.QuantConfig()
     student = fam.load_transformer(ckpt)
-    layers = quant.prepare_(
-        student, cfg, layer_roles=fam.layer_roles, keep_high_precision=fam.keep_high_precision
-    )
+    quant.prepare_(student, cfg, layer_roles=fam.layer_roles, keep_high_precision=fam.keep_high_precision)
     quant.initialize_(student, progress=False)
-    fake_dir.mkdir()
-    save_file(
-        {k: v.contiguous() for k, v in student.state_dict().items()}, str(fake_dir / "model.safetensors")
-    )
-    manifest = {
-        "schema_version": 1, "kind": "fake_quant", "family": family, "checkpoint": str(ckpt),
-        "quant": cfg.model_dump(mode="json"), "layers": {n: str(m.role) for n, m in layers.items()},
-        "steps": 0, "qvgen_train_version": "test", "git_sha": None, "run_config": {},
-    }  # fmt: skip
-    (fake_dir / "student_manifest.json").write_text(json.dumps(manifest))
+    save_student(student, fake_dir, family=family, checkpoint=ckpt, quant_config=cfg)
     deployed = copy.deepcopy(student)
     quant.convert_(deployed)
     quant.save_quantized(deployed, deploy_dir, identity=str(ckpt))

@@ -5,11 +5,10 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from qvgen import quant
 from qvgen.eval import DeployModel, FakeQuantModel, load_model
-from qvgen.models import get_family
+from qvgen.models import get_family, save_student
 from qvgen.models.testing import tiny_checkpoint
 
 
@@ -25,15 +24,7 @@ def student_dirs(tmp_path_factory):
         for layer in layers.values():
             layer.act_quantizer.clip_logit_hi.add_(torch.linspace(-1, 1, layer.act_quantizer.groups))
     root = tmp_path_factory.mktemp("students")
-    fake = root / "fake"
-    fake.mkdir()
-    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(fake / "model.safetensors"))
-    manifest = {
-        "schema_version": 1, "kind": "fake_quant", "family": "wan", "checkpoint": str(ckpt),
-        "quant": cfg.model_dump(mode="json"), "layers": {n: str(m.role) for n, m in layers.items()},
-        "steps": 0, "qvgen_train_version": "test", "git_sha": None, "run_config": {},
-    }  # fmt: skip
-    (fake / "student_manifest.json").write_text(json.dumps(manifest))
+    fake = save_student(student, root / "fake", family="wan", checkpoint=ckpt, quant_config=cfg)
     deployed = copy.deepcopy(student)
     quant.convert_(deployed)
     quant.save_quantized(deployed, root / "deploy", identity=str(ckpt))

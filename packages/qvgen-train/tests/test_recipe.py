@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from qvgen import auxiliary, quant
-from qvgen.models import get_family
+from qvgen.models import get_family, load_student
 from qvgen.train.checkpoint import CheckpointError
 from qvgen.train.config import RunConfig
-from qvgen.train.export import load_student
 from qvgen.train.recipe import run
 
 

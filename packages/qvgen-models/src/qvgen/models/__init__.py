@@ -3,6 +3,14 @@
 from qvgen.models.cogvideox import CogVideoXFamily
 from qvgen.models.encoder import PipelineEncoder
 from qvgen.models.family import Components, ModelFamily, NoisedInputs
+from qvgen.models.manifest import (
+    STUDENT_MANIFEST,
+    STUDENT_TENSORS,
+    StudentManifest,
+    load_student,
+    read_student_manifest,
+    save_student,
+)
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
 from qvgen.models.spec import CogVideoXSpec, DType, ModelSpec, WanSpec, to_torch_dtype
@@ -10,6 +18,8 @@ from qvgen.models.wan import WanFamily
 
 __all__ = [
     "FAMILIES",
+    "STUDENT_MANIFEST",
+    "STUDENT_TENSORS",
     "CogVideoXFamily",
     "CogVideoXSpec",
     "Components",
@@ -18,10 +28,14 @@ __all__ = [
     "ModelSpec",
     "NoisedInputs",
     "PipelineEncoder",
+    "StudentManifest",
     "WanFamily",
     "WanSpec",
     "get_family",
     "load_components",
+    "load_student",
+    "read_student_manifest",
     "roles_of",
+    "save_student",
     "to_torch_dtype",
 ]

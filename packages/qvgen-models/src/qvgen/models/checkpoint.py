@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,16 @@ def transformer_root(path: str | Path) -> tuple[Path, str | None]:
     )
 
 
-def save_pipeline_atomic(pipeline: Any, out_dir: str | Path) -> Path:
-    """``pipeline.save_pretrained`` into a temp folder beside `out_dir`, then swap it in by rename."""
+def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Run `write(tmp)` on a temp folder beside `out_dir`, then swap it in by rename; return `out_dir`.
+
+    A crash leaves either the old folder or the new one (and at most a hidden temp folder beside it).
+    """
     out = Path(out_dir).expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        pipeline.save_pretrained(tmp)
+        write(tmp)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             out.rename(old / out.name)
@@ -104,3 +108,8 @@ def save_pipeline_atomic(pipeline: Any, out_dir: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def save_pipeline_atomic(pipeline: Any, out_dir: str | Path) -> Path:
+    """``pipeline.save_pretrained`` into a temp folder beside `out_dir`, then swap it in by rename."""
+    return write_dir_atomic(out_dir, pipeline.save_pretrained)

@@ -1,0 +1,161 @@
+"""The fake-quant student on disk: `student_manifest.json` (`StudentManifest`) + `model.safetensors`.
+
+qvgen-train writes it (`save_student`), qvgen-eval reads it (`load_student`); neither knows the other.
+A student is rebuilt from its base checkpoint: `family.load_transformer(checkpoint)`, `qvgen.quant.prepare_`
+with the recorded `QuantConfig` and layer roles, then the tensors loaded strictly.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from qvgen import quant
+from qvgen.models.checkpoint import write_dir_atomic
+from qvgen.models.registry import FAMILIES, get_family
+from qvgen.quant import LayerRole, QuantConfig
+
+STUDENT_MANIFEST = "student_manifest.json"
+STUDENT_TENSORS = "model.safetensors"
+
+
+class StudentManifest(BaseModel):
+    """What rebuilds a fake-quant student from its base checkpoint, plus where it came from."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    schema_version: Literal[1] = 1
+    kind: Literal["fake_quant"] = "fake_quant"
+    family: str
+    """Registry key of the model family (`qvgen.models.FAMILIES`)."""
+    checkpoint: str
+    """Absolute path of the base diffusers folder (VAE, text encoder, tokenizer, scheduler, fp transformer)."""
+    quant: QuantConfig
+    """The config the student was prepared with."""
+    layers: dict[str, LayerRole]
+    """Quantized module name → its role, exactly as prepared."""
+    steps: Annotated[int, Field(ge=0)] = 0
+    """Training steps behind the student (0: post-training quantization)."""
+    qvgen_train_version: str | None = None
+    """Version of qvgen-train that wrote it; None when written outside a training run."""
+    git_sha: str | None = None
+    run_config: dict[str, Any] = {}
+    """The resolved run config (JSON mode), for the record; loading does not read it."""
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str) -> str:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown model family {value!r}; known families: {', '.join(sorted(FAMILIES))}")
+        return value
+
+
+def save_student(
+    student: nn.Module,
+    out_dir: str | Path,
+    *,
+    family: str,
+    checkpoint: str | Path,
+    quant_config: QuantConfig,
+    steps: int = 0,
+    qvgen_train_version: str | None = None,
+    git_sha: str | None = None,
+    run_config: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `student` (prepared with `quant_config`, Φ removed) to `out_dir`, replacing it atomically.
+
+    The folder is assembled beside `out_dir` and renamed into place, so a crash leaves either the old
+    folder or the new one. Returns the resolved `out_dir`.
+    """
+    layers = quant.quantized_layers(student)
+    if not layers:
+        raise ValueError(
+            "save_student: the model has no QuantLinear layers; call `qvgen.quant.prepare_` first"
+        )
+    with_phi = sorted(name for name, layer in layers.items() if layer.lowrank is not None)
+    if with_phi:
+        raise ValueError(
+            f"save_student: Φ is still attached to {with_phi[:3]} ({len(with_phi)} layers); "
+            "finish the rank decay (rank 0) first"
+        )
+    manifest = StudentManifest(
+        family=family,
+        checkpoint=str(Path(checkpoint).expanduser().resolve()),
+        quant=quant_config,
+        layers={name: layer.role for name, layer in layers.items()},
+        steps=steps,
+        qvgen_train_version=qvgen_train_version,
+        git_sha=git_sha,
+        run_config=dict(run_config or {}),
+    )
+    tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp / STUDENT_TENSORS), metadata={"format": "pt"})
+        (tmp / STUDENT_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+
+    return write_dir_atomic(out_dir, write)
+
+
+def read_student_manifest(directory: str | Path) -> StudentManifest:
+    """The validated `student_manifest.json` in `directory`; errors name the file."""
+    path = Path(directory) / STUDENT_MANIFEST
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: no fake-quant student manifest here ({e.strerror or e})") from e
+    try:
+        return StudentManifest.model_validate_json(text)
+    except (ValidationError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: invalid student manifest: {e}") from e
+
+
+def load_student(directory: str | Path, *, family: str | None = None) -> nn.Module:
+    """Rebuild the fake-quant student in `directory` (float32, eval mode).
+
+    `family`, when given, must be the manifest's. Only the recorded layers are quantized, each with its
+    recorded role, so the result does not depend on the family's current role globs.
+    """
+    d = Path(directory)
+    path = d / STUDENT_MANIFEST
+    manifest = read_student_manifest(d)
+    if family is not None and manifest.family != family:
+        raise ValueError(f"{path}: a {manifest.family!r} student, but a {family!r} model was asked for")
+    model = get_family(manifest.family).load_transformer(manifest.checkpoint, dtype="float32")
+    recorded = manifest.layers
+    others = tuple(
+        glob.escape(name)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Linear) and name not in recorded
+    )
+    quant.prepare_(
+        model,
+        manifest.quant,
+        layer_roles={glob.escape(name): role for name, role in recorded.items()},
+        keep_high_precision=others,
+    )
+    got = set(quant.quantized_layers(model))
+    if got != set(recorded):
+        diff = sorted(got ^ set(recorded))[:5]
+        raise ValueError(
+            f"{path}: the transformer in {manifest.checkpoint} does not have the recorded quantized layers "
+            f"(differences, e.g. {diff}); is `checkpoint` the student's base model?"
+        )
+    tensors_path = d / STUDENT_TENSORS
+    try:
+        tensors = load_file(str(tensors_path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{tensors_path}: cannot read the student tensors ({e})") from e
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"{tensors_path}: tensors do not fit the rebuilt student: {e}") from e
+    return model.eval()
