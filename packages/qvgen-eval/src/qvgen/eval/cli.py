@@ -24,6 +24,12 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "vbench-report": VBenchReport,
 }
 
+_COMMAND_CONFIGS: dict[str, type[SampleConfig] | type[CompareConfig] | type[VBenchConfig]] = {
+    "sample": SampleConfig,
+    "compare": CompareConfig,
+    "vbench": VBenchConfig,
+}
+
 
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
@@ -85,8 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.config is None:
             raise ValueError("vbench: pass a config file, or --parse RESULTS_JSON")
-        cls = {"sample": SampleConfig, "compare": CompareConfig, "vbench": VBenchConfig}[args.command]
-        cfg = load_config(cls, args.config, _overrides(args.overrides))
+        cls = _COMMAND_CONFIGS[args.command]
+        cfg: SampleConfig | CompareConfig | VBenchConfig = load_config(
+            cls, args.config, _overrides(args.overrides)
+        )
     except ValueError as e:
         print(f"qvgen-eval {args.command}: {e}", file=sys.stderr)
         return 2

@@ -8,11 +8,12 @@ import sys
 from collections.abc import Sequence
 
 import yaml
+from pydantic import BaseModel
 
 from qvgen.train.config import ConfigError, RunConfig, load_config
 from qvgen.train.precompute import PrecomputeConfig, load_precompute_config, precompute
 
-SCHEMAS = {"run": RunConfig, "precompute": PrecomputeConfig}
+SCHEMAS: dict[str, type[BaseModel]] = {"run": RunConfig, "precompute": PrecomputeConfig}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(SCHEMAS[args.which].model_json_schema(), indent=2))
         return 0
+    cfg: RunConfig | PrecomputeConfig
     try:
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
@@ -62,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
-    if args.command == "run":
+    if isinstance(cfg, RunConfig):
         from qvgen.train.recipe import run  # heavy imports only when training
 
         result = run(cfg)

@@ -72,6 +72,17 @@ def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.
     return path, state
 
 
+def _enable_gradient_checkpointing(model: nn.Module) -> None:
+    """diffusers' block-level switch (`ModelMixin.enable_gradient_checkpointing`)."""
+    enable = getattr(model, "enable_gradient_checkpointing", None)
+    if not callable(enable):
+        raise ValueError(
+            f"train.gradient_checkpointing: {type(model).__name__} has no enable_gradient_checkpointing(); "
+            "set train.gradient_checkpointing=false"
+        )
+    enable()
+
+
 def run(cfg: RunConfig) -> RunResult:
     """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`."""
     if cfg.logging.tensorboard and not any(
@@ -105,11 +116,13 @@ def run(cfg: RunConfig) -> RunResult:
         student, cfg.quant, layer_roles=family.layer_roles, keep_high_precision=family.keep_high_precision
     )
     quant.initialize_(student, progress=accelerator.is_main_process)
-    branches = auxiliary.attach_(student, cfg.aux) if cfg.aux is not None else None
-    if branches is not None and start > 0:  # Φ's shapes as the checkpoint saw them (end of step start-1)
-        auxiliary.apply_(branches, auxiliary.rank_at(start - 1, cfg.aux.decay), None)
+    branches = None
+    if cfg.aux is not None:
+        branches = auxiliary.attach_(student, cfg.aux)
+        if start > 0:  # Φ's shapes as the checkpoint saw them (end of step start-1)
+            auxiliary.apply_(branches, auxiliary.rank_at(start - 1, cfg.aux.decay), None)
     if cfg.train.gradient_checkpointing:
-        student.enable_gradient_checkpointing()  # block level only (method.md B9)
+        _enable_gradient_checkpointing(student)  # block level only (method.md B9)
 
     # 3. Optimizer groups, schedule, accelerate. The loader splits by node/worker itself (qvgen.data),
     #    so it is not handed to accelerate (which would shard it a second time).
