@@ -111,3 +111,26 @@ def demo(session: nox.Session) -> None:
     install_local(session, [*LIBRARY_PACKAGES, "demo"])
     args = session.posargs or []
     session.run("qvgen", "demo", *args, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def vbench(session: nox.Session) -> None:
+    """The real VBench package (not a default: a ~6 GB venv of torch 2.14.1 + torchvision 0.29.1 + vbench).
+
+    VBench pins transformers 4.33 and needs a torchvision that does not import beside the CPU torch 2.13, so it
+    gets its own interpreter; qvgen-eval (in this session's venv) calls it through `QVGEN_VBENCH_PYTHON`.
+    """
+    install_local(session, declared_qvgen_deps("eval"))
+    vbench_venv = Path(session.create_tmp()) / "vbench-venv"
+    vbench_python = vbench_venv / "bin" / "python"
+    if not vbench_python.exists():
+        session.run("python3.11", "-m", "venv", str(vbench_venv), external=True)
+        session.run(
+            str(vbench_python), "-m", "pip", "install", "torch==2.14.1", "torchvision==0.29.1", "vbench",
+            external=True,
+        )  # fmt: skip
+    tests = PACKAGES / "qvgen-eval" / "tests"
+    session.run(
+        "pytest", str(tests / "test_vbench.py"), str(tests / "test_compare.py"), "-k", "vbench", *session.posargs,
+        env={**TEST_ENV, "QVGEN_VBENCH_PYTHON": str(vbench_python)},
+    )  # fmt: skip
