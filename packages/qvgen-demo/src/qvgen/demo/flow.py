@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from tqdm.auto import tqdm
 
 from qvgen.demo.teacher import DEFAULT_TEACHER_DIR, REPORT_NAME
 
@@ -45,12 +46,12 @@ class _Frozen(BaseModel):
 class TrainBudget(_Frozen):
     """What every QAT method gets: steps, data, batch, learning rates (the same for LSQ and QVGen)."""
 
-    steps: Annotated[int, Field(ge=0)] = 160
+    steps: Annotated[int, Field(ge=0)] = 800
     """Optimizer steps; 0 is PTQ only."""
     batch_size: Annotated[int, Field(ge=1)] = 8
     lr: Annotated[float, Field(gt=0)] = 2e-4
     """Learning rate of the latent weights, Φ and the other trainables (biases, norms, modulation)."""
-    qparam_lr: Annotated[float, Field(gt=0)] = 2e-5
+    qparam_lr: Annotated[float, Field(gt=0)] = 1e-4
     """Learning rate of the LSQ+ weight scales and zero points (too high and a scale crosses zero)."""
     act_clip_lr: Annotated[float, Field(gt=0)] = 1e-2
     """Learning rate of the activation clipping logits."""
@@ -66,13 +67,13 @@ class DemoConfig(_Frozen):
     """Output folder: shards/, runs/, report/ (report.html, mp4s)."""
     teacher: Path = DEFAULT_TEACHER_DIR
     """The teacher's diffusers folder (default: the embedded tiny Wan teacher)."""
-    steps: Annotated[int, Field(ge=1)] = 160
+    steps: Annotated[int, Field(ge=1)] = 800
     """QVGen training steps."""
-    prompts: Annotated[int, Field(ge=1, le=64)] = 4
+    prompts: Annotated[int, Field(ge=1, le=64)] = 12
     """Number of held-out prompts (one video each)."""
     seed: int = 0
     """Seed of training and of the sampled videos (video k uses seed + k)."""
-    num_clips: Annotated[int, Field(ge=1)] = 256
+    num_clips: Annotated[int, Field(ge=1)] = 512
     """Procedural training clips encoded into shards."""
     batch_size: Annotated[int, Field(ge=1)] = 8
     bits: Literal[3, 4] = 4
@@ -82,6 +83,9 @@ class DemoConfig(_Frozen):
     guidance_scale: Annotated[float, Field(ge=1)] = 5.0
     progress: bool = True
     """tqdm progress bars."""
+    threads: Annotated[int, Field(ge=1)] | None = 1
+    """torch intra-op threads; the tiny model gains nothing from more, and on a shared CPU extra threads
+    contend (training steps about 20× slower with 2 threads on a busy 2-core box). None: torch's default."""
 
     @model_validator(mode="after")
     def _phi_fits(self) -> DemoConfig:
@@ -172,9 +176,7 @@ def held_out_prompts(n: int, shape: tuple[int, int, int], seed: int = PROMPT_WOR
     return tuple(out)
 
 
-def build_shards(
-    teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED, progress: bool = True
-) -> Path:
+def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED) -> Path:
     """`num_clips` procedural one-object clips of world `seed` at the teacher's clip size, encoded by the
     teacher's own VAE + UMT5 into latent shards under `out_dir/shards` (reused when already complete)."""
     from qvgen.data import Bucket, IngestConfig, WriterConfig, read_manifest, write_procedural_dataset
@@ -274,6 +276,7 @@ def evaluate(
     seed: int,
     sampling_steps: int,
     guidance_scale: float,
+    progress: bool = True,
 ) -> tuple[tuple[Row, ...], Path, Path]:
     """Teacher + deploy students on `prompts` (seed + k) → report.json/html in `out_dir` → table rows."""
     import torch
@@ -297,11 +300,14 @@ def evaluate(
     )  # fmt: skip
     cpu = torch.device("cpu")
     videos: dict[str, list[np.ndarray]] = {}
+    bar = tqdm(total=(1 + len(variants)) * len(prompts), desc="sample", unit="video", disable=not progress)
 
     def contender(name: str, source: FullPrecisionModel | DeployModel) -> Contender:
         def load() -> LoadedModel:
             model = load_model("wan", source, "float32", cpu)
-            return dataclasses.replace(model, pipeline=_FrameTap(model.pipeline, videos.setdefault(name, [])))
+            return dataclasses.replace(
+                model, pipeline=_FrameTap(model.pipeline, videos.setdefault(name, []), bar)
+            )
 
         kind: Literal["full_precision", "deploy"] = source.kind
         return Contender(name, kind, str(source.path), load)
@@ -316,6 +322,7 @@ def evaluate(
         out_dir,
         embed_videos=True,
     )
+    bar.close()
     rows = []
     for model in (report.teacher, *report.variants):
         adherence = score_videos(videos[model.name], [s.prompt for s in model.samples])
@@ -342,13 +349,15 @@ class _FrameTap:
     the colours of 64×64 shapes (the teacher's motion score drops from 0.25 to 0.08 on 12 held-out prompts).
     """
 
-    def __init__(self, pipeline: Any, store: list[np.ndarray]) -> None:
+    def __init__(self, pipeline: Any, store: list[np.ndarray], bar: tqdm) -> None:
         self.pipeline = pipeline
         self.store = store
+        self.bar = bar
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         out = self.pipeline(*args, **kwargs)
         self.store.extend(np.asarray(v, dtype=np.float32) for v in out.frames)
+        self.bar.update(len(out.frames))
         return out
 
     def __getattr__(self, name: str) -> Any:
@@ -357,19 +366,29 @@ class _FrameTap:
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
     """Shards → QVGen training (Φ to rank 0) → deploy export → teacher / RTN / QVGen compared."""
+    import torch
+
     start = time.perf_counter()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     shape = teacher_clip_shape(cfg.teacher)
     prompts = held_out_prompts(cfg.prompts, shape)
-    shards = build_shards(cfg.teacher, out, cfg.num_clips, progress=cfg.progress)
+    stages = tqdm(total=4, desc="qvgen demo", unit="stage", disable=not cfg.progress)
+    stages.set_postfix_str(f"procedural clips + latent shards ({cfg.num_clips} clips)")
+    shards = build_shards(cfg.teacher, out, cfg.num_clips)
     budget = cfg.budget()
     tag = f"w{cfg.bits}a{cfg.bits}"
+    stages.update()
+    stages.set_postfix_str(f"RTN {tag} (PTQ)")
     rtn_dir, _ = train_variant(
         run_config(
             "rtn", cfg.bits, cfg.teacher, None, budget, out / "runs" / f"rtn-{tag}", progress=cfg.progress
         )
     )
+    stages.update()
+    stages.set_postfix_str(f"QVGen {tag} training ({cfg.steps} steps)")
     qvgen_dir, phi_rank = train_variant(
         run_config(
             "qvgen",
@@ -381,6 +400,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
             progress=cfg.progress,
         )
     )
+    stages.update()
+    stages.set_postfix_str(f"sampling {len(prompts)} held-out prompts × 3 models")
     rows, html, json_path = evaluate(
         cfg.teacher,
         [(f"rtn-{tag}", rtn_dir), (f"qvgen-{tag}", qvgen_dir)],
@@ -389,7 +410,10 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         seed=cfg.seed,
         sampling_steps=cfg.sampling_steps,
         guidance_scale=cfg.guidance_scale,
+        progress=cfg.progress,
     )
+    stages.update()
+    stages.close()
     return DemoResult(
         rows=rows,
         report_html=html,
