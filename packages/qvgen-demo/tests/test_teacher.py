@@ -1,4 +1,5 @@
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from qvgen.demo.teacher import (
     REPORT_NAME,
     TeacherConfig,
     balanced_captions,
+    model_card,
+    reevaluate_teacher,
     retrain_command,
     sample_teacher,
     train_teacher,
@@ -34,6 +37,7 @@ MICRO = {
     "eval_prompts": 2,
     "eval_clips": 2,
     "num_inference_steps": 2,
+    "guidance_sweep": [2.0, 3.0],
 }
 
 
@@ -49,6 +53,7 @@ def test_two_step_run_writes_a_loadable_diffusers_folder_with_report_and_card(mi
     assert report["transformer"]["steps"] == 2
     assert report["config"]["num_clips"] == 3
     assert set(report["quality"]) >= {"teacher", "ground_truth", "vae_reconstruction", "vae_psnr_db"}
+    assert list(report["quality"]["teacher_by_guidance"]) == ["2.0", "3.0"]
     card = (micro_teacher / CARD_NAME).read_text()
     assert retrain_command(report["config"]) in card
     family = get_family("wan")
@@ -78,7 +83,7 @@ def _same_weights(a: Path, b: Path) -> bool:
 def test_cli_run_of_the_same_config_reproduces_the_weights(micro_teacher: Path, tmp_path: Path, capsys):
     again = tmp_path / "again"
     argv = ["train-teacher", "--out", str(again), "--vae-steps", "2", "--steps", "2"]
-    argv += [f"--set={k}={v}" for k, v in MICRO.items() if k not in {"vae_steps", "steps"}]
+    argv += [f"--set={k}={json.dumps(v)}" for k, v in MICRO.items() if k not in {"vae_steps", "steps"}]
     assert main(argv) == 0
     assert f"wrote {again}" in capsys.readouterr().out
     assert _same_weights(micro_teacher, again)
@@ -113,6 +118,19 @@ def test_config_rejects_shapes_the_wan_vae_cannot_take(field, value, message):
         TeacherConfig(**{field: value})
 
 
+def test_evaluate_only_rescores_saved_weights_with_new_guidance(micro_teacher: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "copy"
+    shutil.copytree(micro_teacher, folder)
+    assert (
+        main(["train-teacher", "--evaluate-only", "--out", str(folder), "--set", "guidance_sweep=[4.0]"]) == 0
+    )
+    report = json.loads((folder / REPORT_NAME).read_text())
+    assert report["evaluated_separately"] and list(report["quality"]["teacher_by_guidance"]) == ["2.0", "4.0"]
+    assert (folder / CARD_NAME).read_text() == model_card(report)
+    with pytest.raises(ValueError, match="retrain instead"):
+        reevaluate_teacher(folder, steps=5)
+
+
 def test_cli_rejects_a_bad_setting_with_exit_code_2(capsys):
     assert main(["train-teacher", "--set", "frames=10"]) == 2
     assert "frames must be 4k+1" in capsys.readouterr().out
@@ -135,7 +153,8 @@ def test_committed_teacher_is_small_and_documented():
     assert size < 20 * 2**20
     report = json.loads((DEFAULT_TEACHER_DIR / REPORT_NAME).read_text())
     card = (DEFAULT_TEACHER_DIR / CARD_NAME).read_text()
-    assert retrain_command(report["config"]) in card
+    # The card is rendered from the report of the run that wrote the weights, numbers included.
+    assert card == model_card(report)
     assert f"{report['quality']['teacher']['colour']:.3f}" in card
 
 

@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:  # pydantic's ValidationError is a ValueError
             print(f"qvgen train-teacher: {e}")
             return 2
-        return train_teacher_main(cfg)
+        return train_teacher_main(cfg, evaluate_only=args.evaluate_only)
     if args.command == "demo":
         try:
             demo_cfg = DemoConfig(

@@ -3,7 +3,8 @@
 `train_teacher(cfg)` runs four phases, each a plain function below:
 
 1. `train_vae`: the tiny `AutoencoderKLWan` of qvgen.models' factory learns to reconstruct procedural
-   clips generated in memory (L1 + L2 with the shape pixels weighted up, plus a small KL term); then
+   clips generated in memory, first single frames (cheap; the spatial path), then whole clips (the causal
+   temporal path), with L1 + L2 (shape pixels weighted up) plus a small KL term; then
    the per-channel statistics of its latents go into its config (``latents_mean``/``latents_std``), so
    the family's normalisation maps them to unit scale.
 2. `write_latent_shards`: the frozen VAE and (random, frozen) UMT5 encoder turn `num_clips` clips and
@@ -93,10 +94,10 @@ class TeacherConfig(_Frozen):
     vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
     vae_lr: Annotated[float, Field(gt=0)] = 4e-3
     """Peak one-cycle learning rate of the single-frame steps."""
-    vae_steps: Annotated[int, Field(ge=0)] = 300
+    vae_steps: Annotated[int, Field(ge=0)] = 1500
     """VAE steps on whole clips next (they teach the causal temporal path)."""
     vae_batch_size: Annotated[int, Field(ge=1)] = 4
-    vae_clip_lr: Annotated[float, Field(gt=0)] = 1e-3
+    vae_clip_lr: Annotated[float, Field(gt=0)] = 2e-3
     """Peak one-cycle learning rate of the clip steps."""
     vae_crop: Annotated[int, Field(ge=16)] = 32
     """Square crop the VAE trains on (half of them centred near the shape)."""
@@ -108,7 +109,7 @@ class TeacherConfig(_Frozen):
 
     num_clips: Annotated[int, Field(ge=1)] = 2048
     """Training clips encoded into latent shards for the transformer."""
-    steps: Annotated[int, Field(ge=0)] = 3000
+    steps: Annotated[int, Field(ge=0)] = 6000
     """Transformer optimiser steps."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
@@ -125,7 +126,10 @@ class TeacherConfig(_Frozen):
     eval_clips: Annotated[int, Field(ge=1)] = 28
     """Held-out ground-truth clips whose adherence and VAE reconstructions are measured."""
     num_inference_steps: Annotated[int, Field(ge=1)] = 25
-    guidance_scale: Annotated[float, Field(ge=1)] = 5.0
+    guidance_scale: Annotated[float, Field(ge=1)] = 2.0
+    """Classifier-free guidance of the headline samples (colour holds up, motion is best at low CFG)."""
+    guidance_sweep: tuple[Annotated[float, Field(ge=1)], ...] = (2.0, 3.5, 5.0)
+    """Guidance scales at which the quality check also samples the same captions and seeds."""
 
     @model_validator(mode="after")
     def _wan_shapes(self) -> TeacherConfig:
@@ -380,13 +384,19 @@ def _unit(frames: Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def sample_teacher(components: Components, captions: list[str], cfg: TeacherConfig, seed: int) -> np.ndarray:
-    """Videos (N, F, H, W, 3) in [0, 1] from the family pipeline, one seeded generator per caption."""
+def sample_teacher(
+    components: Components, captions: list[str], cfg: TeacherConfig, seed: int, guidance: float | None = None
+) -> np.ndarray:
+    """Videos (N, F, H, W, 3) in [0, 1] from the family pipeline, one seeded generator per caption.
+
+    `guidance` defaults to `cfg.guidance_scale`.
+    """
     family = get_family("wan")
     pipe = family.pipeline(components)
     kwargs = family.sample_kwargs(
         components, height=cfg.height, width=cfg.width, num_frames=cfg.frames,
-        num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale,
+        num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale if guidance is None else guidance,
     )  # fmt: skip
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(captions))]
     return np.asarray(pipe(prompt=captions, generator=generators, output_type="np", **kwargs).frames)
@@ -419,13 +429,19 @@ def evaluate_teacher(components: Components, cfg: TeacherConfig) -> dict[str, An
     ]
     recon = _reconstruction_check(components, cfg, cfg.eval_clips)
     prompts = balanced_captions(cfg.eval_prompts)
-    samples = sample_teacher(components, prompts, cfg, seed=cfg.eval_seed)
 
     def summary(report: Any) -> dict[str, float]:
         return {k: round(getattr(report, k), 4) for k in ("colour", "shape", "motion", "overall")}
 
+    by_guidance = {
+        str(g): summary(
+            score_videos(list(sample_teacher(components, prompts, cfg, cfg.eval_seed, g)), prompts)
+        )
+        for g in dict.fromkeys((cfg.guidance_scale, *cfg.guidance_sweep))
+    }
     return {
-        "teacher": summary(score_videos(list(samples), prompts)),
+        "teacher": by_guidance[str(cfg.guidance_scale)],
+        "teacher_by_guidance": by_guidance,
         "ground_truth": summary(score_videos([_unit(c.frames) for c in clips], [c.caption for c in clips])),
         "vae_reconstruction": recon["adherence"],
         "vae_psnr_db": recon["psnr_db"],
@@ -518,6 +534,42 @@ def _save_vae(vae: Any, log: dict[str, Any], out: Path) -> None:
     os.replace(tmp, out)
 
 
+EVAL_FIELDS = frozenset(
+    {"eval_seed", "eval_prompts", "eval_clips", "num_inference_steps", "guidance_scale", "guidance_sweep"}
+)
+"""`TeacherConfig` fields that only the quality check reads (what `reevaluate_teacher` may change)."""
+
+
+def reevaluate_teacher(folder: Path, **changes: Any) -> Path:
+    """Re-run the quality check of a trained teacher folder with new evaluation settings.
+
+    Only `EVAL_FIELDS` may change; the folder's report (config, quality, eval time) and card are rewritten.
+    """
+    bad = sorted(set(changes) - EVAL_FIELDS)
+    if bad:
+        raise ValueError(
+            f"reevaluate_teacher can only change {sorted(EVAL_FIELDS)}; got {bad} (retrain instead)"
+        )
+    report_path = folder / REPORT_NAME
+    try:
+        report = json.loads(report_path.read_text())
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{report_path}: no readable teacher training report: {e}") from e
+    cfg = TeacherConfig.model_validate({**report["config"], **changes})
+    started = time.monotonic()
+    with _deterministic_cpu():
+        quality = evaluate_teacher(get_family("wan").load(folder), cfg)
+    report["config"] = json.loads(cfg.model_dump_json())
+    report["quality"] = quality
+    report["timings_s"]["eval_s"] = round(time.monotonic() - started, 1)
+    report["evaluated_separately"] = True
+    for name, text in ((REPORT_NAME, json.dumps(report, indent=1) + "\n"), (CARD_NAME, model_card(report))):
+        tmp = folder / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+    return folder
+
+
 def _save(components: Components, report: dict[str, Any], out: Path) -> Path:
     """Write the diffusers folder, the report and the card into a temp folder, then swap it in."""
     out = out.expanduser().resolve()
@@ -559,6 +611,12 @@ def model_card(report: dict[str, Any]) -> str:
         return f"| {name} | {s['colour']:.3f} | {s['shape']:.3f} | {s['motion']:.3f} | {s['overall']:.3f} |"
 
     chance = q["chance"]
+    sweep = "\n".join(row(g, s) for g, s in q.get("teacher_by_guidance", {}).items())
+    note = (
+        " (the quality check re-run on the saved weights by `qvgen train-teacher --evaluate-only`)"
+        if report.get("evaluated_separately")
+        else ""
+    )
     return f"""# tiny_wan_teacher — a tiny Wan 2.1 text-to-video model of qvgen's procedural world
 
 A diffusers folder for `WanPipeline` (WanTransformer3DModel, AutoencoderKLWan, UMT5EncoderModel, the
@@ -608,12 +666,18 @@ held-out ground-truth clips (world seed {cfg["eval_seed"]}) and their VAE recons
 {row("VAE reconstruction", q["vae_reconstruction"])}
 | chance (random object) | {chance["colour"]:.3f} | {chance["shape"]:.3f} | {chance["motion"]:.3f} | — |
 
-Every number above comes from `{REPORT_NAME}` in this folder, written by the same run.
+Teacher samples of the same captions and seeds at other guidance scales:
 
-## Config
+| CFG | colour | shape | motion | overall |
+| --- | --- | --- | --- | --- |
+{sweep}
+
+Every number above comes from `{REPORT_NAME}` in this folder, written by the training run{note}.
+
+## Config (`TeacherConfig`; `out` and `work_dir` left out)
 
 ```json
-{json.dumps(cfg, indent=1)}
+{json.dumps({k: v for k, v in cfg.items() if k not in {"out", "work_dir"}}, indent=1)}
 ```
 """
 
@@ -636,13 +700,17 @@ def add_cli(subparsers: Any) -> None:
     p.add_argument("--steps", type=int, default=None, help="transformer steps (default: TeacherConfig.steps)")
     p.add_argument("--vae-steps", type=int, default=None, help="VAE steps (default: TeacherConfig.vae_steps)")
     p.add_argument(
+        "--evaluate-only", action="store_true",
+        help="re-run only the quality check of the teacher in --out (with --set evaluation settings)",
+    )  # fmt: skip
+    p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="any other TeacherConfig field, e.g. --set batch_size=16 (repeatable)",
     )  # fmt: skip
 
 
 def config_from_args(args: Any) -> TeacherConfig:
-    """`TeacherConfig` from parsed `train-teacher` arguments (``--set`` strings are coerced by pydantic).
+    """`TeacherConfig` from parsed `train-teacher` arguments (``--set`` values are JSON or plain strings).
 
     Bad keys or values raise pydantic's `ValidationError`, naming the field.
     """
@@ -651,16 +719,23 @@ def config_from_args(args: Any) -> TeacherConfig:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        values[key.strip()] = raw.strip()
+        try:  # JSON where it parses (numbers, booleans, lists), else the plain string
+            values[key.strip()] = json.loads(raw)
+        except ValueError:
+            values[key.strip()] = raw.strip()
     for key in ("out", "work_dir", "minutes", "steps", "vae_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     return TeacherConfig.model_validate(values)
 
 
-def cli_main(cfg: TeacherConfig) -> int:
-    """Run `qvgen train-teacher` for `cfg`; prints the folder and the teacher's adherence."""
-    out = train_teacher(cfg)
+def cli_main(cfg: TeacherConfig, evaluate_only: bool = False) -> int:
+    """Run `qvgen train-teacher` for `cfg` (or only its quality check); prints the folder and adherence."""
+    if evaluate_only:
+        changes = {k: getattr(cfg, k) for k in cfg.model_fields_set & EVAL_FIELDS}
+        out = reevaluate_teacher(cfg.out, **changes)
+    else:
+        out = train_teacher(cfg)
     quality = json.loads((out / REPORT_NAME).read_text())["quality"]
     print(f"qvgen train-teacher: wrote {out}")
     print("adherence " + " ".join(f"{k}={v:.3f}" for k, v in quality["teacher"].items()))
