@@ -22,9 +22,11 @@ Usage: python benchmarks/paper_table.py [--quick] [--out DIR] [--steps N] [--pro
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -43,6 +45,7 @@ from qvgen.demo.flow import (
     held_out_prompts,
     run_config,
     teacher_clip_shape,
+    teacher_sampling,
     train_variant,
 )
 from qvgen.demo.teacher import DEFAULT_TEACHER_DIR
@@ -116,9 +119,18 @@ def main() -> int:
     steps, clips, n_prompts = SETTINGS["quick" if args.quick else "full"]
     steps = args.steps or steps
     n_prompts = args.prompts or n_prompts
-    teacher = DEFAULT_TEACHER_DIR
+    # A snapshot of the teacher: every method and the evaluation see the same weights even if the embedded
+    # teacher is replaced while this runs.
+    teacher = args.out / "teacher"
+    if teacher.exists():
+        shutil.rmtree(teacher)
+    shutil.copytree(DEFAULT_TEACHER_DIR, teacher)
+    teacher_hash = hashlib.sha256(
+        b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors")))
+    ).hexdigest()[:12]
     budget = TrainBudget(steps=steps, lr=args.lr, seed=args.seed)
     prompts = held_out_prompts(n_prompts, teacher_clip_shape(teacher))
+    sampling_steps, guidance = teacher_sampling(teacher)  # the teacher's model-card setting
     print(f"paper_table: {steps} steps, {clips} clips, {n_prompts} prompts, budget {budget}", flush=True)
 
     shards = build_shards(teacher, args.out, clips)
@@ -134,7 +146,13 @@ def main() -> int:
         )
         variants.append((name, deploy_dir))
     rows, html, _ = evaluate(
-        teacher, variants, prompts, args.out / "report", seed=args.seed, sampling_steps=25, guidance_scale=5.0
+        teacher,
+        variants,
+        prompts,
+        args.out / "report",
+        seed=args.seed,
+        sampling_steps=sampling_steps,
+        guidance_scale=guidance,
     )
     rows = list(rows)
     wall = time.perf_counter() - start
@@ -152,8 +170,9 @@ qparams, Φ, other), activation-clip lr {budget.act_clip_lr:g}, cosine schedule 
 dropout 0.1, {clips} procedural clips (world 4000) encoded by the teacher's VAE + UMT5, seed {args.seed}. QVGen:
 Φ from SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone before the last step.
 Every linear of the transformer is quantized (no layer stays high precision). Evaluation: {n_prompts}
-held-out prompts (captions of world 5000), one video each (seed {args.seed} + k), 25 UniPC steps, CFG 5.0,
-64×64×9; students run as their real low-bit deploy exports.
+held-out prompts (captions of world 5000), one video each (seed {args.seed} + k), {sampling_steps} UniPC steps,
+CFG {guidance:g} (the teacher's model-card setting), 64×64×9; students run as their real low-bit deploy
+exports. Teacher weights sha256 {teacher_hash} (all its safetensors, in path order).
 
 {markdown_table(rows)}
 

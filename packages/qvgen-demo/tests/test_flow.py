@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import imageio_ffmpeg
 import pytest
 
 from qvgen import auxiliary, quant
+from qvgen.data import read_manifest
 from qvgen.demo.flow import (
     DATA_WORLD_SEED,
     DemoConfig,
     DemoResult,
+    build_shards,
     decay_period,
     held_out_prompts,
     run_demo,
     teacher_clip_shape,
+    teacher_fingerprint,
 )
 from qvgen.demo.teacher import DEFAULT_TEACHER_DIR
 from qvgen.models import get_family
@@ -82,3 +87,17 @@ def test_decay_period_removes_phi_before_the_last_step_and_rejects_short_runs() 
         decay_period(8, 4)
     with pytest.raises(ValueError, match="steps=4"):
         DemoConfig(steps=4, initial_rank=8)
+
+
+def test_shards_are_reused_for_the_same_teacher_and_rebuilt_for_another(tmp_path: Path) -> None:
+    first = build_shards(DEFAULT_TEACHER_DIR, tmp_path, 4)
+    stamp = (first / "manifest.json").stat().st_mtime_ns
+    assert build_shards(DEFAULT_TEACHER_DIR, tmp_path, 4) == first
+    assert (first / "manifest.json").stat().st_mtime_ns == stamp
+    other = tmp_path / "other-teacher"
+    shutil.copytree(DEFAULT_TEACHER_DIR, other)
+    config = other / "vae" / "config.json"
+    config.write_text(config.read_text().replace("{", '{"_note": "retrained",', 1))
+    assert teacher_fingerprint(other) != teacher_fingerprint(DEFAULT_TEACHER_DIR)
+    second = build_shards(other, tmp_path, 4)
+    assert second != first and read_manifest(second).num_samples == 4

@@ -14,7 +14,9 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,8 +81,10 @@ class DemoConfig(_Frozen):
     bits: Literal[3, 4] = 4
     """Weight and activation bit width (W4A4 or W3A3)."""
     initial_rank: Annotated[int, Field(ge=1)] = 8
-    sampling_steps: Annotated[int, Field(ge=1)] = 25
-    guidance_scale: Annotated[float, Field(ge=1)] = 5.0
+    sampling_steps: Annotated[int, Field(ge=1)] | None = None
+    """Denoising steps per video; None: the teacher's own evaluation setting (its training_report.json)."""
+    guidance_scale: Annotated[float, Field(ge=1)] | None = None
+    """Classifier-free guidance; None: the teacher's own evaluation setting."""
     progress: bool = True
     """tqdm progress bars."""
     threads: Annotated[int, Field(ge=1)] | None = 1
@@ -147,16 +151,38 @@ def decay_period(initial_rank: int, steps: int) -> int:
     return period
 
 
-def teacher_clip_shape(teacher: Path) -> tuple[int, int, int]:
-    """(frames, height, width) the teacher was trained on, from its `training_report.json`."""
+def _teacher_setting(teacher: Path, keys: tuple[str, ...]) -> tuple[float, ...]:
     path = Path(teacher) / REPORT_NAME
     try:
         cfg = json.loads(path.read_text())["config"]
-        return int(cfg["frames"]), int(cfg["height"]), int(cfg["width"])
+        return tuple(float(cfg[k]) for k in keys)
     except (OSError, KeyError, ValueError, TypeError) as e:
-        raise ValueError(
-            f"{path}: cannot read the teacher's clip size (config.frames/height/width): {e}"
-        ) from e
+        raise ValueError(f"{path}: cannot read the teacher's config.{'/'.join(keys)}: {e}") from e
+
+
+def teacher_clip_shape(teacher: Path) -> tuple[int, int, int]:
+    """(frames, height, width) the teacher was trained on, from its `training_report.json`."""
+    frames, height, width = _teacher_setting(teacher, ("frames", "height", "width"))
+    return int(frames), int(height), int(width)
+
+
+def teacher_sampling(teacher: Path) -> tuple[int, float]:
+    """(denoising steps, CFG scale) the teacher's model card evaluates it with."""
+    steps, guidance = _teacher_setting(teacher, ("num_inference_steps", "guidance_scale"))
+    return int(steps), guidance
+
+
+def teacher_fingerprint(teacher: Path) -> str:
+    """A short hash of the teacher's VAE, text encoder and tokenizer files (what its latent shards depend on)."""
+    digest = hashlib.sha256()
+    for sub in ("vae", "text_encoder", "tokenizer"):
+        folder = Path(teacher) / sub
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: the teacher has no {sub}/ folder")
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(f.relative_to(teacher).as_posix().encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def held_out_prompts(n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED) -> tuple[str, ...]:
@@ -178,12 +204,13 @@ def held_out_prompts(n: int, shape: tuple[int, int, int], seed: int = PROMPT_WOR
 
 def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED) -> Path:
     """`num_clips` procedural one-object clips of world `seed` at the teacher's clip size, encoded by the
-    teacher's own VAE + UMT5 into latent shards under `out_dir/shards` (reused when already complete)."""
+    teacher's own VAE + UMT5 into latent shards under `out_dir/shards-<teacher fingerprint>-<seed>-<n>`
+    (reused when already complete, resumed when interrupted; another teacher gets another folder)."""
     from qvgen.data import Bucket, IngestConfig, WriterConfig, read_manifest, write_procedural_dataset
     from qvgen.models import WanSpec
     from qvgen.train import PrecomputeConfig, precompute
 
-    shard_dir = out_dir / "shards"
+    shard_dir = out_dir / f"shards-{teacher_fingerprint(teacher)}-{seed}-{num_clips}"
     try:
         if read_manifest(shard_dir).num_samples == num_clips:
             return shard_dir
@@ -191,7 +218,13 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
         pass  # no (complete) shard set yet: write it
     frames, height, width = teacher_clip_shape(teacher)
     captions = write_procedural_dataset(
-        out_dir / "videos", num_clips, seed=seed, frames=frames, height=height, width=width, max_objects=1
+        out_dir / f"videos-{seed}-{num_clips}",
+        num_clips,
+        seed=seed,
+        frames=frames,
+        height=height,
+        width=width,
+        max_objects=1,
     )
     cfg = PrecomputeConfig(
         model=WanSpec(checkpoint=teacher, dtype="float32"),
@@ -261,6 +294,8 @@ def train_variant(cfg: RunConfig) -> tuple[Path, int | None]:
     """Run `cfg` (PTQ when max_steps is 0) and return its deploy export folder and Φ's final rank."""
     from qvgen.train import run
 
+    if cfg.output_dir.exists():  # a previous demo's run: start clean (metrics.jsonl is appended to)
+        shutil.rmtree(cfg.output_dir)
     result = run(cfg)
     if result.deploy_dir is None:
         raise RuntimeError(f"{cfg.output_dir}: the run wrote no deploy export (export.deploy is off)")
@@ -374,6 +409,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     out = cfg.out
     out.mkdir(parents=True, exist_ok=True)
     shape = teacher_clip_shape(cfg.teacher)
+    default_steps, default_guidance = teacher_sampling(cfg.teacher)
     prompts = held_out_prompts(cfg.prompts, shape)
     stages = tqdm(total=4, desc="qvgen demo", unit="stage", disable=not cfg.progress)
     stages.set_postfix_str(f"procedural clips + latent shards ({cfg.num_clips} clips)")
@@ -408,8 +444,8 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         prompts,
         out / "report",
         seed=cfg.seed,
-        sampling_steps=cfg.sampling_steps,
-        guidance_scale=cfg.guidance_scale,
+        sampling_steps=cfg.sampling_steps or default_steps,
+        guidance_scale=cfg.guidance_scale or default_guidance,
         progress=cfg.progress,
     )
     stages.update()
