@@ -110,8 +110,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
     parser.add_argument("--steps", type=int, help="training steps of every QAT method")
     parser.add_argument("--prompts", type=int, help="held-out prompts")
-    parser.add_argument("--lr", type=float, default=TrainBudget().lr, help="lr of weights, qparams, Φ, other")
+    parser.add_argument("--lr", type=float, default=TrainBudget().lr, help="lr of latent weights, Φ, other")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--high-precision", nargs="*", default=[], metavar="ROLE",
+        help="qvgen.quant layer roles left unquantized in every student (default: none)",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -139,7 +143,10 @@ def main() -> int:
     for method, bits in METHODS:
         name = f"{method}-w{bits}a{bits}"
         t = time.perf_counter()
-        cfg = run_config(method, bits, teacher, shards, budget, args.out / "runs" / name, progress=False)
+        cfg = run_config(
+            method, bits, teacher, shards, budget, args.out / "runs" / name, progress=False,
+            high_precision_roles=args.high_precision,
+        )  # fmt: skip
         deploy_dir, rank = train_variant(cfg)
         print(
             f"{name}: trained {cfg.train.max_steps} steps in {time.perf_counter() - t:.0f} s, Φ rank {rank}"
@@ -161,15 +168,20 @@ def main() -> int:
     line = last_line(rows)
     if not args.no_write:
         period = decay_period(budget.initial_rank, steps)
+        hp_text = (
+            f"Layer roles left in high precision: {', '.join(args.high_precision)}."
+            if args.high_precision
+            else "Every linear of the transformer is quantized (no layer stays high precision)."
+        )
         command = "python benchmarks/paper_table.py" + (" --quick" if args.quick else "")
         body = f"""Command: `{command}` (qvgen-demo flow helpers; wall time {wall / 60:.1f} min).
 Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread ({platform.processor() or platform.machine()},
 torch {torch.__version__}). Teacher: the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`).
-Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (weights, weight
-qparams, Φ, other), activation-clip lr {budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption
+Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (latent weights, Φ,
+other), weight-qparam lr {budget.qparam_lr:g}, activation-clip lr {budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption
 dropout 0.1, {clips} procedural clips (world 4000) encoded by the teacher's VAE + UMT5, seed {args.seed}. QVGen:
 Φ from SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone before the last step.
-Every linear of the transformer is quantized (no layer stays high precision). Evaluation: {n_prompts}
+{hp_text} Evaluation: {n_prompts}
 held-out prompts (captions of world 5000), one video each (seed {args.seed} + k), {sampling_steps} UniPC steps,
 CFG {guidance:g} (the teacher's model-card setting), 64×64×9; students run as their real low-bit deploy
 exports. Teacher weights sha256 {teacher_hash} (all its safetensors, in path order).

@@ -244,13 +244,24 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
 
 def run_config(
     method: Method, bits: int, teacher: Path, shards: Path | None, budget: TrainBudget, out_dir: Path, *,
-    progress: bool = True,
+    progress: bool = True, high_precision_roles: Sequence[str] = (),
 ) -> RunConfig:  # fmt: skip
-    """The `qvgen.train.RunConfig` of one method at W{bits}A{bits}; LSQ and QVGen share `budget`."""
+    """The `qvgen.train.RunConfig` of one method at W{bits}A{bits}; LSQ and QVGen share `budget`.
+
+    `high_precision_roles`: qvgen.quant layer roles (e.g. "time_embed", "modulation", "proj_out") whose
+    linears stay unquantized; by default every linear of the transformer is quantized, as in the paper's code.
+    """
     from qvgen.auxiliary import AuxConfig, DecaySchedule
     from qvgen.data import LoaderConfig
     from qvgen.models import WanSpec
-    from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, MinMaxWeight, QuantConfig
+    from qvgen.quant import (
+        ClippedDynamicActivation,
+        LayerRole,
+        LSQPlusWeight,
+        MinMaxWeight,
+        QuantConfig,
+        RoleOverride,
+    )
     from qvgen.train import (
         CheckpointConfig,
         LearningRates,
@@ -261,10 +272,12 @@ def run_config(
     )
 
     activation = ClippedDynamicActivation(bits=bits)
-    if method == "rtn":
-        quant = QuantConfig(weight=MinMaxWeight(bits=bits), activation=activation)
-    else:
-        quant = QuantConfig(weight=LSQPlusWeight(bits=bits), activation=activation)
+    weight = MinMaxWeight(bits=bits) if method == "rtn" else LSQPlusWeight(bits=bits)
+    try:
+        skipped = {LayerRole(r): RoleOverride(skip=True) for r in high_precision_roles}
+    except ValueError as e:
+        raise ValueError(f"high_precision_roles: {e}; roles are {[r.value for r in LayerRole]}") from e
+    quant = QuantConfig(weight=weight, activation=activation, role_overrides=skipped)
     steps = 0 if method == "rtn" else budget.steps
     aux = None
     if method == "qvgen":
