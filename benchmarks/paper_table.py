@@ -160,6 +160,7 @@ def main() -> int:
         seed=args.seed,
         sampling_steps=sampling_steps,
         guidance_scale=guidance,
+        progress=False,
     )
     rows = list(rows)
     wall = time.perf_counter() - start
