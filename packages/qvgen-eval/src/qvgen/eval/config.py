@@ -63,8 +63,7 @@ class SamplingSettings(_Frozen):
 
     def pipeline_overrides(self, family: str) -> dict[str, Any]:
         """The explicitly set pipeline keyword arguments."""
-        if self.use_dynamic_cfg is not None and family != "cogvideox":
-            raise ValueError(f"sampling.use_dynamic_cfg is a CogVideoX setting; family is {family!r}")
+        _check_family_settings(family, self)
         fields = ("height", "width", "num_frames", "num_inference_steps", "guidance_scale", "negative_prompt")
         out = {k: getattr(self, k) for k in fields if getattr(self, k) is not None}
         if self.use_dynamic_cfg is not None:
