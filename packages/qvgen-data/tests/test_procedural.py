@@ -3,7 +3,16 @@ from pathlib import Path
 
 import torch
 
-from qvgen.data import COLOURS, DIRECTIONS, Bucket, make_clip, read_video, write_procedural_dataset
+from qvgen.data import (
+    COLOURS,
+    DIRECTIONS,
+    MIN_GAP,
+    RADIUS_FRACTION,
+    Bucket,
+    make_clip,
+    read_video,
+    write_procedural_dataset,
+)
 
 
 def test_make_clip_is_deterministic_in_seed_and_index() -> None:
@@ -19,7 +28,8 @@ def test_caption_names_every_object_colour_shape_and_direction() -> None:
         phrases = clip.caption.split(" and ")
         assert len(phrases) == len(clip.objects) in (1, 2)
         for phrase, obj in zip(phrases, clip.objects):
-            assert phrase == f"a {obj.colour} {obj.shape} moves {obj.direction}"
+            article = "an" if obj.colour == "orange" else "a"
+            assert phrase == f"{article} {obj.colour} {obj.shape} moves {obj.direction}"
 
 
 def test_centroids_move_in_the_captioned_direction_and_stay_inside_the_frame() -> None:
@@ -30,9 +40,34 @@ def test_centroids_move_in_the_captioned_direction_and_stay_inside_the_frame() -
             dx, dy = DIRECTIONS[obj.direction]
             assert float(step @ torch.tensor([dx, dy])) > 5.0  # pixels along the direction
             assert float((step * torch.tensor([dy, dx]).abs()).abs().sum()) == 0.0  # none across it
-            assert bool(
-                (obj.centroids >= obj.radius - 1e-4).all() and (obj.centroids <= 64 - obj.radius + 1e-4).all()
-            )
+            left, right, up, down = obj.extents()
+            xs, ys = obj.centroids[:, 0], obj.centroids[:, 1]
+            assert bool((xs >= left - 1e-4).all() and (xs <= 64 - right + 1e-4).all())
+            assert bool((ys >= up - 1e-4).all() and (ys <= 64 - down + 1e-4).all())
+
+
+def test_two_objects_have_distinct_colours_and_never_touch() -> None:
+    clips = [make_clip(7, i, frames=9, height=64, width=64, num_objects=2) for i in range(40)]
+    for clip in clips:
+        a, b = clip.objects
+        assert a.colour != b.colour
+        (al, ar, au, ad), (bl, br, bu, bd) = a.extents(), b.extents()
+        for (ax, ay), (bx, by) in zip(a.centroids.tolist(), b.centroids.tolist()):
+            gap_x = max(bx - bl - (ax + ar), ax - al - (bx + br))
+            gap_y = max(by - bu - (ay + ad), ay - au - (by + bd))
+            assert max(gap_x, gap_y) >= MIN_GAP - 1e-4
+    assert {len(make_clip(7, i, frames=9, num_objects=1).objects) for i in range(5)} == {1}
+
+
+def test_object_sizes_follow_the_radius_range_and_palette_colours_are_far_apart() -> None:
+    radii = [o.radius for i in range(30) for o in make_clip(8, i, frames=9, height=64, width=64).objects]
+    lo, hi = RADIUS_FRACTION
+    assert min(radii) >= lo * 64 and max(radii) <= hi * 64 and max(radii) - min(radii) > 1.0
+    palette = torch.tensor(list(COLOURS.values()), dtype=torch.float32)
+    distance = torch.cdist(palette, palette) + 1e9 * torch.eye(len(palette))
+    assert float(distance.min()) >= 100.0
+    blue, purple = (torch.tensor(COLOURS[c], dtype=torch.float32) for c in ("blue", "purple"))
+    assert float((blue - purple).norm()) >= 150.0
 
 
 def test_frames_show_the_top_object_colour_at_its_centroid() -> None:

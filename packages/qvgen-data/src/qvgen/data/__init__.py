@@ -22,7 +22,10 @@ from qvgen.data.ingest import (
 from qvgen.data.procedural import (
     COLOURS,
     DIRECTIONS,
+    MIN_GAP,
+    RADIUS_FRACTION,
     SHAPES,
+    TRAVEL_FRACTION,
     MovingShape,
     ProceduralClip,
     caption_for,
@@ -46,7 +49,10 @@ from qvgen.data.writer import EncodedSample, WriteSummary, finalize_manifest, wr
 __all__ = [
     "COLOURS",
     "DIRECTIONS",
+    "MIN_GAP",
+    "RADIUS_FRACTION",
     "SHAPES",
+    "TRAVEL_FRACTION",
     "BadSampleError",
     "Bucket",
     "BucketStats",

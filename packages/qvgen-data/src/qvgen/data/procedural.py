@@ -30,14 +30,22 @@ DIRECTIONS: Final[dict[Direction, tuple[float, float]]] = {
     "down": (0.0, 1.0),
 }
 COLOURS: Final[dict[str, tuple[int, int, int]]] = {
-    "red": (230, 30, 30),
-    "green": (30, 200, 40),
-    "blue": (40, 70, 240),
-    "yellow": (240, 220, 30),
-    "purple": (170, 40, 210),
-    "orange": (250, 140, 20),
+    "red": (225, 25, 25),
+    "green": (30, 190, 50),
+    "blue": (30, 70, 250),
+    "yellow": (245, 230, 30),
+    "purple": (190, 30, 200),
+    "orange": (255, 135, 0),
     "white": (250, 250, 250),
 }
+"""The palette (RGB 0..255). Every pair lies at least 100 apart (blue–purple about 170)."""
+RADIUS_FRACTION: Final[tuple[float, float]] = (0.12, 0.17)
+"""Object radius range as a fraction of min(H, W) (a 64×64 frame: 7.7–10.9 px, i.e. 2–2.7 latent pixels
+of a 4× VAE)."""
+TRAVEL_FRACTION: Final[tuple[float, float]] = (0.35, 0.5)
+"""Centroid travel over a clip, as a fraction of the room left along the direction of motion."""
+MIN_GAP: Final = 2.0
+"""Pixels kept free between the bounding boxes of two objects on every frame."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +60,13 @@ class MovingShape:
 
     @property
     def phrase(self) -> str:
-        return f"a {self.colour} {self.shape} moves {self.direction}"
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        return f"{article} {self.colour} {self.shape} moves {self.direction}"
+
+    def extents(self) -> tuple[float, float, float, float]:
+        """Bounding box around the centroid: (left, right, up, down) in pixels."""
+        r = self.radius
+        return (r, r, 4.0 * r / 3.0, 2.0 * r / 3.0) if self.shape == "triangle" else (r, r, r, r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,31 +83,52 @@ def caption_for(objects: Sequence[MovingShape]) -> str:
     return " and ".join(o.phrase for o in objects)
 
 
-def sample_objects(
-    rng: np.random.Generator, *, count: int, frames: int, height: int, width: int
-) -> tuple[MovingShape, ...]:
-    """Draw `count` objects with distinct (colour, shape) pairs whose whole path stays inside the frame."""
-    objects: list[MovingShape] = []
-    used: set[tuple[str, str]] = set()
+def _apart(a: MovingShape, b: MovingShape) -> bool:
+    """Whether the bounding boxes of `a` and `b` stay at least `MIN_GAP` apart on every frame."""
+    al, ar, au, ad = a.extents()
+    bl, br, bu, bd = b.extents()
+    ax, ay = a.centroids[:, 0], a.centroids[:, 1]
+    bx, by = b.centroids[:, 0], b.centroids[:, 1]
+    gap_x = torch.maximum(bx - bl - (ax + ar), ax - al - (bx + br))
+    gap_y = torch.maximum(by - bu - (ay + ad), ay - au - (by + bd))
+    return bool((torch.maximum(gap_x, gap_y) >= MIN_GAP).all())
+
+
+def _draw_object(rng: np.random.Generator, frames: int, height: int, width: int) -> MovingShape:
+    shape = SHAPES[rng.integers(len(SHAPES))]
     colours = list(COLOURS)
+    colour = colours[rng.integers(len(colours))]
     directions = list(DIRECTIONS)
-    while len(objects) < count:
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        colour = colours[rng.integers(len(colours))]
-        if (colour, shape) in used:
-            continue
-        used.add((colour, shape))
-        direction = directions[rng.integers(len(directions))]
-        radius = float(rng.uniform(0.10, 0.16) * min(height, width))
-        dx, dy = DIRECTIONS[direction]
-        extent = width if dx else height
-        travel = float(rng.uniform(0.35, 0.5)) * (extent - 2 * radius)
-        lo_x, hi_x = radius + max(0.0, -dx * travel), width - radius - max(0.0, dx * travel)
-        lo_y, hi_y = radius + max(0.0, -dy * travel), height - radius - max(0.0, dy * travel)
-        start = torch.tensor([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)], dtype=torch.float32)
-        steps = torch.linspace(0.0, 1.0, frames, dtype=torch.float32)[:, None]
-        centroids = start + steps * travel * torch.tensor([dx, dy], dtype=torch.float32)
-        objects.append(MovingShape(shape, colour, direction, radius, centroids))
+    direction = directions[rng.integers(len(directions))]
+    radius = float(rng.uniform(*RADIUS_FRACTION) * min(height, width))
+    left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
+    dx, dy = DIRECTIONS[direction]
+    room = width - left - right if dx else height - up - down
+    travel = float(rng.uniform(*TRAVEL_FRACTION)) * room
+    lo_x, hi_x = left + max(0.0, -dx * travel), width - right - max(0.0, dx * travel)
+    lo_y, hi_y = up + max(0.0, -dy * travel), height - down - max(0.0, dy * travel)
+    start = torch.tensor([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)], dtype=torch.float32)
+    steps = torch.linspace(0.0, 1.0, frames, dtype=torch.float32)[:, None]
+    centroids = start + steps * travel * torch.tensor([dx, dy], dtype=torch.float32)
+    return MovingShape(shape, colour, direction, radius, centroids)
+
+
+def sample_objects(
+    rng: np.random.Generator, *, count: int, frames: int, height: int, width: int, max_tries: int = 1000
+) -> tuple[MovingShape, ...]:
+    """Draw `count` objects of distinct colours whose whole path stays inside the frame and whose bounding
+    boxes never come closer than `MIN_GAP` pixels (rejection sampling, deterministic for a given `rng`)."""
+    if count > len(COLOURS):
+        raise ValueError(f"at most {len(COLOURS)} objects of distinct colours fit the palette; got {count}")
+    objects: list[MovingShape] = []
+    for _ in range(max_tries):
+        if len(objects) == count:
+            break
+        obj = _draw_object(rng, frames, height, width)
+        if all(obj.colour != o.colour and _apart(obj, o) for o in objects):
+            objects.append(obj)
+    if len(objects) < count:
+        raise ValueError(f"cannot place {count} separate objects in a {height}×{width} frame")
     return tuple(objects)
 
 
@@ -136,16 +171,26 @@ def render(objects: Sequence[MovingShape], background: Tensor) -> Tensor:
 
 
 def make_clip(
-    seed: int, index: int, *, frames: int = 17, height: int = 64, width: int = 64, max_objects: int = 2
+    seed: int,
+    index: int,
+    *,
+    frames: int = 17,
+    height: int = 64,
+    width: int = 64,
+    max_objects: int = 2,
+    num_objects: int | None = None,
 ) -> ProceduralClip:
-    """Clip `index` of the world `seed`: 1..max_objects objects on a textured background, deterministic."""
-    if frames < 2 or height < 16 or width < 16 or max_objects < 1:
+    """Clip `index` of the world `seed`: 1..max_objects objects (or exactly `num_objects`) on a textured
+    background, deterministic."""
+    if frames < 2 or height < 16 or width < 16 or max_objects < 1 or (num_objects or 1) < 1:
         raise ValueError(
-            f"make_clip needs frames >= 2, height/width >= 16, max_objects >= 1; "
-            f"got frames={frames} height={height} width={width} max_objects={max_objects}"
+            f"make_clip needs frames >= 2, height/width >= 16, max_objects >= 1, num_objects >= 1; "
+            f"got frames={frames} height={height} width={width} max_objects={max_objects} "
+            f"num_objects={num_objects}"
         )
     rng = np.random.default_rng([seed, index])
-    count = int(rng.integers(1, max_objects + 1))
+    drawn = int(rng.integers(1, max_objects + 1))
+    count = drawn if num_objects is None else num_objects
     objects = sample_objects(rng, count=count, frames=frames, height=height, width=width)
     frames_t = render(objects, textured_background(rng, height, width))
     return ProceduralClip(objects=objects, caption=caption_for(objects), frames=frames_t)
@@ -201,3 +246,52 @@ def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+# --- the caption grammar, read back ------------------------------------------------------------------
+
+
+class CaptionGrammarError(ValueError):
+    """A caption outside the grammar ``a|an <colour> <shape> moves <direction> [and ...]``."""
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionClause:
+    """One clause of a caption: what should be drawn and where it should go."""
+
+    colour: str
+    shape: ShapeName
+    direction: Direction
+
+
+def parse_caption(caption: str) -> tuple[CaptionClause, ...]:
+    """``"a red square moves left and an orange circle moves up"`` → one `CaptionClause` per clause.
+
+    The inverse of `caption_for` over the world's vocabulary (`COLOURS`, `SHAPES`, `DIRECTIONS`). Case and
+    surrounding whitespace are ignored, and so is one trailing full stop; either article is accepted.
+    Anything else raises `CaptionGrammarError` naming the caption and the offending clause or word.
+    """
+    text = " ".join(caption.strip().lower().removesuffix(".").split())
+    grammar = (
+        f"'a <colour> <shape> moves <direction>' joined by ' and ', colour in {sorted(COLOURS)}, "
+        f"shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}"
+    )
+    if not text:
+        raise CaptionGrammarError(f"empty caption; expected {grammar}")
+    clauses = []
+    for clause in text.split(" and "):
+        words = clause.split(" ")
+        if len(words) != 5 or words[0] not in ("a", "an") or words[3] != "moves":
+            raise CaptionGrammarError(f"caption {caption!r}: clause {clause!r} is not {grammar}")
+        colour, shape, direction = words[1], words[2], words[4]
+        for field, word, allowed in (
+            ("colour", colour, tuple(COLOURS)),
+            ("shape", shape, SHAPES),
+            ("direction", direction, tuple(DIRECTIONS)),
+        ):
+            if word not in allowed:
+                raise CaptionGrammarError(
+                    f"caption {caption!r}: unknown {field} {word!r}; expected one of {sorted(allowed)}"
+                )
+        clauses.append(CaptionClause(colour, cast(ShapeName, shape), cast(Direction, direction)))
+    return tuple(clauses)
