@@ -286,12 +286,13 @@ def parse_caption(caption: str) -> tuple[CaptionClause, ...]:
         colour, shape, direction = words[1], words[2], words[4]
         for field, word, allowed in (
             ("colour", colour, tuple(COLOURS)),
-            ("shape", shape, SHAPES),
+            ("shape", shape, tuple(SHAPES)),
             ("direction", direction, tuple(DIRECTIONS)),
         ):
             if word not in allowed:
                 raise CaptionGrammarError(
                     f"caption {caption!r}: unknown {field} {word!r}; expected one of {sorted(allowed)}"
                 )
-        clauses.append(CaptionClause(colour, cast(ShapeName, shape), cast(Direction, direction)))
+        known_direction = next(d for d in DIRECTIONS if d == direction)  # narrowed to `Direction`
+        clauses.append(CaptionClause(colour, SHAPES[SHAPES.index(shape)], known_direction))
     return tuple(clauses)
