@@ -1,7 +1,7 @@
 """Test sessions for the qvgen monorepo.
 
-`nox` runs every test session: each package alone (`tests(quant)` ... `tests(demo)`), `integration`, `lint`
-and `typecheck`. `nox -s demo` (the README's first command, not a default: it is the main job, not a test)
+`nox` runs every test session: each package alone (`tests(core)`, `tests(quant)` ... `tests(demo)`),
+`integration`, `lint` and `typecheck`. `nox -s demo` (the README's first command, not a default: it is the main job, not a test)
 runs `qvgen demo` end to end on the embedded tiny teacher.
 Every install goes through `-c constraints.txt`, which pins the CPU build of torch that lies on disk.
 """
@@ -19,6 +19,7 @@ PACKAGES = ROOT / "packages"
 CONSTRAINTS = ("-c", str(ROOT / "constraints.txt"))
 PYTHON = "3.11"
 SIBLING_MODULES = {
+    "core": "qvgen.core",
     "quant": "qvgen.quant",
     "aux": "qvgen.auxiliary",
     "data": "qvgen.data",
@@ -27,7 +28,7 @@ SIBLING_MODULES = {
     "eval": "qvgen.eval",
     "demo": "qvgen.demo",
 }
-LIBRARY_PACKAGES = ["quant", "aux", "data", "models", "train", "eval"]
+LIBRARY_PACKAGES = ["core", "quant", "aux", "data", "models", "train", "eval"]
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = False

@@ -1,0 +1,42 @@
+"""qvgen.core: the plumbing every qvgen package shares, and nothing else.
+
+- `Frozen`: the one frozen pydantic base (immutable, `extra="forbid"`, attribute docstrings as descriptions).
+- Atomic writes: `atomic_write`, `atomic_write_bytes`, `atomic_write_text` (files), `atomic_dir` (folders).
+- Config loading: `load_config(cls, path, overrides)` with `--set KEY=VALUE` (YAML values), `ConfigError`,
+  `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands.
+
+Depends on pydantic and PyYAML only.
+"""
+
+from qvgen.core.atomic import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
+from qvgen.core.config import (
+    ConfigError,
+    add_override_argument,
+    apply_overrides,
+    apply_overrides_to_tree,
+    load_config,
+    parse_override,
+    read_config_tree,
+    schema_json,
+    set_dotted,
+    validate_config,
+)
+from qvgen.core.frozen import Frozen
+
+__all__ = [
+    "ConfigError",
+    "Frozen",
+    "add_override_argument",
+    "apply_overrides",
+    "apply_overrides_to_tree",
+    "atomic_dir",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load_config",
+    "parse_override",
+    "read_config_tree",
+    "schema_json",
+    "set_dotted",
+    "validate_config",
+]

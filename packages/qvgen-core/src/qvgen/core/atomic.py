@@ -1,0 +1,155 @@
+"""Atomic writes: a target is either what it was before or the complete new content, never half written.
+
+Every writer builds the new content under a hidden temp name in the target's own folder (same filesystem),
+fsyncs it, then renames it over the target. On any exception (a full disk, OSError 28 ENOSPC, included, and
+KeyboardInterrupt) the temp is removed and the target is left as it was; OSErrors are re-raised naming the
+target path, with the original as their cause.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` to create the new file at a temp path beside `path`, then rename it over `path`.
+
+    `write` gets a path that does not exist yet (e.g. `lambda p: safetensors.torch.save_file(t, p)`).
+    Returns `path`.
+    """
+    target = Path(path)
+    _make_parent(target)
+    tmp = _temp_name(target, "tmp")
+    try:
+        write(tmp)
+        if not tmp.is_file():
+            raise RuntimeError(f"the writer for {target} did not create a file at {tmp}")
+        _fsync(tmp)
+        os.replace(tmp, target)
+    except BaseException as e:
+        _remove(tmp)
+        _reraise_naming(e, target)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns `path`."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically (`encoding`, no newline translation); returns `path`."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_dir(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` to fill a fresh temp folder beside `path`, then swap it in for `path` by rename.
+
+    An existing folder at `path` is replaced only once the new one is complete; if the swap fails it is put
+    back. Returns `path`.
+    """
+    target = Path(path).expanduser().absolute()
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(
+            f"cannot write the folder {target}: a file of that name exists; remove it first"
+        )
+    _make_parent(target)
+    tmp = _temp_name(target, "tmp")
+    old: Path | None = None
+    try:
+        tmp.mkdir()
+        write(tmp)
+        _fsync_tree(tmp)
+        if target.exists():
+            old = _temp_name(target, "old")
+            os.replace(target, old)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                old = None
+                raise
+        else:
+            os.replace(tmp, target)
+    except BaseException as e:
+        _remove(tmp)
+        _reraise_naming(e, target)
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        _remove(old)
+    return target
+
+
+def _temp_name(target: Path, kind: str) -> Path:
+    return target.with_name(f".{target.name}.{kind}-{secrets.token_hex(6)}")
+
+
+def _make_parent(target: Path) -> None:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        _reraise_naming(e, target)
+        raise
+
+
+def _reraise_naming(e: BaseException, target: Path) -> None:
+    """Raise a plain built-in OSError again with `target` in its message (keeps errno and subclass)."""
+    if not isinstance(e, OSError) or type(e).__module__ != "builtins" or str(target) in str(e):
+        return
+    if e.errno is None:
+        raise OSError(f"cannot write {target}: {e}") from e
+    raise OSError(e.errno, f"cannot write {target}: {e.strerror or e}") from e
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError as e:  # never hide the original error behind a cleanup failure
+        logger.warning("could not remove the temp %s: %s", path, e)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(Path(folder) / name)
+        _fsync_dir(Path(folder))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename; not every platform or filesystem can open or fsync a folder, which is fine."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

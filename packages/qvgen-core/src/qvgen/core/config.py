@@ -1,0 +1,119 @@
+"""Config loading: a YAML (or JSON) file, `--set KEY=VALUE` overrides parsed as YAML, one validation.
+
+Every CLI reads its config through `load_config` and registers `--set` with `add_override_argument`, so the
+override grammar is the same everywhere: a dotted key into the config tree, a YAML value
+(`--set train.max_steps=4`, `--set quant.weight.kind=minmax`, `--set data.shards=[a,b]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A config file or `--set` override that cannot be read or does not validate; CLIs print it, exit 2."""
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b.c=VALUE` → ("a.b.c", VALUE parsed as YAML; an empty VALUE is the empty string)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(
+            f"--set expects KEY=VALUE with a dotted key such as train.max_steps=4; got {item!r}"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
+    return key, value
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree[a][b][c] = value` for `dotted="a.b.c"`, creating missing (or null) sections."""
+    keys = dotted.split(".")
+    node = tree
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: `{'.'.join(keys[: i + 1])}` is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides_to_tree(tree: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """A copy of the raw config `tree` with every `--set` item applied in order."""
+    out = json.loads(json.dumps(tree, default=str))
+    for item in overrides:
+        set_dotted(out, *parse_override(item))
+    return out
+
+
+def read_config_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The top-level mapping of a YAML/JSON file (an empty file is `{}`); errors name the file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config file is a YAML mapping of fields; got a {type(data).__name__}")
+    return data
+
+
+def validate_config(cls: type[M], tree: Mapping[str, Any], source: str) -> M:
+    """`cls.model_validate(tree)`, a validation error becoming a `ConfigError` that names `source`."""
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: invalid {cls.__name__}\n{e}") from e
+
+
+def load_config(cls: type[M], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> M:
+    """Read `path`, apply the `--set` `overrides`, validate as `cls`; every error names the file."""
+    tree = apply_overrides_to_tree(read_config_tree(path), overrides)
+    source = str(path) + "".join(f" --set {item}" for item in overrides)
+    return validate_config(cls, tree, source)
+
+
+def apply_overrides(cfg: M, overrides: Sequence[str], source: str = "--set") -> M:
+    """A validated config with `--set` items applied and validated again (`cfg` itself if there are none)."""
+    if not overrides:
+        return cfg
+    tree = apply_overrides_to_tree(cfg.model_dump(mode="json"), overrides)
+    return validate_config(type(cfg), tree, source + "".join(f" --set {item}" for item in overrides))
+
+
+def add_override_argument(parser: argparse.ArgumentParser) -> None:
+    """Register the repeatable `--set KEY=VALUE` option (stored in `args.overrides`)."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field, e.g. --set train.max_steps=4 (the value is parsed as YAML; repeatable)",
+    )
+
+
+def schema_json(cls: type[BaseModel]) -> str:
+    """The JSON schema of `cls`, as the `schema` subcommands print it (configs/schema/*.json)."""
+    return json.dumps(cls.model_json_schema(), indent=2)
