@@ -12,6 +12,7 @@ from qvgen.quant.api import (
 from qvgen.quant.config import (
     ActivationQuantConfig,
     ClippedDynamicActivation,
+    KeptLowRank,
     LSQPlusWeight,
     MinMaxWeight,
     NoActivationQuant,
@@ -29,6 +30,7 @@ from qvgen.quant.fake_quant import (
     mse_weight_range,
 )
 from qvgen.quant.linear import QuantLinear
+from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
 from qvgen.quant.roles import LayerRole, matches_any, resolve_role
 from qvgen.quant.timestep import TimestepContext, attach_timestep_context_, set_timesteps_, timestep_context
 
@@ -36,6 +38,8 @@ __all__ = [
     "ActivationQuantConfig",
     "ActivationQuantizer",
     "ClippedDynamicActivation",
+    "KeptLowRank",
+    "SmoothLowRank",
     "LSQPlusWeight",
     "LayerRole",
     "MinMaxWeight",
@@ -62,6 +66,7 @@ __all__ = [
     "quantized_layers",
     "resolve_role",
     "set_timesteps_",
+    "smoothing_factors",
     "timestep_context",
 ]
 

@@ -107,6 +107,15 @@ class RoleOverride(_Frozen):
         return self
 
 
+class KeptLowRank(_Frozen):
+    """SVDQuant-style branch kept at inference: smoothing migrated into the weights + 16-bit SVD_r(Ŵ)."""
+
+    rank: Annotated[int, Field(ge=1, le=1024)] = 32
+    """Rank r of the 16-bit branch (the SVDQuant paper uses 32)."""
+    dtype: Literal["bfloat16", "float16"] = "bfloat16"
+    """Storage dtype of the branch factors (the branch runs in float32 on CPU)."""
+
+
 class QuantConfig(_Frozen):
     """What to quantize and how; the single entry point's config (`prepare_(model, cfg)`)."""
 
@@ -118,6 +127,8 @@ class QuantConfig(_Frozen):
     """fnmatch globs on module names that stay high precision (added to the family's own)."""
     role_overrides: dict[LayerRole, RoleOverride] = Field(default_factory=dict)
     """Per-role skip or bit widths."""
+    kept_lowrank: KeptLowRank | None = None
+    """SVDQuant's smoothing + 16-bit low-rank branch, kept at inference (None: no kept branch)."""
 
     @model_validator(mode="after")
     def _act_bits_need_act_quant(self) -> Self:

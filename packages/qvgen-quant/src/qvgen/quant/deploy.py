@@ -35,6 +35,7 @@ from qvgen.quant.integer_gemm import (
 from qvgen.quant.linear import QuantLinear
 from qvgen.quant.packing import CONTAINER_BITS, pack_int4, packed_columns, unpack_int4
 from qvgen.quant.roles import LayerRole
+from qvgen.quant.svdquant import SmoothLowRank
 
 DeployTarget = Literal["w4a4", "w4a16"]
 
@@ -93,6 +94,9 @@ class DeployLinear(nn.Module):
         else:
             self.bias = None
         self._kernel_cache: dict[tuple[str, int | None], Any] = {}
+        self.kept: SmoothLowRank | None
+        """SVDQuant's kept branch: the input is divided by λ, and x̂·downᵀ·upᵀ is added beside the GEMM."""
+        self.register_module("kept", None)
 
     @property
     def weight_qmax(self) -> int:
@@ -113,6 +117,11 @@ class DeployLinear(nn.Module):
             raise ValueError(
                 f"{label} still has the auxiliary branch Φ (`lowrank` is set): finish rank decay to rank 0 "
                 "(qvgen.auxiliary removes Φ) or set `layer.lowrank = None` before `convert_`"
+            )
+        if layer.weight_delta is not None:
+            raise ValueError(
+                f"{label} still has an unmerged weight delta (LoRA): merge it into the latent weight "
+                "(`layer.weight += layer.weight_delta()`, then `layer.weight_delta = None`) before `convert_`"
             )
         wq = layer.weight_quantizer
         if not wq.initialized:
@@ -153,6 +162,12 @@ class DeployLinear(nn.Module):
         if layer.bias is not None:
             assert new.bias is not None
             new.bias.copy_(layer.bias.detach().float())
+        if layer.kept is not None:
+            kept = layer.kept
+            new.kept = SmoothLowRank(
+                kept.in_features, kept.out_features, kept.rank, dtype=kept.dtype_name, device=w.device
+            )
+            new.kept.load_state_dict(kept.state_dict())
         return new
 
     def weight_codes(self) -> Tensor:
@@ -224,6 +239,13 @@ class DeployLinear(nn.Module):
                 f"DeployLinear ({self.role}) expects in_features={self.in_features}, got {tuple(x.shape)}"
             )
         lead = x.shape[:-1]
+        if self.kept is not None:  # SVDQuant: GEMM on x/λ, plus the 16-bit branch on the same x/λ
+            xs = self.kept.smooth_input(x)
+            side = self.kept(xs).reshape(*lead, self.out_features)
+            return (self._forward_base(xs, lead) + side).to(x.dtype)
+        return self._forward_base(x, lead).to(x.dtype)
+
+    def _forward_base(self, x: Tensor, lead: torch.Size) -> Tensor:
         if self.target == "w4a16":
             y = int4_weight_only_mm(x.reshape(-1, self.in_features), self._int4_kernel(x.device))
             if self.bias is not None:

@@ -33,6 +33,7 @@ from qvgen.quant.manifest import (
     jsonable_config,
 )
 from qvgen.quant.packing import packed_columns, unpack_int4
+from qvgen.quant.svdquant import SmoothLowRank
 from qvgen.quant.timestep import attach_timestep_context_, timestep_context
 
 
@@ -93,6 +94,8 @@ def _layer_entry(name: str, layer: DeployLinear) -> DeployLayer:
         act_bits=act.bits if act is not None else None,
         act_groups=act.groups if act is not None else None,
         act_group_mode=act.group_mode if act is not None else None,
+        kept_rank=layer.kept.rank if layer.kept is not None else None,
+        kept_dtype=layer.kept.dtype_name if layer.kept is not None else None,
     )
 
 
@@ -162,6 +165,11 @@ def _expected_tensors(entry: DeployLayer) -> dict[str, tuple[tuple[int, ...], to
         assert entry.act_groups is not None
         expected["act_quantizer.clip_logit_lo"] = ((entry.act_groups,), torch.float32)
         expected["act_quantizer.clip_logit_hi"] = ((entry.act_groups,), torch.float32)
+    if entry.kept_rank is not None:
+        half = torch.float16 if entry.kept_dtype == "float16" else torch.bfloat16
+        expected["kept.smooth"] = ((k,), torch.float32)
+        expected["kept.down"] = ((entry.kept_rank, k), half)
+        expected["kept.up"] = ((n, entry.kept_rank), half)
     return expected
 
 
@@ -216,7 +224,7 @@ def _deploy_module(path: Path, model: nn.Module, entry: DeployLayer) -> DeployLi
             bits=entry.act_bits, groups=entry.act_groups, group_mode=entry.act_group_mode
         )
         act = ActivationQuantizer(cfg, device=None if device.type == "meta" else device)
-    return DeployLinear(
+    new = DeployLinear(
         entry.in_features,
         entry.out_features,
         entry.bias,
@@ -225,6 +233,12 @@ def _deploy_module(path: Path, model: nn.Module, entry: DeployLayer) -> DeployLi
         role=entry.role,
         device=None if device.type == "meta" else device,
     )
+    if entry.kept_rank is not None:
+        new.kept = SmoothLowRank(
+            entry.in_features, entry.out_features, entry.kept_rank, dtype=entry.kept_dtype or "bfloat16",
+            device=None if device.type == "meta" else device,
+        )  # fmt: skip
+    return new
 
 
 def load_quantized(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:

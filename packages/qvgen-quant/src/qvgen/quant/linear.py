@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from qvgen.quant.config import ClippedDynamicActivation, NoActivationQuant, QuantConfig
 from qvgen.quant.fake_quant import ActivationQuantizer, WeightQuantizer
 from qvgen.quant.roles import LayerRole
+from qvgen.quant.svdquant import SmoothLowRank
 
 
 class QuantLinear(nn.Module):
@@ -42,6 +43,12 @@ class QuantLinear(nn.Module):
         self.role = LayerRole(role)
         self.lowrank: nn.Module | None
         self.register_module("lowrank", None)
+        self.weight_delta: nn.Module | None
+        """Optional module returning an `[out, in]` tensor added to W *before* Qw (EfficientDM's LoRA)."""
+        self.register_module("weight_delta", None)
+        self.kept: SmoothLowRank | None
+        """Optional SVDQuant branch kept at inference: x/λ feeds Qa and the 16-bit low-rank branch."""
+        self.register_module("kept", None)
 
     @classmethod
     def from_linear(
@@ -71,6 +78,11 @@ class QuantLinear(nn.Module):
         )
         new.weight = linear.weight  # type: ignore[assignment]  # nn.Linear annotates it as Tensor
         new.bias = linear.bias
+        if cfg.kept_lowrank is not None:  # identity smoothing, zero branch until fitted (svdquant.fit_)
+            new.kept = SmoothLowRank(
+                linear.in_features, linear.out_features, min(cfg.kept_lowrank.rank, linear.in_features,
+                linear.out_features), dtype=cfg.kept_lowrank.dtype, device=device,
+            )  # fmt: skip
         return new
 
     def to_linear(self) -> nn.Linear:
@@ -96,11 +108,15 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_initialized()
+        if self.kept is not None:
+            x = self.kept.smooth_input(x)
         xq = self.act_quantizer(x)
-        w = self.weight_quantizer(self.weight)
+        latent = self.weight if self.weight_delta is None else self.weight + self.weight_delta()
+        w = self.weight_quantizer(latent)
         if self.lowrank is not None:
             w = w + self.lowrank()
-        return F.linear(xq, w.to(x.dtype), self.bias)
+        y = F.linear(xq, w.to(x.dtype), self.bias)
+        return y if self.kept is None else y + self.kept(x).to(y.dtype)
 
     def extra_repr(self) -> str:
         return (

@@ -44,6 +44,10 @@ class DeployLayer(_Frozen):
     act_groups: Annotated[int, Field(ge=1)] | None = None
     """Number of timestep clip groups (``w4a4`` only)."""
     act_group_mode: Literal["bin", "mod"] | None = None
+    kept_rank: Annotated[int, Field(ge=1)] | None = None
+    """Rank of the SVDQuant branch kept beside the GEMM (None: no kept branch)."""
+    kept_dtype: Literal["bfloat16", "float16"] | None = None
+    """Storage dtype of the kept branch's factors."""
 
     @model_validator(mode="after")
     def _act_fields_match_target(self) -> Self:
