@@ -143,7 +143,7 @@ class DeployLinear(nn.Module):
         w = layer.weight.detach().float()
         if not torch.isfinite(w).all():
             raise ValueError(f"{label} has NaN/Inf in its weight; cannot export it")
-        scale = wq.scale.detach().float()
+        scale = wq.effective_scale().float()  # max(scale, floor): > 0
         zero = wq.zero_point.detach().float()
         # the same float ops as the fake quantizer, so the codes are exactly those it uses
         codes = torch.clamp(torch.round(w / scale + zero), 0, wq.qmax)

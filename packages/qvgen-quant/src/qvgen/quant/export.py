@@ -8,12 +8,12 @@ against the manifest before touching the model.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import overload
 
 import torch
 from pydantic import ValidationError
@@ -21,7 +21,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
 from qvgen.quant.fake_quant import ActivationQuantizer
@@ -66,6 +65,10 @@ def convert_(model: nn.Module, *, target: DeployTarget = "w4a4") -> dict[str, De
     converted: dict[str, DeployLinear] = {}
     for name, layer in layers.items():
         converted[name] = DeployLinear.from_quant_linear(layer, target, name=name)
+    # the loader's own checks, before any layer is swapped: no run can write what load_quantized refuses
+    for name, deploy in converted.items():
+        state = {f"{name}.{k}": v for k, v in deploy.state_dict().items()}
+        check_deploy_tensors("convert_", [_layer_entry(name, deploy)], state)
     for name, deploy in converted.items():
         _set_submodule(model, name, deploy)
     return converted
@@ -81,6 +84,15 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _layer_entry(name: str, layer: DeployLinear) -> DeployLayer:
@@ -119,8 +131,10 @@ def save_quantized(
             f"save_quantized: layers {left[:5]} are still fake-quant QuantLinear; call `convert_` first"
         )
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    entries = tuple(_layer_entry(name, layer) for name, layer in layers.items())
+    check_deploy_tensors(f"save_quantized({out})", entries, tensors)  # exactly what load_quantized checks
+    out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST_FILE
     manifest_path.unlink(missing_ok=True)  # never leave an old manifest beside new tensors
     tensors_path = out / TENSORS_FILE
@@ -128,14 +142,14 @@ def save_quantized(
     context = timestep_context(model)
     manifest = DeployManifest(
         tensors_bytes=tensors_path.stat().st_size,
+        tensors_sha256=file_sha256(tensors_path),
         num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
         source=SourceModel(
             class_name=type(model).__name__,
-            module=type(model).__module__,
             identity=identity,
             config=jsonable_config(getattr(model, "config", None)),
         ),
-        layers=tuple(_layer_entry(name, layer) for name, layer in layers.items()),
+        layers=entries,
     )
     text = manifest.model_dump_json(indent=2)
     _atomic_write(manifest_path, lambda p: p.write_text(text + "\n"))
@@ -176,7 +190,15 @@ def _expected_tensors(entry: DeployLayer) -> dict[str, tuple[tuple[int, ...], to
     return expected
 
 
-def _check_layer_tensors(path: Path, entry: DeployLayer, tensors: dict[str, Tensor]) -> None:
+def check_deploy_tensors(where: str, entries: Iterable[DeployLayer], tensors: Mapping[str, Tensor]) -> None:
+    """The one validator of deploy tensors against their manifest entries, shared by `convert_`,
+    `save_quantized` and `load_quantized`: names, shapes, dtypes, code range, finite scale > 0 and finite
+    zero point. `where` prefixes the error (the file, or the function)."""
+    for entry in entries:
+        _check_layer_tensors(where, entry, tensors)
+
+
+def _check_layer_tensors(path: str | Path, entry: DeployLayer, tensors: Mapping[str, Tensor]) -> None:
     where = f"{path}: layer {entry.name!r}"
     prefix = entry.name + "."
     expected = _expected_tensors(entry)
@@ -244,52 +266,14 @@ def _deploy_module(path: Path, model: nn.Module, entry: DeployLayer) -> DeployLi
     return new
 
 
-@overload
-def load_quantized(
-    directory: str | os.PathLike[str], /, *, model_class: type[nn.Module] | None = None
-) -> nn.Module: ...
-@overload
-def load_quantized(model: nn.Module, directory: str | os.PathLike[str], /) -> nn.Module: ...
-def load_quantized(
-    model_or_directory: nn.Module | str | os.PathLike[str],
-    directory: str | os.PathLike[str] | None = None,
-    /,
-    *,
-    model_class: type[nn.Module] | None = None,
-) -> nn.Module:
-    """Load a folder written by `save_quantized`; return the model with its `DeployLinear`s, in eval mode.
-
-    ``load_quantized(directory)`` rebuilds the model from the manifest's recorded class and config with
-    its parameters on the meta device (`qvgen.quant.skeleton`) and assigns the saved tensors: no
-    full-precision weights are read or allocated. ``model_class`` overrides the recorded class (needed
-    for classes outside `skeleton.TRUSTED_MODEL_PACKAGES`). ``load_quantized(model, directory)`` loads
-    into a float skeleton you built yourself.
+def load_quantized(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
+    """Load a folder written by `save_quantized` into ``model`` (a freshly built float skeleton); return it.
 
     The Linears named in the manifest become `DeployLinear`s and every tensor is loaded strictly from
     safetensors. A manifest that disagrees with the tensors or the model, or a truncated file, is refused
     with an error naming the file and the layer.
     """
-    if isinstance(model_or_directory, nn.Module):
-        if directory is None:
-            raise TypeError("load_quantized(model, directory): the directory is missing")
-        return _load_into(model_or_directory, Path(directory), assign=False)
-    if directory is not None:
-        raise TypeError(
-            "load_quantized(directory) takes one folder; to fill a skeleton use (model, directory)"
-        )
-    folder = Path(model_or_directory)
-    manifest = read_manifest(folder)
-    where = folder / MANIFEST_FILE
-    cls = model_class if model_class is not None else skeleton.model_class(manifest, where)
-    empty = skeleton.build_empty(cls, manifest.source.config, where)
-    model = _load_into(empty, folder, assign=True)
-    left = skeleton.meta_tensors(model)
-    if left:
-        raise ValueError(f"{folder / manifest.tensors_file}: no tensors for {left[:5]} of {cls.__name__}")
-    return model.eval()
-
-
-def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
+    directory = Path(directory)
     manifest = read_manifest(directory)
     path = directory / manifest.tensors_file
     if not path.is_file():
@@ -298,6 +282,12 @@ def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
     if size != manifest.tensors_bytes:
         raise ValueError(
             f"{path}: {size} bytes but the manifest records {manifest.tensors_bytes}: truncated or replaced file"
+        )
+    digest = file_sha256(path)
+    if digest != manifest.tensors_sha256:
+        raise ValueError(
+            f"{path}: sha256 {digest[:12]}… does not match {manifest.tensors_sha256[:12]}… recorded in "
+            f"{directory / MANIFEST_FILE}: the file is corrupted or was replaced; export it again"
         )
     try:
         tensors = load_file(str(path))
@@ -308,13 +298,12 @@ def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
             f"{directory / MANIFEST_FILE}: saved from a {manifest.source.class_name}, "
             f"but load_quantized got a {type(model).__name__}; build the matching model first"
         )
-    for entry in manifest.layers:
-        _check_layer_tensors(path, entry, tensors)
+    check_deploy_tensors(str(path), manifest.layers, tensors)
     new = {entry.name: _deploy_module(path, model, entry) for entry in manifest.layers}
     for name, module in new.items():
         _set_submodule(model, name, module)
     try:
-        result = model.load_state_dict(tensors, strict=False, assign=assign)
+        result = model.load_state_dict(tensors, strict=False)
     except RuntimeError as e:
         raise ValueError(f"{path}: tensors do not fit the {type(model).__name__} given: {e}") from e
     if result.missing_keys or result.unexpected_keys:

@@ -7,6 +7,7 @@ B12); results are cast back by the caller.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal, assert_never
 
 import torch
@@ -18,6 +19,9 @@ from qvgen.quant.timestep import TimestepContext
 
 SCALE_EPS = 1e-9
 """Lower bound of every scale (method.md §3.3, §4.1)."""
+
+SCALE_FLOOR_RATIO = 0.1
+"""A weight scale never acts below this fraction of its initial (MSE or min-max) value (`scale_floor`)."""
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -33,13 +37,40 @@ def keep_float32_on_half_cast(module: nn.Module, fn, recurse: bool) -> nn.Module
 
     `model.to(torch.bfloat16)` would otherwise round the quantization grid itself (method.md B12).
     """
-    before = {name: p.detach() for name, p in module.named_parameters(recurse=False)}
+
+    def own() -> list[tuple[str, Tensor]]:
+        return [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+
+    before = {name: p.detach() for name, p in own()}
     out = nn.Module._apply(module, fn, recurse)
-    for name, p in module.named_parameters(recurse=False):
+    for name, p in own():
         old = before[name]
         if p.dtype in _HALF and old.dtype not in _HALF:
             p.data = old.to(p.device)
     return out
+
+
+class _FloorStraightThrough(torch.autograd.Function):
+    """Forward `max(scale, floor)`; backward passes the gradient to `scale` unchanged (straight through)."""
+
+    @staticmethod
+    def forward(ctx, scale: Tensor, floor: Tensor) -> Tensor:  # type: ignore[no-untyped-def,override]
+        return torch.maximum(scale, floor)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[no-untyped-def,override]
+        return grad, None
+
+
+def floor_scale(scale: Tensor, floor: Tensor) -> Tensor:
+    """The scale a weight quantizer acts with: `max(scale, floor)`, gradient straight through to `scale`.
+
+    Gradient semantics: d(effective)/d(scale) = 1 everywhere, as for LSQ's rounding. A row pushed to or
+    below its floor (one Adam step at a large scale lr can overshoot zero) quantizes with the floor but
+    still receives the loss gradient, so it climbs back as soon as the loss asks for a larger step; the
+    raw parameter is a latent value like the latent weight, and `convert_` exports the effective scale.
+    """
+    return _FloorStraightThrough.apply(scale, floor)  # type: ignore[no-any-return]
 
 
 def grad_scale(t: Tensor, g: float) -> Tensor:
@@ -54,26 +85,53 @@ def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int
     return scale * (q - zero_point)
 
 
-def mse_weight_range(
-    w: Tensor, bits: int, *, grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4
+def shrink_grid_search(
+    w: Tensor,
+    bits: int,
+    error: Callable[[Tensor, Tensor], Tensor],
+    *,
+    grid: int,
+    max_shrink: float,
+    incumbent: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Per-row (scale, zero point) `[out, 1]` by the shrink grid search of method.md §3.3.
+    """Per-row (scale, zero point) `[out, 1]` minimising `error(scale, zero) -> [out, 1]` over the shrink grid.
 
-    Candidates p = 1 - k/grid for k < int(max_shrink*grid); the first k with the strictly smallest
-    sum |Q(W) - W|**norm wins, so ties go to the largest p. Vectorised over rows.
+    The search of docs/method.md §3.3: candidates clip each row of `w` to [p·min, p·max] with
+    p = 1 - k/grid for k < int(max_shrink*grid); the first candidate with a strictly smaller error wins,
+    so ties go to the largest p. `incumbent` = (error, scale, zero) is a starting point a candidate must
+    beat (default: none). Vectorised over rows; the one implementation of this search in qvgen.
     """
     w = w.detach().to(compute_dtype(w))
     qmax = 2**bits - 1
     w_min = w.amin(dim=1, keepdim=True)
     w_max = w.amax(dim=1, keepdim=True)
-    best_err = torch.full_like(w_min, math.inf)
-    best_scale = torch.empty_like(w_min)
-    best_zero = torch.empty_like(w_min)
+    if incumbent is None:
+        best_err = torch.full_like(w_min, math.inf)
+        best_scale = torch.empty_like(w_min)
+        best_zero = torch.empty_like(w_min)
+    else:
+        best_err, best_scale, best_zero = incumbent
     for k in range(int(max_shrink * grid)):
         p = 1.0 - k / grid
         lo, hi = p * w_min, p * w_max
         scale = ((hi - lo) / qmax).clamp_min(SCALE_EPS)
         zero = -lo / scale
+        err = error(scale, zero)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+        best_zero = torch.where(better, zero, best_zero)
+    return best_scale, best_zero
+
+
+def mse_weight_range(
+    w: Tensor, bits: int, *, grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4
+) -> tuple[Tensor, Tensor]:
+    """Per-row (scale, zero point) `[out, 1]` minimising sum |Q(W) - W|**norm by `shrink_grid_search`."""
+    w = w.detach().to(compute_dtype(w))
+    qmax = 2**bits - 1
+
+    def error(scale: Tensor, zero: Tensor) -> Tensor:
         # |s·(clamp(round(w/s + z), 0, P) − z) − w|^norm, in place (same ops and order, half the time)
         err_el = w / scale
         err_el += zero
@@ -81,12 +139,9 @@ def mse_weight_range(
         err_el -= zero
         err_el *= scale
         err_el -= w
-        err = err_el.abs_().pow_(norm).sum(dim=1, keepdim=True)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-        best_zero = torch.where(better, zero, best_zero)
-    return best_scale, best_zero
+        return err_el.abs_().pow_(norm).sum(dim=1, keepdim=True)
+
+    return shrink_grid_search(w, bits, error, grid=grid, max_shrink=max_shrink)
 
 
 def minmax_weight_range(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -104,6 +159,8 @@ class WeightQuantizer(nn.Module):
 
     `method="lsq_plus"`: MSE-initialised, s and z trainable with LSQ gradient scaling.
     `method="minmax"`: min/max range, s and z frozen (round-to-nearest baseline).
+    The scale acts through `floor_scale(scale, scale_floor)`: `scale_floor` (a buffer, `[out, 1]`) is
+    `SCALE_FLOOR_RATIO` times the initial scale, so the effective scale is positive by construction.
     """
 
     def __init__(
@@ -136,6 +193,10 @@ class WeightQuantizer(nn.Module):
         self.zero_point = nn.Parameter(
             torch.zeros(out_features, 1, device=device, dtype=torch.float32), requires_grad=learnable
         )
+        self.scale_floor: Tensor
+        self.register_buffer(
+            "scale_floor", torch.full((out_features, 1), SCALE_EPS, device=device, dtype=torch.float32)
+        )
         self.initialized = False
 
     @property
@@ -156,11 +217,17 @@ class WeightQuantizer(nn.Module):
                 assert_never(self.cfg)
         self.scale.copy_(s)
         self.zero_point.copy_(z)
+        self.scale_floor.copy_((s * SCALE_FLOOR_RATIO).clamp_min(SCALE_EPS))
         self.initialized = True
+
+    def effective_scale(self) -> Tensor:
+        """`max(scale, scale_floor)` `[out, 1]`, detached: the scale the forward uses and `convert_` exports."""
+        return torch.maximum(self.scale.detach(), self.scale_floor.to(self.scale.dtype))
 
     def forward(self, weight: Tensor) -> Tensor:
         dtype = compute_dtype(weight)
-        s, z = self.scale.to(dtype), self.zero_point.to(dtype)
+        s = floor_scale(self.scale.to(dtype), self.scale_floor.to(dtype))
+        z = self.zero_point.to(dtype)
         if self.grad_scale_factor is not None:
             s, z = grad_scale(s, self.grad_scale_factor), grad_scale(z, self.grad_scale_factor)
         return fake_quantize_weight(weight.to(dtype), s, z, self.bits)
@@ -169,6 +236,10 @@ class WeightQuantizer(nn.Module):
         return keep_float32_on_half_cast(self, fn, recurse)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        scale = state_dict.get(prefix + "scale")
+        if scale is not None and prefix + "scale_floor" not in state_dict:
+            # written before the floor existed: tie it to the saved scale (load_state_dict copied the dict)
+            state_dict[prefix + "scale_floor"] = (scale.detach() * SCALE_FLOOR_RATIO).clamp_min(SCALE_EPS)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if prefix + "scale" in state_dict and prefix + "zero_point" in state_dict:
             self.initialized = True

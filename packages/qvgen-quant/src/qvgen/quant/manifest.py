@@ -21,9 +21,6 @@ class SourceModel(_Frozen):
 
     class_name: str
     """Class of the saved root module, e.g. ``WanTransformer3DModel``."""
-    module: str = ""
-    """Python module of that class (``type(model).__module__``), so `load_quantized(directory)` can rebuild
-    it; empty in manifests written before it was recorded."""
     identity: str = ""
     """Free-form identity of the weights: checkpoint folder, family name, run id."""
     config: dict[str, JsonValue] = Field(default_factory=dict)
@@ -74,6 +71,8 @@ class DeployManifest(_Frozen):
     tensors_file: str = TENSORS_FILE
     tensors_bytes: Annotated[int, Field(ge=0)]
     """Size of the tensors file; a different size means a truncated or foreign file."""
+    tensors_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """sha256 of the tensors file, verified by `load_quantized` (flipped bytes keep the size)."""
     num_train_timesteps: Annotated[int, Field(ge=1)] = 1000
     """Timestep range of the shared timestep context that picks activation clip groups."""
     source: SourceModel
