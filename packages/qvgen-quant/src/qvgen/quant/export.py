@@ -14,6 +14,7 @@ import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import overload
 
 import torch
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
 from qvgen.quant.fake_quant import ActivationQuantizer
@@ -146,6 +148,7 @@ def save_quantized(
         num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
         source=SourceModel(
             class_name=type(model).__name__,
+            module=type(model).__module__,
             identity=identity,
             config=jsonable_config(getattr(model, "config", None)),
         ),
@@ -266,14 +269,52 @@ def _deploy_module(path: Path, model: nn.Module, entry: DeployLayer) -> DeployLi
     return new
 
 
-def load_quantized(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Module:
-    """Load a folder written by `save_quantized` into ``model`` (a freshly built float skeleton); return it.
+@overload
+def load_quantized(
+    directory: str | os.PathLike[str], /, *, model_class: type[nn.Module] | None = None
+) -> nn.Module: ...
+@overload
+def load_quantized(model: nn.Module, directory: str | os.PathLike[str], /) -> nn.Module: ...
+def load_quantized(
+    model_or_directory: nn.Module | str | os.PathLike[str],
+    directory: str | os.PathLike[str] | None = None,
+    /,
+    *,
+    model_class: type[nn.Module] | None = None,
+) -> nn.Module:
+    """Load a folder written by `save_quantized`; return the model with its `DeployLinear`s, in eval mode.
+
+    ``load_quantized(directory)`` rebuilds the model from the manifest's recorded class and config with
+    its parameters on the meta device (`qvgen.quant.skeleton`) and assigns the saved tensors: no
+    full-precision weights are read or allocated. ``model_class`` overrides the recorded class (needed
+    for classes outside `skeleton.TRUSTED_MODEL_PACKAGES`). ``load_quantized(model, directory)`` loads
+    into a float skeleton you built yourself.
 
     The Linears named in the manifest become `DeployLinear`s and every tensor is loaded strictly from
     safetensors. A manifest that disagrees with the tensors or the model, or a truncated file, is refused
     with an error naming the file and the layer.
     """
-    directory = Path(directory)
+    if isinstance(model_or_directory, nn.Module):
+        if directory is None:
+            raise TypeError("load_quantized(model, directory): the directory is missing")
+        return _load_into(model_or_directory, Path(directory), assign=False)
+    if directory is not None:
+        raise TypeError(
+            "load_quantized(directory) takes one folder; to fill a skeleton use (model, directory)"
+        )
+    folder = Path(model_or_directory)
+    manifest = read_manifest(folder)
+    where = folder / MANIFEST_FILE
+    cls = model_class if model_class is not None else skeleton.model_class(manifest, where)
+    empty = skeleton.build_empty(cls, manifest.source.config, where)
+    model = _load_into(empty, folder, assign=True)
+    left = skeleton.meta_tensors(model)
+    if left:
+        raise ValueError(f"{folder / manifest.tensors_file}: no tensors for {left[:5]} of {cls.__name__}")
+    return model.eval()
+
+
+def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
     manifest = read_manifest(directory)
     path = directory / manifest.tensors_file
     if not path.is_file():
@@ -303,7 +344,7 @@ def load_quantized(model: nn.Module, directory: str | os.PathLike[str]) -> nn.Mo
     for name, module in new.items():
         _set_submodule(model, name, module)
     try:
-        result = model.load_state_dict(tensors, strict=False)
+        result = model.load_state_dict(tensors, strict=False, assign=assign)
     except RuntimeError as e:
         raise ValueError(f"{path}: tensors do not fit the {type(model).__name__} given: {e}") from e
     if result.missing_keys or result.unexpected_keys:

@@ -21,6 +21,9 @@ class SourceModel(_Frozen):
 
     class_name: str
     """Class of the saved root module, e.g. ``WanTransformer3DModel``."""
+    module: str = ""
+    """Python module of that class (``type(model).__module__``), so `load_quantized(directory)` can rebuild
+    it; empty in manifests written before it was recorded."""
     identity: str = ""
     """Free-form identity of the weights: checkpoint folder, family name, run id."""
     config: dict[str, JsonValue] = Field(default_factory=dict)
