@@ -14,6 +14,7 @@ from qvgen.quant import (
     minmax_weight_range,
     mse_weight_range,
     set_timesteps_,
+    shrink_grid_search,
 )
 from qvgen.quant.testing import (
     ref_act_fake_quant,
@@ -291,3 +292,33 @@ def test_float32_weight_quantizer_agrees_with_float64_reference_within_float32_r
     assert int(flips.sum()) <= w.numel() // 1000
     torch.testing.assert_close(diff[flips], wq.scale.detach().double().expand_as(w)[flips], rtol=1e-5, atol=0)
     assert float(diff[~flips].max()) <= 1e-6
+
+
+def test_shrink_grid_search_keeps_an_incumbent_that_no_candidate_beats() -> None:
+    w = _weight()
+    s_mse, z_mse = mse_weight_range(w, 4)
+
+    def l2(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(w / scale + zero), 0, 15)
+        return ((q - zero) * scale - w).pow(2).sum(dim=1, keepdim=True)
+
+    free_s, free_z = shrink_grid_search(w, 4, l2, grid=100, max_shrink=0.8)
+    rows = torch.arange(w.shape[0]) % 2 == 0
+    incumbent_err = torch.where(rows[:, None], torch.zeros(w.shape[0], 1, dtype=w.dtype), math.inf)
+    kept_s, kept_z = shrink_grid_search(
+        w, 4, l2, grid=100, max_shrink=0.8, incumbent=(incumbent_err, s_mse * 7, z_mse)
+    )
+    torch.testing.assert_close(kept_s[rows], s_mse[rows] * 7, atol=0, rtol=0)  # error 0 cannot be beaten
+    torch.testing.assert_close(kept_s[~rows], free_s[~rows], atol=0, rtol=0)
+    torch.testing.assert_close(kept_z[~rows], free_z[~rows], atol=0, rtol=0)
+
+
+def test_mse_weight_range_is_the_shrink_grid_search_with_the_norm_error() -> None:
+    w = _weight()
+
+    def err(scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        q = torch.clamp(torch.round(w / scale + zero), 0, 7)
+        return ((q - zero) * scale - w).abs().pow(2.4).sum(dim=1, keepdim=True)
+
+    expected = shrink_grid_search(w, 3, err, grid=50, max_shrink=0.5)
+    torch.testing.assert_close(mse_weight_range(w, 3, grid=50, max_shrink=0.5), expected, atol=0, rtol=0)

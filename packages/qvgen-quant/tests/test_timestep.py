@@ -109,3 +109,17 @@ def test_deepcopy_of_a_model_gets_its_own_shared_context() -> None:
     assert clone.a.context is ctx and clone.b[0].context is ctx
     clone(torch.randn(1, 2, 8), timestep=torch.tensor([999]))
     assert ctx.timesteps is not None and timestep_context(model).timesteps is None
+
+
+def test_activation_quantizers_are_bound_through_the_protocol_not_an_import_of_fake_quant() -> None:
+    import ast
+    from pathlib import Path
+
+    from qvgen.quant import timestep
+
+    tree = ast.parse(Path(timestep.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "qvgen.quant.fake_quant" not in imported  # fake_quant imports timestep: no cycle
+    quantizer = ActivationQuantizer(ClippedDynamicActivation(bits=4, groups=2))
+    assert isinstance(quantizer, timestep.UsesTimestepContext)
+    assert not isinstance(nn.Linear(2, 2), timestep.UsesTimestepContext)

@@ -28,6 +28,7 @@ from qvgen.quant.fake_quant import (
     fake_quantize_weight,
     minmax_weight_range,
     mse_weight_range,
+    shrink_grid_search,
 )
 from qvgen.quant.linear import QuantLinear
 from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
@@ -66,6 +67,7 @@ __all__ = [
     "quantized_layers",
     "resolve_role",
     "set_timesteps_",
+    "shrink_grid_search",
     "smoothing_factors",
     "timestep_context",
 ]

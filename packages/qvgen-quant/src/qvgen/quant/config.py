@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
+from qvgen.core import Frozen
 from qvgen.quant.roles import LayerRole
 
 Bits = Annotated[int, Field(ge=2, le=8)]
@@ -22,11 +23,7 @@ def _kind_or(default: str) -> Any:
     return Discriminator(kind)
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class LSQPlusWeight(_Frozen):
+class LSQPlusWeight(Frozen):
     """LSQ+ per-output-channel asymmetric weight quantizer, MSE-initialised (method.md §3)."""
 
     kind: Literal["lsq_plus"] = "lsq_plus"
@@ -51,7 +48,7 @@ class LSQPlusWeight(_Frozen):
         return self
 
 
-class MinMaxWeight(_Frozen):
+class MinMaxWeight(Frozen):
     """Round-to-nearest with per-row min/max range (the PTQ baseline); scale/zero point are frozen."""
 
     kind: Literal["minmax"] = "minmax"
@@ -64,7 +61,7 @@ WeightQuantConfig = Annotated[
 ]
 
 
-class ClippedDynamicActivation(_Frozen):
+class ClippedDynamicActivation(Frozen):
     """Dynamic per-token asymmetric activations with learnable per-timestep-group clipping (method.md §4)."""
 
     kind: Literal["clipped_dynamic"] = "clipped_dynamic"
@@ -78,7 +75,7 @@ class ClippedDynamicActivation(_Frozen):
     """Initial clip factor sigmoid(logit) on per-token min and max (0.95 * 0.95 of the reference, B1)."""
 
 
-class NoActivationQuant(_Frozen):
+class NoActivationQuant(Frozen):
     """Activations stay in the model dtype (weight-only quantization)."""
 
     kind: Literal["none"] = "none"
@@ -90,7 +87,7 @@ ActivationQuantConfig = Annotated[
 ]
 
 
-class RoleOverride(_Frozen):
+class RoleOverride(Frozen):
     """Per-role change: skip the role entirely, or use other bit widths."""
 
     skip: bool = False
@@ -107,7 +104,7 @@ class RoleOverride(_Frozen):
         return self
 
 
-class KeptLowRank(_Frozen):
+class KeptLowRank(Frozen):
     """SVDQuant-style branch kept at inference: smoothing migrated into the weights + 16-bit SVD_r(Ŵ)."""
 
     rank: Annotated[int, Field(ge=1, le=1024)] = 32
@@ -116,7 +113,7 @@ class KeptLowRank(_Frozen):
     """Storage dtype of the branch factors (the branch runs in float32 on CPU)."""
 
 
-class QuantConfig(_Frozen):
+class QuantConfig(Frozen):
     """What to quantize and how; the single entry point's config (`prepare_(model, cfg)`)."""
 
     weight: WeightQuantConfig = Field(default_factory=LSQPlusWeight)

@@ -8,7 +8,7 @@ group from it with a few tensor ops (no loop over modules, no host sync).
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -90,12 +90,20 @@ class _TimestepHook:
             self.context.set(None)
 
 
+@runtime_checkable
+class UsesTimestepContext(Protocol):
+    """A module that reads the shared context (quant's `ActivationQuantizer`); `attach_timestep_context_`
+    binds every such module of a model. A Protocol, so this module imports no quantizer (no import cycle)."""
+
+    context: TimestepContext | None
+
+    def group_index(self) -> Tensor: ...
+
+
 def _bind(model: nn.Module, context: TimestepContext) -> None:
     # One walk at attach time, never per step.
-    from qvgen.quant.fake_quant import ActivationQuantizer
-
     for module in model.modules():
-        if isinstance(module, ActivationQuantizer):
+        if isinstance(module, UsesTimestepContext):
             module.context = context
 
 
