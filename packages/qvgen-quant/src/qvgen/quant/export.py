@@ -11,8 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import overload
 
@@ -22,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from qvgen.core import atomic_write
 from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
@@ -76,18 +76,6 @@ def convert_(model: nn.Module, *, target: DeployTarget = "w4a4") -> dict[str, De
     return converted
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def file_sha256(path: Path) -> str:
     """Hex sha256 of a file, read in 4 MiB chunks."""
     h = hashlib.sha256()
@@ -140,7 +128,7 @@ def save_quantized(
     manifest_path = out / MANIFEST_FILE
     manifest_path.unlink(missing_ok=True)  # never leave an old manifest beside new tensors
     tensors_path = out / TENSORS_FILE
-    _atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     context = timestep_context(model)
     manifest = DeployManifest(
         tensors_bytes=tensors_path.stat().st_size,
@@ -155,7 +143,7 @@ def save_quantized(
         layers=entries,
     )
     text = manifest.model_dump_json(indent=2)
-    _atomic_write(manifest_path, lambda p: p.write_text(text + "\n"))
+    atomic_write(manifest_path, lambda p: p.write_text(text + "\n"))
     return manifest
 
 

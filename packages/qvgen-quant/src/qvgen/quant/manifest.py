@@ -4,19 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import Field, JsonValue, model_validator
 
+from qvgen.core import Frozen
 from qvgen.quant.roles import LayerRole
 
 MANIFEST_FILE = "quant_manifest.json"
 TENSORS_FILE = "model.safetensors"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class SourceModel(_Frozen):
+class SourceModel(Frozen):
     """Which model the deploy layers came from, so a loader can rebuild the right skeleton."""
 
     class_name: str
@@ -30,7 +27,7 @@ class SourceModel(_Frozen):
     """Constructor config of the source model (diffusers ``model.config``), JSON values only."""
 
 
-class DeployLayer(_Frozen):
+class DeployLayer(Frozen):
     """One converted Linear: where it sits, its shapes, bits and role."""
 
     name: str
@@ -66,7 +63,7 @@ class DeployLayer(_Frozen):
         return self
 
 
-class DeployManifest(_Frozen):
+class DeployManifest(Frozen):
     """Everything `load_quantized` needs besides the tensors; written next to ``model.safetensors``."""
 
     schema_version: Literal[1] = 1
