@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from qvgen.auxiliary.config import AuxConfig
 from qvgen.auxiliary.lowrank import LowRankBranch, PhiGroup, balanced_factors
-from qvgen.quant import QuantLinear, quantized_layers
+from qvgen.quant import LSQPlusWeight, QuantLinear, quantized_layers, shrink_grid_search
 
 __all__ = ["attach_", "lowrank_parameters", "phi_disabled"]
 
@@ -59,33 +59,30 @@ def _refit_weight_range_(layer: QuantLinear, target: Tensor) -> None:
     """Per row, pick the quantizer range that makes Q(W) closest to `target` = W − Φ.
 
     Q is still applied to W itself (as in the forward pass), only its scale/zero point move. The
-    candidates are the current range and the range-shrink grid of method.md §3.3, so the error never
-    grows. Quantizers without a learnable range (min-max RTN) are left alone.
+    candidates are the current range and quant's shrink grid (`qvgen.quant.shrink_grid_search`, with the
+    LSQ+ config's own `grid`/`max_shrink`), so the error never grows. Quantizers without a learnable
+    range (min-max RTN) are left alone.
     """
     quantizer = layer.weight_quantizer
-    if not quantizer.scale.requires_grad:
+    cfg = quantizer.cfg
+    if not quantizer.scale.requires_grad or not isinstance(cfg, LSQPlusWeight):
         return
     W = layer.weight.detach().float()
-    qmax = 2**quantizer.bits - 1
-    grid = getattr(quantizer.cfg, "grid", 100)
-    steps = int(getattr(quantizer.cfg, "max_shrink", 0.8) * grid)
 
-    def error() -> Tensor:
+    def error(scale: Tensor, zero: Tensor) -> Tensor:
+        quantizer.scale.copy_(scale)
+        quantizer.zero_point.copy_(zero)
         return (quantizer(W).float() - target).pow(2).sum(dim=1, keepdim=True)
 
-    best_err = error()
-    best_scale, best_zero = quantizer.scale.detach().clone(), quantizer.zero_point.detach().clone()
-    w_min, w_max = W.amin(dim=1, keepdim=True), W.amax(dim=1, keepdim=True)
-    for k in range(steps):
-        p = 1.0 - k / grid
-        scale = ((w_max - w_min) * p / qmax).clamp_min(1e-9)
-        quantizer.scale.copy_(scale)
-        quantizer.zero_point.copy_(-p * w_min / scale)
-        err = error()
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, quantizer.scale, best_scale)
-        best_zero = torch.where(better, quantizer.zero_point, best_zero)
+    current = quantizer.scale.detach().clone(), quantizer.zero_point.detach().clone()
+    best_scale, best_zero = shrink_grid_search(
+        W,
+        quantizer.bits,
+        error,
+        grid=cfg.grid,
+        max_shrink=cfg.max_shrink,
+        incumbent=(error(*current), *current),
+    )
     quantizer.scale.copy_(best_scale)
     quantizer.zero_point.copy_(best_zero)
 

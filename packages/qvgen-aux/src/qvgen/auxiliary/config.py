@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from qvgen.core import Frozen
 
 __all__ = ["AuxConfig", "DecaySchedule", "num_periods", "required_steps", "validate_against_steps"]
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class DecaySchedule(_Frozen):
+class DecaySchedule(Frozen):
     """The rank-decay schedule: everything `rank_at` needs, nothing else (method.md §6.1)."""
 
     initial_rank: Annotated[int, Field(ge=1, le=4096)] = 32
@@ -26,7 +24,7 @@ class DecaySchedule(_Frozen):
     """How α goes from 1 to 0 inside a period: ½(1 + cos(π s / T)) or 1 − s / T."""
 
 
-class AuxConfig(_Frozen):
+class AuxConfig(Frozen):
     """Φ = L·diag(γ)·R on every quantized linear, and how it is decayed to nothing."""
 
     decay: DecaySchedule = DecaySchedule()
