@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from typing import Any
 
 import torch
@@ -16,8 +17,12 @@ GROUP_NAMES = ("weights", "weight_qparams", "act_clip", "phi", "other")
 """Optimizer groups, in order; each carries its `name` and its own learning rate."""
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Split the trainable parameters of `model` into the five named groups (empty ones are dropped).
+def param_groups(
+    model: nn.Module, cfg: OptimConfig, *, keep_empty: Collection[str] = ()
+) -> list[dict[str, Any]]:
+    """Split the trainable parameters of `model` into the five named groups (empty ones are dropped,
+    except those named in `keep_empty`: a run with Φ always has a `phi` group, so a checkpoint written
+    after Φ's removal, whose `phi` group is empty, has the same groups as the optimizer that resumes it).
 
     Quantized-linear parameters come from `qvgen.quant.quant_parameter_groups`, Φ from
     `qvgen.auxiliary.lowrank_parameters`; every other parameter with `requires_grad` is `other`.
@@ -40,17 +45,22 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     groups = []
     for name in GROUP_NAMES:
         params = [p for p in members[name] if p.requires_grad]
-        if params:
+        if params or name in keep_empty:
             groups.append({"name": name, "params": params, "lr": lrs[name], "weight_decay": cfg.weight_decay})
-    if not groups:
+    if not any(g["params"] for g in groups):
         raise ValueError("the model has no trainable parameters; nothing to optimize")
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW(β, ε, weight decay from `cfg`) over `param_groups(model, cfg)`."""
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, *, keep_empty: Collection[str] = ()
+) -> torch.optim.AdamW:
+    """AdamW(β, ε, weight decay from `cfg`) over `param_groups(model, cfg, keep_empty=...)`."""
     return torch.optim.AdamW(
-        param_groups(model, cfg), betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+        param_groups(model, cfg, keep_empty=keep_empty),
+        betas=cfg.betas,
+        eps=cfg.eps,
+        weight_decay=cfg.weight_decay,
     )
 
 

@@ -132,7 +132,8 @@ def run(cfg: RunConfig) -> RunResult:
             "FSDP with Φ: set `fsdp_ignored_modules: '.*\\.lowrank'` in the accelerate config so Φ stays "
             "replicated and can shrink (see configs/accelerate/fsdp.yaml)"
         )
-    optimizer = build_optimizer(student, cfg.optim)
+    # a run with Φ keeps its `phi` group even once empty: checkpoints after removal then resume (issue 13)
+    optimizer = build_optimizer(student, cfg.optim, keep_empty=("phi",) if cfg.aux is not None else ())
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     generator = torch.Generator().manual_seed(cfg.train.seed + rank)  # every rank its own draws (B3)
