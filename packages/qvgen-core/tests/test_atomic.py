@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from qvgen.core import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
+from qvgen.core import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps
 
 
 def _enospc(*_: object, **__: object) -> None:
@@ -144,3 +144,20 @@ def test_atomic_dir_refuses_to_replace_a_file(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match="remove it first"):
         atomic_dir(tmp_path / "run", lambda d: None)
     assert (tmp_path / "run").read_text() == "keep me"
+
+
+def test_remove_stale_temps_removes_only_this_modules_leftovers(tmp_path: Path) -> None:
+    target = tmp_path / "shard-000000.tar"
+    stale_file = tmp_path / ".shard-000000.tar.tmp-0123456789ab"
+    stale_file.write_text("killed mid-write")
+    stale_dir = tmp_path / ".shard-000000.tar.old-ba9876543210"
+    stale_dir.mkdir()
+    keep = [
+        tmp_path / ".shard-000000.tar.tmp-notmine",
+        tmp_path / ".shard-000001.tar.tmp-0123456789ab",
+        target,
+    ]
+    for p in keep:
+        p.write_text("keep")
+    assert remove_stale_temps(target) == [stale_dir, stale_file]
+    assert sorted(tmp_path.iterdir()) == sorted(keep)

@@ -1,14 +1,21 @@
 """qvgen.core: the plumbing every qvgen package shares, and nothing else.
 
 - `Frozen`: the one frozen pydantic base (immutable, `extra="forbid"`, attribute docstrings as descriptions).
-- Atomic writes: `atomic_write`, `atomic_write_bytes`, `atomic_write_text` (files), `atomic_dir` (folders).
+- Atomic writes: `atomic_write`, `atomic_write_bytes`, `atomic_write_text` (files), `atomic_dir` (folders),
+  `remove_stale_temps` (what a killed writer left).
 - Config loading: `load_config(cls, path, overrides)` with `--set KEY=VALUE` (YAML values), `ConfigError`,
   `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands.
 
 Depends on pydantic and PyYAML only.
 """
 
-from qvgen.core.atomic import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text
+from qvgen.core.atomic import (
+    atomic_dir,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    remove_stale_temps,
+)
 from qvgen.core.config import (
     ConfigError,
     add_override_argument,
@@ -36,6 +43,7 @@ __all__ = [
     "load_config",
     "parse_override",
     "read_config_tree",
+    "remove_stale_temps",
     "schema_json",
     "set_dotted",
     "validate_config",

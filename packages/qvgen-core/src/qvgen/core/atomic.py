@@ -8,6 +8,7 @@ target path, with the original as their cause.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import secrets
@@ -93,6 +94,24 @@ def atomic_dir(path: str | os.PathLike[str], write: Callable[[Path], object]) ->
     if old is not None:
         _remove(old)
     return target
+
+
+def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temps a killed writer (SIGKILL, power loss) left beside `path`; return what was removed.
+
+    Only names this module creates (`.<name>.tmp-<hex>`, `.<name>.old-<hex>`) are touched. Call it before
+    rewriting `path` in a resumable job, never while another process may be writing `path`.
+    """
+    target = Path(path)
+    stale = sorted(
+        p
+        for kind in ("tmp", "old")
+        for p in target.parent.glob(f".{glob.escape(target.name)}.{kind}-*")
+        if len(p.name) == len(target.name) + len(kind) + 15  # "." + name + "." + kind + "-" + 12 hex
+    )
+    for p in stale:
+        _remove(p)
+    return stale
 
 
 def _temp_name(target: Path, kind: str) -> Path:
