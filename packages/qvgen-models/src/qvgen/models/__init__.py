@@ -11,6 +11,7 @@ from qvgen.models.manifest import (
     read_student_manifest,
     save_student,
 )
+from qvgen.models.pipeline import load_pipeline
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
 from qvgen.models.spec import CogVideoXSpec, DType, ModelSpec, WanSpec, to_torch_dtype
@@ -33,6 +34,7 @@ __all__ = [
     "WanSpec",
     "get_family",
     "load_components",
+    "load_pipeline",
     "load_student",
     "read_student_manifest",
     "roles_of",
