@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from qvgen.auxiliary import AuxConfig, validate_against_steps
 from qvgen.data import LoaderConfig
 from qvgen.models import ModelSpec
-from qvgen.quant import QuantConfig
+from qvgen.quant import LayerRole, QuantConfig
+from qvgen.quant.deploy import MAX_WEIGHT_BITS
 
 
 class _Frozen(BaseModel):
@@ -142,6 +143,30 @@ class RunConfig(_Frozen):
             validate_against_steps(self.aux, self.train.max_steps)  # Φ must be gone before the last step
         if self.data is not None and self.data.mode != "train":
             raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
+        return self
+
+    @model_validator(mode="after")
+    def _deploy_can_store_the_weight_bits(self) -> RunConfig:
+        """export.deploy vs the weight bits of every quantized role: caught at load, not after training."""
+        if not self.export.deploy:
+            return self
+        for role in LayerRole:
+            if self.quant.is_skipped(role):
+                continue
+            bits = self.quant.for_role(role)[0].bits
+            if bits > MAX_WEIGHT_BITS:
+                override = self.quant.role_overrides.get(role)
+                where = (
+                    f"quant.role_overrides.{role.value}.weight_bits"
+                    if override is not None and override.weight_bits is not None
+                    else "quant.weight.bits"
+                )
+                raise ValueError(
+                    f"{where}={bits} cannot be exported with export.deploy=true: deploy layers store "
+                    f"2..{MAX_WEIGHT_BITS}-bit weight codes (int4 container); use <= {MAX_WEIGHT_BITS} bits, "
+                    "skip the role (quant.role_overrides.<role>.skip=true), or set export.deploy=false "
+                    "(the fake-quant student is still written)"
+                )
         return self
 
 
