@@ -14,6 +14,7 @@ from qvgen.data import LoaderConfig
 from qvgen.models import ModelSpec
 from qvgen.quant import LayerRole, QuantConfig
 from qvgen.quant.deploy import MAX_WEIGHT_BITS
+from qvgen.train.method_config import MethodConfig, QATMethod, check_method
 
 
 class _Frozen(BaseModel):
@@ -117,6 +118,8 @@ class RunConfig(_Frozen):
     """A whole QVGen run. Baselines are configs: PTQ (max_steps 0), LSQ QAT (aux null), QVGen (aux set)."""
 
     schema_version: Literal[1] = 1
+    method: MethodConfig = QATMethod()
+    """qat (QVGen / LSQ / RTN, as set by aux and max_steps) or a baseline: efficientdm, qdm, svdquant."""
     model: ModelSpec
     """The family and checkpoint; `model.dtype` is the frozen teacher's dtype, the student trains in float32."""
     quant: QuantConfig = QuantConfig()
@@ -141,6 +144,7 @@ class RunConfig(_Frozen):
             )
         if self.aux is not None:
             validate_against_steps(self.aux, self.train.max_steps)  # Φ must be gone before the last step
+        check_method(self)  # the method's rules on family, bit widths and the other sections
         if self.data is not None and self.data.mode != "train":
             raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
         return self

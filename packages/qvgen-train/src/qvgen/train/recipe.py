@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -23,9 +24,11 @@ from qvgen import auxiliary, quant
 from qvgen.data import LatentBatch, make_loader
 from qvgen.models import get_family
 from qvgen.train import checkpoint as ckpt
+from qvgen.train import methods
 from qvgen.train.config import RunConfig
 from qvgen.train.export import export_student
 from qvgen.train.loss import distill_loss
+from qvgen.train.method_config import EfficientDMMethod, QDMMethod, SVDQuantMethod
 from qvgen.train.optim import build_optimizer, build_scheduler
 from qvgen.train.prompts import empty_prompt
 from qvgen.train.validation import write_validation_clips
@@ -99,6 +102,9 @@ def run(cfg: RunConfig) -> RunResult:
         log_with="tensorboard" if cfg.logging.tensorboard else None,
         project_dir=str(cfg.output_dir),
     )
+    # Python, NumPy and torch's global RNGs from the run seed, per rank (seed + rank): nothing draws from
+    # them today, but whatever does later stays reproducible (the sampling generator below is separate)
+    set_seed(cfg.train.seed, device_specific=True)
     family = get_family(cfg.model.family)
     if cfg.model.checkpoint is None:
         raise ValueError("model.checkpoint: set the local diffusers folder of the model to quantize")
@@ -115,12 +121,16 @@ def run(cfg: RunConfig) -> RunResult:
     quant.prepare_(
         student, cfg.quant, layer_roles=family.layer_roles, keep_high_precision=family.keep_high_precision
     )
+    if isinstance(cfg.method, SVDQuantMethod):  # smoothing + kept 16-bit branch; ranges are the residual's
+        _fit_svdquant(cfg, family, teacher, student, device)
     quant.initialize_(student, progress=accelerator.is_main_process)
     branches = None
     if cfg.aux is not None:
         branches = auxiliary.attach_(student, cfg.aux)
         if start > 0:  # Φ's shapes as the checkpoint saw them (end of step start-1)
             auxiliary.apply_(branches, auxiliary.rank_at(start - 1, cfg.aux.decay), None)
+    if isinstance(cfg.method, EfficientDMMethod):  # latent W frozen, LoRA inside Qw (merged before export)
+        methods.attach_lora_(student, cfg.method, cfg.train.seed)
     if cfg.train.gradient_checkpointing:
         _enable_gradient_checkpointing(student)  # block level only (method.md B9)
 
@@ -193,7 +203,10 @@ def run(cfg: RunConfig) -> RunResult:
                 target = x.target
             with accelerator.autocast():
                 pred = family.predict(student, x, text, lengths)
-            loss = distill_loss(pred, target)
+            if isinstance(cfg.method, QDMMethod):  # data target + mimicking the teacher's estimate (NeM)
+                loss = methods.qdm_loss(pred, x.target, target, cfg.method)
+            else:
+                loss = distill_loss(pred, target)
             accelerator.backward(loss)
             if fsdp and branches:
                 auxiliary.all_reduce_grads_(branches)  # Φ is replicated outside FSDP (ignored modules)
@@ -237,6 +250,8 @@ def run(cfg: RunConfig) -> RunResult:
 
     # 8. Export: Φ must be gone; the fake-quant student (manifest + safetensors) and the real low-bit one.
     final = accelerator.unwrap_model(student)
+    if isinstance(cfg.method, EfficientDMMethod):
+        methods.merge_lora_(final)  # W ← W + B·A·α/r: the exported student is a plain quantized model
     remaining = auxiliary.lowrank_parameters(final)
     if remaining:
         raise RuntimeError(
@@ -249,6 +264,30 @@ def run(cfg: RunConfig) -> RunResult:
     accelerator.wait_for_everyone()
     phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
     return RunResult(final, cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
+
+
+def _fit_svdquant(cfg: RunConfig, family: Any, teacher: nn.Module, student: nn.Module, device: Any) -> None:
+    """Per-channel input maxima from the teacher on `calibration_batches` batches, then fit every branch."""
+    assert isinstance(cfg.method, SVDQuantMethod)
+    assert cfg.data is not None and cfg.model.checkpoint is not None
+    batches = iter(make_loader(cfg.data, rank=0, world_size=1))  # every process: the same batches, same λ
+    vae_config = _vae_config(Path(cfg.model.checkpoint))
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    tdtype = next(teacher.parameters()).dtype
+
+    def run_batch() -> None:
+        batch = next(batches)
+        latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
+        x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
+        x = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
+        text = batch.text_embeddings.to(device).to(tdtype)
+        family.predict(teacher, x, text, batch.text_lengths.to(device))
+
+    names = list(quant.quantized_layers(student))
+    absmax = methods.input_absmax(teacher, names, run_batch, cfg.method.calibration_batches)
+    methods.fit_kept_branches_(student, absmax, cfg.method.smooth_alpha)
 
 
 def _rewrap(
