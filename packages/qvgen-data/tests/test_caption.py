@@ -54,3 +54,9 @@ def test_grammar_errors_list_the_vocabulary_and_are_value_errors() -> None:
     with pytest.raises(CaptionGrammarError) as info:
         parse_caption("a red square hops")
     assert all(s in str(info.value) for s in SHAPES) and all(d in str(info.value) for d in DIRECTIONS)
+
+
+def test_clause_phrases_join_back_into_the_clip_caption() -> None:
+    for i in range(20):
+        clip = make_clip(12, i, frames=5, max_objects=2)
+        assert " and ".join(c.phrase for c in parse_caption(clip.caption)) == clip.caption

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
 
-import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from qvgen.core import atomic_write_bytes
+from qvgen.data.video import encode_video
 
 ShapeName = Literal["circle", "square", "triangle"]
 Direction = Literal["left", "right", "up", "down"]
@@ -197,17 +198,9 @@ def make_clip(
 
 
 def encode_mp4(frames: Tensor, fps: int = 8) -> bytes:
-    """H.264 mp4 bytes of frames (3, F, H, W) in [-1, 1] (H and W even), near-lossless (crf 4)."""
-    _, n, height, width = frames.shape
+    """H.264 mp4 bytes of frames (3, F, H, W) in [-1, 1], near-lossless (crf 4, full-resolution colour)."""
     pixels = ((frames.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "4", "threads": "1"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
-        for i in range(n):
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels[i], format="rgb24")))
-        container.mux(stream.encode(None))
-    return buffer.getvalue()
+    return encode_video(pixels, fps, crf=4, pixel_format="yuv444p")
 
 
 def write_procedural_dataset(
@@ -232,20 +225,14 @@ def write_procedural_dataset(
     for i in range(n):
         clip = make_clip(seed, i, frames=frames, height=height, width=width, max_objects=max_objects)
         rel = f"videos/{i:06d}.mp4"
-        _atomic_write(out / rel, encode_mp4(clip.frames, fps=fps))
+        atomic_write_bytes(out / rel, encode_mp4(clip.frames, fps=fps))
         rows.append({"video": rel, "caption": clip.caption, "seed": seed, "index": i})
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=["video", "caption", "seed", "index"])
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "captions.csv", table.getvalue().encode())
+    atomic_write_bytes(out / "captions.csv", table.getvalue().encode())
     return out / "captions.csv"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # --- the caption grammar, read back ------------------------------------------------------------------
@@ -262,6 +249,12 @@ class CaptionClause:
     colour: str
     shape: ShapeName
     direction: Direction
+
+    @property
+    def phrase(self) -> str:
+        """The clause as `caption_for` writes it ("an orange circle moves up")."""
+        article = "an" if self.colour[0] in "aeiou" else "a"
+        return f"{article} {self.colour} {self.shape} moves {self.direction}"
 
 
 def parse_caption(caption: str) -> tuple[CaptionClause, ...]:

@@ -95,29 +95,39 @@ __all__ = [
     "write_video",
 ]
 
-# Prompt adherence for qvgen.data's procedural world (adherence.py).
+# Prompt adherence for qvgen.data's procedural world (adherence.py). The caption grammar belongs to
+# qvgen.data (`parse_caption`, `CaptionGrammarError`); they are re-exported here for existing callers.
+from qvgen.data import CaptionGrammarError, parse_caption
 from qvgen.eval.adherence import (
+    ATTRIBUTES,
     AdherenceConfig,
     AdherenceReport,
-    CaptionGrammarError,
+    Attribute,
     ObjectAdherence,
-    ObjectClaim,
+    TrackedObject,
     VideoAdherence,
     chance_levels,
-    parse_caption,
+    change_attribute,
+    find_objects,
     score_video,
     score_videos,
+    summarize_adherence,
 )
 
 __all__ += [
+    "ATTRIBUTES",
     "AdherenceConfig",
     "AdherenceReport",
+    "Attribute",
     "CaptionGrammarError",
     "ObjectAdherence",
-    "ObjectClaim",
+    "TrackedObject",
     "VideoAdherence",
     "chance_levels",
+    "change_attribute",
+    "find_objects",
     "parse_caption",
     "score_video",
     "score_videos",
+    "summarize_adherence",
 ]

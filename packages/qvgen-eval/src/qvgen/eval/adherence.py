@@ -1,62 +1,62 @@
 """Weight-free prompt adherence for qvgen.data's procedural world ("a red square moves left").
 
-Each object named in the caption is found by colour: every pixel goes to its nearest palette colour when
-it lies within `max_colour_distance` of it (the muted backgrounds lie farther from every palette colour),
-and the largest 4-connected region of that colour on each frame is the object. Its centroid track and
-silhouette then give three binary checks per object:
-
-1. colour: the stated colour is found on at least `min_presence` of the frames;
-2. shape: the silhouette is classified from two scale-free numbers — the fraction of its mass in the
-   top half of its bounding box (an apex-up triangle puts 1/4 there, a circle or square 1/2) and its fill
-   ratio area / bbox area (square 1, circle π/4) — and compared with the stated shape;
-3. motion: the least-squares centroid displacement over the clip travels at least `min_travel` of the
-   frame size, and its nearest cardinal direction is the stated one.
-
-When the stated colour is missing, shape and motion are judged on the largest region of a palette colour
-the caption does not name, so the three scores stay separate (a model that paints the circle the wrong
-colour still gets its shape and motion judged). Per video a score is the mean over its objects.
+1. Objects are found without looking at the caption. A pixel is *foreground* when it lies within
+   `max_colour_distance` of some palette colour (the world's muted backgrounds lie farther from every
+   palette colour). Neighbouring foreground pixels form one region when they are nearest to the same
+   palette colour or their RGB differ by less than `link_distance`: a smooth blob is one region whatever
+   palette colours its pixels are nearest to, and touching objects of different palette colours stay apart. Regions of at least `min_area` are detections.
+2. Detections are linked over frames into tracks (nearest centroid, same colour preferred, jumps of at
+   most `max_step`). A track seen on at least `min_presence` of the frames is an *object*. Its colour is
+   the palette colour nearest to the median RGB of all its pixels: one object has one colour, so a violet
+   blob cannot pass as both "blue" and "purple".
+3. The caption is parsed by `qvgen.data.parse_caption` (unknown words raise `CaptionGrammarError`). Its
+   n clauses are matched one to one to the n largest objects (by pixel mass): the assignment with the
+   most passing checks. Per matched object: colour (nearest palette colour = stated colour), shape (from
+   the silhouette's top-half mass and fill ratio) and motion (least-squares centroid travel of at least
+   `min_travel`, nearest cardinal direction = stated one). A clause left without an object fails all
+   three; extra objects earn nothing.
+4. A video with no object at all is *unscorable*: its entry says so (scores None) and the summary counts
+   it; the summary means count it as failing every check (a generator that draws nothing did not follow
+   its caption) and report the count beside them.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Any
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from qvgen.data import COLOURS, DIRECTIONS, SHAPES
+from qvgen.data import COLOURS, DIRECTIONS, SHAPES, CaptionClause, parse_caption
 
-
-class CaptionGrammarError(ValueError):
-    """A caption outside the procedural grammar ``a <colour> <shape> moves <direction> [and ...]``."""
+Attribute = Literal["colour", "shape", "motion"]
+ATTRIBUTES: tuple[Attribute, ...] = ("colour", "shape", "motion")
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
-class ObjectClaim(_Frozen):
-    """One clause of a caption: what should be drawn and where it should go."""
-
-    colour: str
-    shape: str
-    direction: str
-
-
 class AdherenceConfig(_Frozen):
-    """Thresholds of the segmentation and of the three checks (pixel values on the [0, 1] scale)."""
+    """Thresholds of detection, tracking and the three checks (pixel values on the [0, 1] scale)."""
 
     max_colour_distance: Annotated[float, Field(gt=0, le=1.0)] = 0.3
-    """Largest RGB distance from a palette colour at which a pixel still counts as that colour."""
+    """Largest RGB distance from a palette colour at which a pixel is foreground."""
+    link_distance: Annotated[float, Field(gt=0, le=1.0)] = 0.15
+    """Largest RGB difference at which neighbouring foreground pixels of different nearest palette colours
+    still join one region."""
     min_area: Annotated[float, Field(gt=0, lt=1)] = 0.004
-    """Smallest region, as a fraction of the frame, that counts as an object (16 px at 64×64)."""
+    """Smallest region, as a fraction of the frame, that counts as a detection (16 px at 64×64)."""
     min_presence: Annotated[float, Field(gt=0, le=1)] = 0.5
-    """Fraction of frames on which the stated colour must be found."""
+    """Fraction of frames on which a track must be detected to count as an object."""
+    max_step: Annotated[float, Field(gt=0, le=1)] = 0.25
+    """Largest centroid jump of a track between consecutive detections, as a fraction of min(H, W)."""
     min_travel: Annotated[float, Field(gt=0, lt=1)] = 0.05
     """Centroid travel over the clip, as a fraction of min(H, W), below which an object is static."""
     triangle_top_mass: Annotated[float, Field(gt=0, lt=0.5)] = 0.375
@@ -65,44 +65,69 @@ class AdherenceConfig(_Frozen):
     """Fill ratio above which a non-triangle is a square (square 1.0, circle π/4 ≈ 0.785)."""
 
 
-class ObjectAdherence(_Frozen):
-    """What was found for one clause, and the three verdicts."""
+class TrackedObject(_Frozen):
+    """One object found in a video, described without reference to the caption."""
 
-    claim: ObjectClaim
+    colour: str
+    """Palette colour nearest to the median RGB of the object's pixels."""
+    colour_distance: float
+    """RGB distance of that median from the palette colour."""
     presence: float
-    """Fraction of frames on which the stated colour was found."""
-    judged_colour: str | None
-    """Colour of the region that shape and motion were judged on (None: nothing found)."""
-    fill_ratio: float | None
-    top_mass: float | None
-    detected_shape: str | None
-    displacement: tuple[float, float] | None
-    """Centroid travel over the clip in pixels (x right, y down)."""
-    detected_direction: str | None
-    """Nearest cardinal direction of the travel; None when static or never found."""
+    """Fraction of frames on which the object was detected."""
+    mass: int
+    """Pixels summed over the frames on which it was detected."""
+    fill_ratio: float
+    top_mass: float
+    shape: str
+    displacement: tuple[float, float]
+    """Least-squares centroid travel over the clip in pixels (x right, y down)."""
+    direction: str | None
+    """Nearest cardinal direction of the travel; None when it is below `min_travel`."""
+
+
+class ObjectAdherence(_Frozen):
+    """One clause of the caption, the object matched to it (None: none left) and the three verdicts."""
+
+    claim: CaptionClause
+    matched: TrackedObject | None
     colour_ok: bool
     shape_ok: bool
     motion_ok: bool
 
 
 class VideoAdherence(_Frozen):
-    """Per-video scores: each is the fraction of the caption's objects that pass that check."""
+    """Per-video scores: each is the fraction of the caption's clauses that pass that check.
 
+    `unscorable` names why no object could be judged; the scores are then None.
+    """
+
+    kind: Literal["adherence"] = "adherence"
     caption: str
     objects: tuple[ObjectAdherence, ...]
-    colour: float
-    shape: float
-    motion: float
+    found: tuple[TrackedObject, ...]
+    """Every object found, largest first (the first len(objects) were eligible for matching)."""
+    unscorable: str | None = None
+    colour: float | None
+    shape: float | None
+    motion: float | None
 
     @property
-    def overall(self) -> float:
+    def overall(self) -> float | None:
+        if self.colour is None or self.shape is None or self.motion is None:
+            return None
         return (self.colour + self.shape + self.motion) / 3.0
+
+    def value(self, attribute: Attribute | Literal["overall"]) -> float:
+        """A score with unscorable counted as failing (0.0): what summaries average."""
+        v = self.overall if attribute == "overall" else getattr(self, attribute)
+        return 0.0 if v is None else float(v)
 
 
 class AdherenceReport(_Frozen):
-    """Mean scores over a set of videos, with every per-video result."""
+    """Mean scores over a set of videos (unscorable videos count as 0), with every per-video result."""
 
     num_videos: int
+    num_unscorable: int
     colour: float
     shape: float
     motion: float
@@ -110,34 +135,7 @@ class AdherenceReport(_Frozen):
     videos: tuple[VideoAdherence, ...]
 
 
-_CLAUSE = re.compile(r"an? (?P<colour>[a-z]+) (?P<shape>[a-z]+) moves (?P<direction>[a-z]+)")
-
-
-def parse_caption(caption: str) -> tuple[ObjectClaim, ...]:
-    """``"a red square moves left and a blue circle moves up"`` → one `ObjectClaim` per clause.
-
-    Case and surrounding whitespace are ignored, and so is one trailing full stop; anything else outside
-    the grammar raises `CaptionGrammarError` naming the caption and the offending word.
-    """
-    text = " ".join(caption.strip().lower().removesuffix(".").split())
-    grammar = (
-        f"'a <colour> <shape> moves <direction>' joined by ' and ', colour in {sorted(COLOURS)}, "
-        f"shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}"
-    )
-    if not text:
-        raise CaptionGrammarError(f"empty caption; expected {grammar}")
-    claims = []
-    for clause in text.split(" and "):
-        m = _CLAUSE.fullmatch(clause)
-        if m is None:
-            raise CaptionGrammarError(f"caption {caption!r}: clause {clause!r} is not {grammar}")
-        for field, allowed in (("colour", COLOURS), ("shape", SHAPES), ("direction", DIRECTIONS)):
-            if m[field] not in allowed:
-                raise CaptionGrammarError(
-                    f"caption {caption!r}: unknown {field} {m[field]!r}; expected one of {sorted(allowed)}"
-                )
-        claims.append(ObjectClaim(colour=m["colour"], shape=m["shape"], direction=m["direction"]))
-    return tuple(claims)
+# --- detection ---------------------------------------------------------------------------------------
 
 
 def _unit_frames(frames: Any) -> np.ndarray:
@@ -160,176 +158,203 @@ def _unit_frames(frames: Any) -> np.ndarray:
     return np.clip(arr.astype(np.float64), 0.0, 1.0)
 
 
-def _component_labels(colour_ids: np.ndarray) -> np.ndarray:
-    """Labels of the 4-connected single-colour regions of (F, H, W) colour ids; id 0 and label 0: none.
+def _palette() -> tuple[list[str], np.ndarray]:
+    names = list(COLOURS)
+    return names, np.array([COLOURS[c] for c in names], dtype=np.float64) / 255.0
+
+
+def _region_labels(x: np.ndarray, cfg: AdherenceConfig) -> np.ndarray:
+    """Labels (F, H, W) of the regions of foreground pixels joined by similar neighbours; 0: background.
 
     Each region takes the largest 1-based flat pixel index inside it (max-label propagation).
     """
-    h, w = colour_ids.shape[1:]
-    inside = colour_ids > 0
-    labels = np.where(inside, np.arange(1, h * w + 1).reshape(h, w), 0)
-    same_v = (colour_ids[:, 1:, :] == colour_ids[:, :-1, :]) & inside[:, 1:, :]
-    same_h = (colour_ids[:, :, 1:] == colour_ids[:, :, :-1]) & inside[:, :, 1:]
+    _, palette = _palette()
+    dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)
+    fg = dist.min(axis=-1) < cfg.max_colour_distance
+    near = np.where(fg, dist.argmin(axis=-1) + 1, 0)
+    h, w = fg.shape[1:]
+    link_v = (fg[:, 1:] & fg[:, :-1]) & (
+        (near[:, 1:] == near[:, :-1]) | (np.linalg.norm(x[:, 1:] - x[:, :-1], axis=-1) < cfg.link_distance)
+    )
+    link_h = (fg[:, :, 1:] & fg[:, :, :-1]) & (
+        (near[:, :, 1:] == near[:, :, :-1])
+        | (np.linalg.norm(x[:, :, 1:] - x[:, :, :-1], axis=-1) < cfg.link_distance)
+    )
+    labels = np.where(fg, np.arange(1, h * w + 1).reshape(h, w), 0)
     while True:
         grown = labels.copy()
-        np.maximum(grown[:, 1:, :], np.where(same_v, labels[:, :-1, :], 0), out=grown[:, 1:, :])
-        np.maximum(grown[:, :-1, :], np.where(same_v, labels[:, 1:, :], 0), out=grown[:, :-1, :])
-        np.maximum(grown[:, :, 1:], np.where(same_h, labels[:, :, :-1], 0), out=grown[:, :, 1:])
-        np.maximum(grown[:, :, :-1], np.where(same_h, labels[:, :, 1:], 0), out=grown[:, :, :-1])
+        np.maximum(grown[:, 1:], np.where(link_v, labels[:, :-1], 0), out=grown[:, 1:])
+        np.maximum(grown[:, :-1], np.where(link_v, labels[:, 1:], 0), out=grown[:, :-1])
+        np.maximum(grown[:, :, 1:], np.where(link_h, labels[:, :, :-1], 0), out=grown[:, :, 1:])
+        np.maximum(grown[:, :, :-1], np.where(link_h, labels[:, :, 1:], 0), out=grown[:, :, :-1])
         if np.array_equal(grown, labels):
             return labels
         labels = grown
 
 
-def _top_regions(labels: np.ndarray, n: int, min_pixels: float) -> list[list[np.ndarray]]:
-    """For each frame of `labels` (F, H, W): masks of its `n` largest regions of at least `min_pixels`."""
+@dataclass(slots=True)
+class _Detection:
+    frame: int
+    mask: np.ndarray
+    centre: np.ndarray
+    colour: int
+
+
+@dataclass(slots=True)
+class _Track:
+    detections: list[_Detection] = field(default_factory=list)
+
+
+def _nearest_colour(rgb: np.ndarray) -> tuple[int, float]:
+    _, palette = _palette()
+    d = np.linalg.norm(palette - rgb, axis=-1)
+    return int(d.argmin()), float(d.min())
+
+
+def _detections(
+    x: np.ndarray, labels: np.ndarray, min_pixels: float, limit: int = 8
+) -> list[list[_Detection]]:
     out = []
-    for frame in labels:
+    for f, frame in enumerate(labels):
         ids, counts = np.unique(frame[frame > 0], return_counts=True)
-        order = np.argsort(-counts, kind="stable")[:n]
-        out.append([frame == ids[i] for i in order if counts[i] >= min_pixels])
+        order = np.argsort(-counts, kind="stable")[:limit]
+        dets = []
+        for i in order:
+            if counts[i] < min_pixels:
+                break
+            mask = frame == ids[i]
+            ys, xs = np.nonzero(mask)
+            colour, _ = _nearest_colour(np.median(x[f][mask], axis=0))
+            dets.append(_Detection(f, mask, np.array([xs.mean() + 0.5, ys.mean() + 0.5]), colour))
+        out.append(dets)
     return out
 
 
-def _centroid(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.mean() + 0.5, ys.mean() + 0.5])
-
-
-def _tracks(regions: list[list[np.ndarray]], n: int) -> list[list[np.ndarray | None]]:
-    """Split per-frame region lists into `n` tracks, each frame's regions going to the nearest track."""
-    tracks: list[list[np.ndarray | None]] = [[] for _ in range(n)]
-    last: list[np.ndarray | None] = [None] * n
-    for frame_regions in regions:
-        centres = [_centroid(r) for r in frame_regions]
-        best: tuple[int, ...] = tuple(range(len(centres)))
-        if n > 1 and any(c is not None for c in last):
-            best_cost = math.inf
-            for perm in itertools.permutations(range(n), len(centres)):
-                cost = sum(
-                    float(np.linalg.norm(centres[i] - last[t]))
-                    for i, t in enumerate(perm)
-                    if last[t] is not None
-                )
-                if cost < best_cost:
-                    best, best_cost = perm, cost
-        slot: list[np.ndarray | None] = [None] * n
-        for i, t in enumerate(best):
-            slot[t] = frame_regions[i]
-            last[t] = centres[i]
-        for t in range(n):
-            tracks[t].append(slot[t])
+def _link(per_frame: list[list[_Detection]], max_jump: float) -> list[_Track]:
+    """Greedy frame-to-frame linking: cheapest (distance, colour change) pairs first, gated by `max_jump`."""
+    tracks: list[_Track] = []
+    for dets in per_frame:
+        pairs = []
+        for i, d in enumerate(dets):
+            for k, t in enumerate(tracks):
+                last = t.detections[-1]
+                dist = float(np.linalg.norm(d.centre - last.centre))
+                if dist <= max_jump * (d.frame - last.frame):
+                    pairs.append((dist / max_jump + (0.5 if d.colour != last.colour else 0.0), i, k))
+        used_d: set[int] = set()
+        used_t: set[int] = set()
+        for _, i, k in sorted(pairs):
+            if i not in used_d and k not in used_t:
+                tracks[k].detections.append(dets[i])
+                used_d.add(i)
+                used_t.add(k)
+        tracks += [_Track([d]) for i, d in enumerate(dets) if i not in used_d]
     return tracks
 
 
-def _judge_track(
-    claim: ObjectClaim, track: Sequence[np.ndarray | None], colour: str | None, cfg: AdherenceConfig
-) -> dict[str, Any]:
-    """Shape and motion verdicts of one track of per-frame region masks (None where absent)."""
-    found = [(t, m) for t, m in enumerate(track) if m is not None]
-    if len(found) < 2:
-        return {"judged_colour": None, "fill_ratio": None, "top_mass": None, "detected_shape": None,
-                "displacement": None, "detected_direction": None, "shape_ok": False, "motion_ok": False}  # fmt: skip
-    fills, tops, times, centres = [], [], [], []
-    for t, m in found:
-        ys, xs = np.nonzero(m)
+def _describe(track: _Track, x: np.ndarray, cfg: AdherenceConfig) -> TrackedObject:
+    names, _ = _palette()
+    fills, tops, times, centres, pixels = [], [], [], [], []
+    for d in track.detections:
+        ys, xs = np.nonzero(d.mask)
         y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
         fills.append(ys.size / ((y1 - y0 + 1) * (x1 - x0 + 1)))
         mid = (y0 + y1 + 1) / 2.0  # pixel rows whose centre lies above the bbox middle are the top half
         tops.append(float(np.count_nonzero(ys + 0.5 < mid)) / ys.size)
-        times.append(t)
-        centres.append(_centroid(m))
+        times.append(d.frame)
+        centres.append(d.centre)
+        pixels.append(x[d.frame][d.mask])
     fill, top = float(np.median(fills)), float(np.median(tops))
     if top < cfg.triangle_top_mass:
         shape = "triangle"
     else:
         shape = "square" if fill > cfg.square_fill else "circle"
-    t_arr, c_arr = np.asarray(times, dtype=np.float64), np.stack(centres)
-    slope = np.polyfit(t_arr, c_arr, 1)[0]  # (2,) px per frame for x and y
-    disp = slope * (len(track) - 1)
+    n_frames, size = x.shape[0], min(x.shape[1], x.shape[2])
+    if len(times) >= 2:
+        slope = np.polyfit(np.asarray(times, dtype=np.float64), np.stack(centres), 1)[0]
+    else:
+        slope = np.zeros(2)
+    disp = slope * (n_frames - 1)
     direction = None
-    if float(np.linalg.norm(disp)) >= cfg.min_travel * min(found[0][1].shape):
+    if float(np.linalg.norm(disp)) >= cfg.min_travel * size:
         direction = max(DIRECTIONS, key=lambda d: float(np.dot(disp, DIRECTIONS[d])))
-    return {
-        "judged_colour": colour,
-        "fill_ratio": fill,
-        "top_mass": top,
-        "detected_shape": shape,
-        "displacement": (float(disp[0]), float(disp[1])),
-        "detected_direction": direction,
-        "shape_ok": shape == claim.shape,
-        "motion_ok": direction == claim.direction,
-    }
+    colour, distance = _nearest_colour(np.median(np.concatenate(pixels), axis=0))
+    return TrackedObject(
+        colour=names[colour], colour_distance=distance, presence=len(times) / n_frames,
+        mass=int(sum(p.shape[0] for p in pixels)), fill_ratio=fill, top_mass=top, shape=shape,
+        displacement=(float(disp[0]), float(disp[1])), direction=direction,
+    )  # fmt: skip
+
+
+def find_objects(frames: Any, cfg: AdherenceConfig | None = None) -> tuple[TrackedObject, ...]:
+    """Every object in a video (F, H, W, 3) — uint8, or float in [0, 1] — largest pixel mass first."""
+    cfg = cfg or AdherenceConfig()
+    x = _unit_frames(frames)
+    size = min(x.shape[1], x.shape[2])
+    per_frame = _detections(x, _region_labels(x, cfg), cfg.min_area * x.shape[1] * x.shape[2])
+    tracks = _link(per_frame, cfg.max_step * size)
+    objects = [
+        _describe(t, x, cfg) for t in tracks if len(t.detections) >= max(2, cfg.min_presence * x.shape[0])
+    ]
+    return tuple(sorted(objects, key=lambda o: -o.mass))
+
+
+# --- matching and scoring ----------------------------------------------------------------------------
+
+
+def _verdict(claim: CaptionClause, obj: TrackedObject | None) -> ObjectAdherence:
+    if obj is None:
+        return ObjectAdherence(claim=claim, matched=None, colour_ok=False, shape_ok=False, motion_ok=False)
+    return ObjectAdherence(
+        claim=claim,
+        matched=obj,
+        colour_ok=obj.colour == claim.colour,
+        shape_ok=obj.shape == claim.shape,
+        motion_ok=obj.direction == claim.direction,
+    )
 
 
 def score_video(frames: Any, caption: str, cfg: AdherenceConfig | None = None) -> VideoAdherence:
     """Adherence of one video (F, H, W, 3) — uint8, or float in [0, 1] — to its procedural caption."""
-    cfg = cfg or AdherenceConfig()
     claims = parse_caption(caption)
-    x = _unit_frames(frames)
-    names = list(COLOURS)
-    palette = np.array([COLOURS[c] for c in names], dtype=np.float64) / 255.0
-    dist = np.linalg.norm(x[..., None, :] - palette, axis=-1)  # (F, H, W, K)
-    nearest = dist.argmin(axis=-1)
-    colour_ids = np.where(dist.min(axis=-1) < cfg.max_colour_distance, nearest + 1, 0)
-    labels = _component_labels(colour_ids)
-
-    def colour_labels(k: int) -> np.ndarray:
-        return np.where(colour_ids == k + 1, labels, 0)
-
-    min_pixels = cfg.min_area * x.shape[1] * x.shape[2]
-
-    per_colour: dict[str, list[ObjectClaim]] = {}
-    for claim in claims:
-        per_colour.setdefault(claim.colour, []).append(claim)
-    unnamed = [k for k, c in enumerate(names) if c not in per_colour]
-    unnamed_labels = {k: colour_labels(k) for k in unnamed}
-    fallback: list[np.ndarray | None] = []
-    for f in range(x.shape[0]):
-        candidates = [
-            r for k in unnamed for r in _top_regions(unnamed_labels[k][f : f + 1], 1, min_pixels)[0]
-        ]
-        fallback.append(max(candidates, key=np.count_nonzero) if candidates else None)
-    fallback_colour = _dominant_colour(fallback, nearest)
-
-    results: dict[int, ObjectAdherence] = {}
-    for colour, colour_claims in per_colour.items():
-        n = len(colour_claims)
-        tracks = _tracks(_top_regions(colour_labels(names.index(colour)), n, min_pixels), n)
-        best_total, best_out = -1, []
-        for perm in itertools.permutations(range(n)):
-            out = []
-            for claim, t in zip(colour_claims, perm):
-                presence = sum(m is not None for m in tracks[t]) / x.shape[0]
-                colour_ok = presence >= cfg.min_presence
-                judged = (
-                    _judge_track(claim, tracks[t], colour, cfg)
-                    if colour_ok
-                    else _judge_track(claim, fallback, fallback_colour, cfg)
-                )
-                out.append(ObjectAdherence(claim=claim, presence=presence, colour_ok=colour_ok, **judged))
-            total = sum(o.shape_ok + o.motion_ok for o in out)
-            if total > best_total:
-                best_total, best_out = total, out
-        for claim, result in zip(colour_claims, best_out):
-            results[claims.index(claim)] = result
-    objects = tuple(results[i] for i in range(len(claims)))
+    found = find_objects(frames, cfg)
+    if not found:
+        return VideoAdherence(
+            caption=caption, objects=(), found=(), colour=None, shape=None, motion=None,
+            unscorable="no object: no palette-coloured region was tracked on enough frames",
+        )  # fmt: skip
+    eligible: list[TrackedObject | None] = list(found[: len(claims)])
+    eligible += [None] * (len(claims) - len(eligible))
+    best: list[ObjectAdherence] = []
+    best_total = -1
+    for perm in itertools.permutations(eligible):
+        out = [_verdict(c, o) for c, o in zip(claims, perm, strict=True)]
+        total = sum(o.colour_ok + o.shape_ok + o.motion_ok for o in out)
+        if total > best_total:
+            best, best_total = out, total
     return VideoAdherence(
         caption=caption,
-        objects=objects,
-        colour=float(np.mean([o.colour_ok for o in objects])),
-        shape=float(np.mean([o.shape_ok for o in objects])),
-        motion=float(np.mean([o.motion_ok for o in objects])),
+        objects=tuple(best),
+        found=found,
+        colour=float(np.mean([o.colour_ok for o in best])),
+        shape=float(np.mean([o.shape_ok for o in best])),
+        motion=float(np.mean([o.motion_ok for o in best])),
     )
 
 
-def _dominant_colour(track: Sequence[np.ndarray | None], nearest: np.ndarray) -> str | None:
-    """Palette colour name that labels most pixels of a fallback track."""
-    votes = np.zeros(len(COLOURS), dtype=np.int64)
-    for f, m in enumerate(track):
-        if m is not None:
-            votes += np.bincount(nearest[f][m], minlength=len(COLOURS))
-    return list(COLOURS)[int(votes.argmax())] if votes.any() else None
+def summarize_adherence(videos: Sequence[VideoAdherence]) -> AdherenceReport:
+    """Means of every score over `videos`; unscorable videos count as 0 and are counted."""
+    if not videos:
+        raise ValueError("summarize_adherence got no videos")
+    return AdherenceReport(
+        num_videos=len(videos),
+        num_unscorable=sum(v.unscorable is not None for v in videos),
+        colour=float(np.mean([v.value("colour") for v in videos])),
+        shape=float(np.mean([v.value("shape") for v in videos])),
+        motion=float(np.mean([v.value("motion") for v in videos])),
+        overall=float(np.mean([v.value("overall") for v in videos])),
+        videos=tuple(videos),
+    )
 
 
 def score_videos(
@@ -343,16 +368,27 @@ def score_videos(
         results.append(score_video(frames, caption, cfg))
     if not results:
         raise ValueError("score_videos got no videos")
-    return AdherenceReport(
-        num_videos=len(results),
-        colour=float(np.mean([r.colour for r in results])),
-        shape=float(np.mean([r.shape for r in results])),
-        motion=float(np.mean([r.motion for r in results])),
-        overall=float(np.mean([r.overall for r in results])),
-        videos=tuple(results),
-    )
+    return summarize_adherence(results)
 
 
-def chance_levels(palette: Mapping[str, Any] = COLOURS) -> dict[str, float]:
-    """Scores of a model that draws one object of uniformly random colour, shape and direction."""
-    return {"colour": 1 / len(palette), "shape": 1 / len(SHAPES), "motion": 1 / len(DIRECTIONS)}
+def chance_levels() -> dict[str, float]:
+    """Scores of a model that draws each object with uniformly random colour, shape and direction."""
+    return {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "motion": 1 / len(DIRECTIONS)}
+
+
+def change_attribute(caption: str, attribute: Attribute, rng: random.Random, clause: int = 0) -> str:
+    """`caption` with `attribute` of clause `clause` replaced by another value of the world's vocabulary
+    (another colour not used by any clause, another shape, another direction): a negative control."""
+    claims = list(parse_caption(caption))
+    if not 0 <= clause < len(claims):
+        raise ValueError(f"caption {caption!r} has {len(claims)} clause(s); no clause {clause}")
+    c = claims[clause]
+    if attribute == "colour":
+        options = [k for k in COLOURS if k not in {x.colour for x in claims}]
+        c = CaptionClause(rng.choice(options), c.shape, c.direction)
+    elif attribute == "shape":
+        c = CaptionClause(c.colour, rng.choice([s for s in SHAPES if s != c.shape]), c.direction)
+    else:
+        c = CaptionClause(c.colour, c.shape, rng.choice([d for d in DIRECTIONS if d != c.direction]))
+    claims[clause] = c
+    return " and ".join(x.phrase for x in claims)
