@@ -178,12 +178,12 @@ def test_writer_killed_mid_shard_resumes_without_losing_or_duplicating(tmp_path:
     killed = subprocess.run([*run, "8"], env=env, capture_output=True, check=False)  # dies in shard 2
     assert killed.returncode == -9, killed.stderr.decode()
     assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
-    assert list(tmp_path.glob(".shard-000002.tar.*.tmp")), "the unfinished shard's temp file should remain"
+    assert list(tmp_path.glob(".shard-000002.tar.tmp-*")), "the unfinished shard's temp file should remain"
     assert not (tmp_path / "manifest.json").exists()
     stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
 
     subprocess.run([*run, "0"], env=env, check=True)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".*.tmp-*"))
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-00000[01].tar")} == stamps
     ids = [sid for b in _eval_batches(tmp_path, batch_size=4) for sid in b.ids]
     assert sorted(ids) == sorted(f"v{i}" for i in range(10)) and len(ids) == 10

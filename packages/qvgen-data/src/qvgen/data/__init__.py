@@ -47,6 +47,7 @@ from qvgen.data.schema import (
     SkippedSample,
     read_manifest,
 )
+from qvgen.data.video import PixelFormat, encode_video, read_video_frames, to_uint8, write_video
 from qvgen.data.writer import EncodedSample, WriteSummary, finalize_manifest, write_shards
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "LoaderConfig",
     "MovingShape",
     "OnError",
+    "PixelFormat",
     "ProceduralClip",
     "ShardFormatError",
     "ShardInfo",
@@ -83,6 +85,7 @@ __all__ = [
     "WriterConfig",
     "caption_for",
     "encode_mp4",
+    "encode_video",
     "finalize_manifest",
     "make_clip",
     "make_loader",
@@ -92,8 +95,11 @@ __all__ = [
     "read_caption_table",
     "read_manifest",
     "read_video",
+    "read_video_frames",
     "render",
     "resize_center_crop",
+    "to_uint8",
     "write_procedural_dataset",
     "write_shards",
+    "write_video",
 ]

@@ -5,19 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from qvgen.core import Frozen
 from qvgen.data.schema import TensorDType
 
 OnError = Literal["raise", "skip"]
 """What to do with a bad sample: stop with an error naming it, or skip it and count it in the summary."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class Bucket(_Frozen):
+class Bucket(Frozen):
     """A resolution bucket: clips are resized and centre-cropped to exactly frames × height × width."""
 
     frames: Annotated[int, Field(ge=1)]
@@ -29,13 +26,13 @@ class Bucket(_Frozen):
         return (self.frames, self.height, self.width)
 
 
-class UniformSampling(_Frozen):
+class UniformSampling(Frozen):
     """Take `frames` indices spread evenly over the whole clip (the official QVGen prep)."""
 
     kind: Literal["uniform"] = "uniform"
 
 
-class FpsSampling(_Frozen):
+class FpsSampling(Frozen):
     """Take frames at a fixed rate from the clip start (method.md B14: Wan 16 fps, CogVideoX 8 fps)."""
 
     kind: Literal["fps"] = "fps"
@@ -47,7 +44,7 @@ class FpsSampling(_Frozen):
 FrameSampling = Annotated[UniformSampling | FpsSampling, Field(discriminator="kind")]
 
 
-class IngestConfig(_Frozen):
+class IngestConfig(Frozen):
     """Where the source clips and their captions are."""
 
     captions: Path
@@ -60,7 +57,7 @@ class IngestConfig(_Frozen):
     """Column holding a stable sample id; default: the video column's value."""
 
 
-class WriterConfig(_Frozen):
+class WriterConfig(Frozen):
     """How latent shards are written."""
 
     buckets: Annotated[tuple[Bucket, ...], Field(min_length=1)] = (Bucket(frames=49, height=480, width=832),)
@@ -79,7 +76,7 @@ class WriterConfig(_Frozen):
     """Unreadable video, empty caption: stop naming the sample, or skip it and count it in the manifest."""
 
 
-class LoaderConfig(_Frozen):
+class LoaderConfig(Frozen):
     """How latent shards are read back into `LatentBatch`es."""
 
     shards: Path

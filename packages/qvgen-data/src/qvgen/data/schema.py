@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 from torch import Tensor
+
+from qvgen.core import Frozen
 
 MANIFEST_NAME = "manifest.json"
 """File name of the dataset manifest inside a shard directory."""
@@ -28,15 +30,11 @@ class ShardFormatError(ValueError):
     """A shard or manifest on disk is missing, truncated, corrupted or disagrees with the manifest."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
 Shape3 = tuple[int, int, int]
 Shape4 = tuple[int, int, int, int]
 
 
-class BucketStats(_Frozen):
+class BucketStats(Frozen):
     """One resolution bucket: the video shape that was encoded and the latent shape it produced."""
 
     video_shape: Shape3
@@ -46,7 +44,7 @@ class BucketStats(_Frozen):
     num_samples: Annotated[int, Field(ge=0)]
 
 
-class ShardInfo(_Frozen):
+class ShardInfo(Frozen):
     """One finished shard: its file name, content hash and what it holds."""
 
     name: str
@@ -59,7 +57,7 @@ class ShardInfo(_Frozen):
     num_skipped: Annotated[int, Field(ge=0)] = 0
 
 
-class SkippedSample(_Frozen):
+class SkippedSample(Frozen):
     """A source sample left out under `on_error="skip"`, with the reason."""
 
     index: int
@@ -67,7 +65,7 @@ class SkippedSample(_Frozen):
     reason: str
 
 
-class ShardManifest(_Frozen):
+class ShardManifest(Frozen):
     """The dataset manifest (`manifest.json`) written next to the shards."""
 
     schema_version: Literal[1] = 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -22,9 +21,10 @@ from typing import Literal, TypeAlias, TypeVar
 import safetensors.torch
 import torch
 import webdataset as wds
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
+from qvgen.core import Frozen, atomic_write, atomic_write_text, remove_stale_temps
 from qvgen.data.config import WriterConfig
 from qvgen.data.encoder import VideoEncoder
 from qvgen.data.ingest import BadSampleError, VideoRecord, nearest_bucket, read_video, video_size
@@ -90,18 +90,14 @@ class WriteSummary:
     """The dataset manifest, once every rank has finished (None while others still write)."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class _WriterRecord(_Frozen):
+class _WriterRecord(Frozen):
     schema_version: Literal[1] = 1
     config: WriterConfig
     encoder: str
     world_size: int
 
 
-class _ShardRecord(_Frozen):
+class _ShardRecord(Frozen):
     schema_version: Literal[1] = 1
     info: ShardInfo
     text_shape: tuple[int, int] | None
@@ -109,7 +105,7 @@ class _ShardRecord(_Frozen):
     skipped: tuple[SkippedSample, ...]
 
 
-class _RankRecord(_Frozen):
+class _RankRecord(Frozen):
     schema_version: Literal[1] = 1
     num_source_samples: int
     num_shards: int
@@ -163,7 +159,7 @@ def write_shards(
                 num_written += record.info.num_samples
                 skipped += record.skipped
         shard += 1
-    _atomic_write_text(
+    atomic_write_text(
         out / f"rank-{rank:05d}-of-{world_size:05d}.json",
         _RankRecord(num_source_samples=num_source, num_shards=shard).model_dump_json(indent=1),
     )
@@ -218,7 +214,7 @@ def finalize_manifest(out_dir: str | Path) -> ShardManifest:
         shards=tuple(r.info for r in records),
         skipped=skipped,
     )
-    _atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=1))
+    atomic_write_text(out / MANIFEST_NAME, manifest.model_dump_json(indent=1))
     return manifest
 
 
@@ -234,15 +230,15 @@ def _write_shard(
     encoder: VideoEncoder | None,
 ) -> _ShardRecord:
     name = shard_name(shard)
-    for stale in out.glob(f".{name}.*.tmp"):
-        stale.unlink()
-    tmp = out / f".{name}.{os.getpid()}.tmp"
+    remove_stale_temps(out / name)
     skipped: list[SkippedSample] = []
     latent_of: dict[tuple[int, int, int], tuple[int, ...]] = {}  # video bucket -> latent shape
     counts: Counter[tuple[int, int, int]] = Counter()
     text_shape: tuple[int, ...] | None = None
-    with tmp.open("wb") as f:
-        with wds.TarWriter(f, encoder=False, mtime=0) as tar:
+
+    def write_tar(tmp: Path) -> None:
+        nonlocal text_shape
+        with tmp.open("wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as tar:
             for start in range(0, len(chunk), cfg.encode_batch_size):
                 indexed = list(enumerate(chunk[start : start + cfg.encode_batch_size], start=first + start))
                 for index, sample in _encode(indexed, cfg, encoder, skipped):
@@ -251,9 +247,8 @@ def _write_shard(
                     latent_of[sample.video_shape] = tuple(sample.latents_mean.shape)
                     counts[sample.video_shape] += 1
                     tar.write(_serialize(sample, index, cfg))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out / name)
+
+    atomic_write(out / name, write_tar)
     with (out / name).open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
     info = ShardInfo(
@@ -273,7 +268,7 @@ def _write_shard(
         ),
         skipped=tuple(skipped),
     )
-    _atomic_write_text(out / name.replace(".tar", ".json"), record.model_dump_json(indent=1))
+    atomic_write_text(out / name.replace(".tar", ".json"), record.model_dump_json(indent=1))
     logger.info("%s: wrote %s (%d samples, %d skipped)", out, name, info.num_samples, len(skipped))
     return record
 
@@ -432,7 +427,7 @@ def _check_writer_record(out: Path, record: _WriterRecord) -> None:
                 "a new directory"
             )
         return
-    _atomic_write_text(path, record.model_dump_json(indent=1))
+    atomic_write_text(path, record.model_dump_json(indent=1))
 
 
 def _all_ranks_done(out: Path, world_size: int) -> bool:
@@ -446,9 +441,3 @@ def _load(path: Path, model: type[_M]) -> _M:
         raise ShardFormatError(f"{path}: missing; the writer for it has not finished (re-run it)") from e
     except ValidationError as e:
         raise ShardFormatError(f"{path}: invalid record: {e}") from e
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
