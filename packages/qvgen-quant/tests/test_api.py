@@ -327,3 +327,10 @@ def test_quantized_cogvideox_takes_positional_integer_timesteps(cogvideox: torch
     out = cogvideox(hidden, text, torch.tensor([999, 20]), return_dict=False)[0]  # timestep is 3rd positional
     assert out.shape == hidden.shape and bool(torch.isfinite(out).all())
     assert timestep_context(cogvideox).group_index(50, "bin").tolist() == [49, 1]
+
+
+def test_prepare_attaches_the_timestep_range_it_is_given() -> None:
+    model = nn.Sequential(nn.Linear(64, 64))
+    prepare_(model, QuantConfig(), num_train_timesteps=500)
+    context = timestep_context(model)
+    assert context is not None and context.num_train_timesteps == 500

@@ -74,13 +74,16 @@ def prepare_(
     *,
     layer_roles: Mapping[str, LayerRole] = {},
     keep_high_precision: Sequence[str] = (),
+    num_train_timesteps: int = 1000,
 ) -> dict[str, QuantLinear]:
     """Swap the selected `nn.Linear`s of `model` for `QuantLinear`s in place; return name -> layer.
 
     `layer_roles` maps fnmatch globs on module names to roles (first match wins, else `other`);
     Linears matching `keep_high_precision` or `cfg.keep_high_precision`, or whose role is skipped in
     `cfg.role_overrides`, stay as they are. The swap goes through torchao's `quantize_` with a registered
-    handler. Also attaches the shared timestep context to `model`. Call `initialize_` next.
+    handler. Also attaches the shared timestep context to `model`, for timesteps in [0,
+    `num_train_timesteps`) (a model family states its own: `ModelFamily.num_train_timesteps`). Call
+    `initialize_` next.
     """
     if isinstance(model, nn.Linear):
         raise ValueError(
@@ -99,7 +102,7 @@ def prepare_(
             QVGenFakeQuantConfig(quant=cfg, role=role),
             filter_fn=lambda module, fqn, names=names: fqn in names and _is_swappable_linear(module),
         )
-    attach_timestep_context_(model)
+    attach_timestep_context_(model, num_train_timesteps)
     layers = quantized_layers(model)
     logger.info("prepared %d QuantLinear layers (%d roles)", len(layers), len(by_role))
     return layers
