@@ -1,5 +1,6 @@
 """The fake-quant student on disk: save, rebuild from the base checkpoint, and the errors naming the file."""
 
+import hashlib
 import json
 import re
 
@@ -178,7 +179,7 @@ def test_unreadable_or_mismatched_tensors_name_the_tensor_file(wan_student, tmp_
     _, out = wan_student
     (tmp_path / STUDENT_MANIFEST).write_text((out / STUDENT_MANIFEST).read_text())
     (tmp_path / STUDENT_TENSORS).write_bytes(b"not safetensors")
-    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: cannot read")):
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: sha256 does not match")):
         load_student(tmp_path)
     other = _student("wan", quant.QuantConfig.w4a16())  # no activation clip tensors
     save_student(
@@ -189,5 +190,24 @@ def test_unreadable_or_mismatched_tensors_name_the_tensor_file(wan_student, tmp_
         quant_config=quant.QuantConfig.w4a16(),
     )
     (tmp_path / STUDENT_TENSORS).write_bytes((tmp_path / "w4a16" / STUDENT_TENSORS).read_bytes())
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: sha256 does not match")):
+        load_student(tmp_path)
+    data = json.loads((out / STUDENT_MANIFEST).read_text())  # a consistent manifest for the foreign tensors
+    data["tensors_sha256"] = hashlib.sha256((tmp_path / STUDENT_TENSORS).read_bytes()).hexdigest()
+    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: tensors do not fit")):
+        load_student(tmp_path)
+
+
+def test_flipped_bytes_in_the_student_tensors_are_refused_naming_the_file(wan_student, tmp_path):
+    """Issue 13, failure 4: same-size corruption of `model.safetensors` loaded without complaint."""
+    _, out = wan_student
+    manifest = json.loads((out / STUDENT_MANIFEST).read_text())
+    assert manifest["tensors_sha256"] == hashlib.sha256((out / STUDENT_TENSORS).read_bytes()).hexdigest()
+    (tmp_path / STUDENT_MANIFEST).write_text((out / STUDENT_MANIFEST).read_text())
+    data = bytearray((out / STUDENT_TENSORS).read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 100] = bytes(b ^ 0x5A for b in data[mid : mid + 100])
+    (tmp_path / STUDENT_TENSORS).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: sha256 does not match")):
         load_student(tmp_path)

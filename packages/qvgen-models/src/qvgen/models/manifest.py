@@ -8,6 +8,7 @@ with the recorded `QuantConfig` and layer roles, then the tensors loaded strictl
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,6 +50,8 @@ class StudentManifest(BaseModel):
     git_sha: str | None = None
     run_config: dict[str, Any] = {}
     """The resolved run config (JSON mode), for the record; loading does not read it."""
+    tensors_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    """sha256 of `model.safetensors`, verified by `load_student` (flipped bytes keep the file's size)."""
 
     @field_validator("family")
     @classmethod
@@ -95,14 +98,24 @@ def save_student(
         qvgen_train_version=qvgen_train_version,
         git_sha=git_sha,
         run_config=dict(run_config or {}),
+        tensors_sha256="0" * 64,  # the real digest is filled in once the tensors are written
     )
     tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / STUDENT_TENSORS), metadata={"format": "pt"})
-        (tmp / STUDENT_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
+        final = manifest.model_copy(update={"tensors_sha256": _sha256(tmp / STUDENT_TENSORS)})
+        (tmp / STUDENT_MANIFEST).write_text(final.model_dump_json(indent=2) + "\n")
 
     return write_dir_atomic(out_dir, write)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def read_student_manifest(directory: str | Path) -> StudentManifest:
@@ -150,6 +163,11 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
             f"(differences, e.g. {diff}); is `checkpoint` the student's base model?"
         )
     tensors_path = d / STUDENT_TENSORS
+    if tensors_path.is_file() and _sha256(tensors_path) != manifest.tensors_sha256:
+        raise ValueError(
+            f"{tensors_path}: sha256 does not match the one recorded in {path}: the file is corrupted or "
+            "was replaced; export the student again"
+        )
     try:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError) as e:
