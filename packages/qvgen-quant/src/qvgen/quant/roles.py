@@ -26,6 +26,8 @@ class LayerRole(StrEnum):
     modulation = "modulation"
     text_proj = "text_proj"
     proj_out = "proj_out"
+    patch_embed = "patch_embed"
+    """The input patch projection when it is a Linear (CogVideoX 1.5's temporal patches)."""
     other = "other"
 
 

@@ -1,0 +1,131 @@
+"""The paper's real models as data: transformer configs (built on the meta device) and sampling settings.
+
+Transformer configs are the diffusers `transformer/config.json` values of the released checkpoints
+(`scripts/convert_wan_to_diffusers.py` "Wan-T2V-1.3B" / "Wan-T2V-14B"; THUDM CogVideoX-2b / -5b /
+CogVideoX1.5-5B). Sampling settings follow the reference's inference scripts (ModelTC/QVGen
+`inference/ddp_wan_t2v.py`, `inference/ddp_cogvideox_t2v.py`): resolution map, frames, fps, scheduler.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from qvgen.models.cogvideox import COG_REAL_TRANSFORMER
+from qvgen.models.registry import get_family
+from qvgen.models.wan import WAN_REAL_TRANSFORMER
+
+
+class SamplingSettings(BaseModel):
+    """How the paper samples a model (one prompt → one clip)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+    height: Annotated[int, Field(ge=16)]
+    width: Annotated[int, Field(ge=16)]
+    num_frames: Annotated[int, Field(ge=1)]
+    fps: Annotated[int, Field(ge=1)]
+    num_inference_steps: Annotated[int, Field(ge=1)] = 50
+    guidance_scale: Annotated[float, Field(ge=1)]
+    scheduler: Literal["UniPCMultistepScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler"]
+    scheduler_overrides: dict[str, Any] = {}
+    """Keyword overrides applied to the checkpoint's scheduler config (`from_config(..., **overrides)`)."""
+    use_dynamic_cfg: bool = False
+    """CogVideoX's dynamic guidance (the reference passes True)."""
+
+
+class RealModel(BaseModel):
+    """One released model: its family, hub id, transformer config and sampling settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    family: Literal["wan", "cogvideox"]
+    hub_id: str
+    transformer: dict[str, Any]
+    sampling: SamplingSettings
+    trainable: bool
+    """Whether the family can load and train it today (CogVideoX with RoPE / temporal patches cannot yet)."""
+
+
+_WAN_14B = {**WAN_REAL_TRANSFORMER, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
+_COG_5B = {
+    **COG_REAL_TRANSFORMER,
+    "num_attention_heads": 48,
+    "num_layers": 42,
+    "use_rotary_positional_embeddings": True,
+}
+_COG15_5B = {
+    **_COG_5B,
+    "patch_size_t": 2,
+    "patch_bias": False,
+    "sample_frames": 81,
+    "sample_height": 300,
+    "sample_width": 300,
+}
+_WAN_SAMPLING = {"num_frames": 81, "fps": 16, "guidance_scale": 5.0, "scheduler": "UniPCMultistepScheduler"}
+_UNIPC = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
+_COG_SAMPLING = {
+    "guidance_scale": 6.0,
+    "use_dynamic_cfg": True,
+    "scheduler_overrides": {"timestep_spacing": "trailing"},
+}
+
+REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
+    {
+        m.name: m
+        for m in (
+            RealModel(
+                name="wan2.1-t2v-1.3b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-1.3B-Diffusers",
+                transformer=dict(WAN_REAL_TRANSFORMER), trainable=True,
+                sampling=SamplingSettings(height=480, width=832, **_WAN_SAMPLING,
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 3.0}),
+            ),
+            RealModel(
+                name="wan2.1-t2v-14b", family="wan", hub_id="Wan-AI/Wan2.1-T2V-14B-Diffusers",
+                transformer=_WAN_14B, trainable=True,
+                sampling=SamplingSettings(height=720, width=1280, **_WAN_SAMPLING,
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 5.0}),
+            ),
+            RealModel(
+                name="cogvideox-2b", family="cogvideox", hub_id="THUDM/CogVideoX-2b",
+                transformer=dict(COG_REAL_TRANSFORMER), trainable=True,
+                sampling=SamplingSettings(height=480, width=720, num_frames=49, fps=8,
+                                          scheduler="CogVideoXDDIMScheduler", **_COG_SAMPLING),
+            ),
+            RealModel(
+                name="cogvideox-5b", family="cogvideox", hub_id="THUDM/CogVideoX-5b",
+                transformer=_COG_5B, trainable=False,
+                sampling=SamplingSettings(height=480, width=720, num_frames=49, fps=8,
+                                          scheduler="CogVideoXDDIMScheduler", **_COG_SAMPLING),
+            ),
+            RealModel(
+                name="cogvideox1.5-5b", family="cogvideox", hub_id="THUDM/CogVideoX1.5-5B",
+                transformer=_COG15_5B, trainable=False,
+                sampling=SamplingSettings(height=768, width=1360, num_frames=81, fps=16,
+                                          scheduler="CogVideoXDPMScheduler", **_COG_SAMPLING),
+            ),
+        )
+    }
+)  # fmt: skip
+"""The paper's models by name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, cogvideox-2b, cogvideox-5b, cogvideox1.5-5b)."""
+
+
+def get_real_model(name: str) -> RealModel:
+    """The entry for `name`; a KeyError lists the known names."""
+    try:
+        return REAL_MODELS[name]
+    except KeyError:
+        raise KeyError(f"unknown real model {name!r}; known: {', '.join(REAL_MODELS)}") from None
+
+
+def build_real_on_meta(name: str) -> nn.Module:
+    """The real transformer of `name` on the meta device (no memory, no weights)."""
+    model = get_real_model(name)
+    family: Any = get_family(model.family)
+    built: nn.Module = family.build_transformer_on_meta(model.transformer)
+    return built

@@ -1,0 +1,70 @@
+"""The paper's real models (meta device): every Linear has a role, counts from the architectures."""
+
+from collections import Counter
+
+import pytest
+from torch import nn
+
+from qvgen.models import roles_of
+from qvgen.models.real_models import REAL_MODELS, build_real_on_meta, get_real_model
+from qvgen.quant import LayerRole
+
+R = LayerRole
+
+
+def _wan(blocks: int) -> dict[LayerRole, int]:
+    per_block = (R.attn_q, R.attn_k, R.attn_v, R.attn_out, R.cross_q, R.cross_k, R.cross_v, R.cross_out,
+                 R.ffn_up, R.ffn_down)  # fmt: skip
+    return {R.time_embed: 2, R.modulation: 1, R.text_proj: 2, R.proj_out: 1, **{r: blocks for r in per_block}}
+
+
+def _cog(blocks: int, temporal_patches: bool = False) -> dict[LayerRole, int]:
+    per_block = (R.attn_q, R.attn_k, R.attn_v, R.attn_out, R.ffn_up, R.ffn_down)
+    counts = {R.text_proj: 1, R.time_embed: 2, R.modulation: 2 * blocks + 1, R.proj_out: 1}
+    counts |= {r: blocks for r in per_block}
+    if temporal_patches:
+        counts[R.patch_embed] = 1  # the patch projection is a Linear with patch_size_t
+    return counts
+
+
+# Wan: 10 Linears per block + 6 outside; CogVideoX: 8 per block (2 adaLN) + 5 outside (+1 in 1.5).
+EXPECTED = {
+    "wan2.1-t2v-1.3b": (306, _wan(30), 1.42e9),
+    "wan2.1-t2v-14b": (406, _wan(40), 14.29e9),
+    "cogvideox-2b": (245, _cog(30), 1.69e9),
+    "cogvideox-5b": (341, _cog(42), 5.57e9),
+    "cogvideox1.5-5b": (342, _cog(42, temporal_patches=True), 5.57e9),
+}
+
+
+def test_the_table_holds_the_papers_models():
+    assert set(REAL_MODELS) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_linear_of_the_real_model_has_its_expected_role(name):
+    entry = get_real_model(name)
+    model = build_real_on_meta(name)
+    params = list(model.parameters())
+    assert all(p.is_meta for p in params)
+    n_linear, counts, n_params = EXPECTED[name]
+    assert sum(p.numel() for p in params) == pytest.approx(n_params, rel=0.01)
+    roles = roles_of(model, entry.family)
+    assert len(roles) == sum(isinstance(m, nn.Linear) for m in model.modules()) == n_linear
+    assert LayerRole.other not in roles.values()
+    assert dict(Counter(roles.values())) == counts
+
+
+def test_sampling_settings_are_data():
+    wan14 = get_real_model("wan2.1-t2v-14b").sampling
+    assert (wan14.height, wan14.width, wan14.num_frames, wan14.fps) == (720, 1280, 81, 16)
+    assert wan14.scheduler_overrides["flow_shift"] == 5.0
+    assert get_real_model("wan2.1-t2v-1.3b").sampling.scheduler_overrides["flow_shift"] == 3.0
+    cog15 = get_real_model("cogvideox1.5-5b").sampling
+    assert cog15.scheduler == "CogVideoXDPMScheduler" and (cog15.height, cog15.width) == (768, 1360)
+    assert get_real_model("cogvideox-5b").sampling.scheduler == "CogVideoXDDIMScheduler"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(KeyError, match="cogvideox-5b"):
+        get_real_model("mochi-10b")
