@@ -172,3 +172,39 @@ def test_svdquant_ptq_keeps_the_branch_in_both_exports(run_dict, wan_shards, tmp
     fam = get_family("wan")
     deploy = quant.load_quantized(fam.load_transformer(data["model"]["checkpoint"]), result.deploy_dir)
     assert _states_equal(deploy, result.model)
+
+
+# -- paper-scale configs of the larger models --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "model"),
+    [
+        ("wan2.1-t2v-14b-qvgen.yaml", "wan2.1-t2v-14b"),
+        ("cogvideox-5b-qvgen.yaml", "cogvideox-5b"),
+        ("cogvideox1.5-5b-qvgen.yaml", "cogvideox1.5-5b"),
+    ],
+)
+def test_paper_scale_configs_of_the_larger_models_sample_with_their_settings(config, model):
+    from qvgen.models.real_models import get_real_model
+
+    cfg = load_config(CONFIGS / config)
+    sampling = get_real_model(model).sampling
+    val = cfg.logging.validation
+    assert val is not None and cfg.aux is not None and cfg.aux.decay.initial_rank == 32
+    assert (val.height, val.width, val.num_frames, val.fps) == (
+        sampling.height, sampling.width, sampling.num_frames, sampling.fps,
+    )  # fmt: skip
+    assert cfg.model.family == get_real_model(model).family
+
+
+def test_the_method_rank_bound_holds_for_every_real_model():
+    from qvgen.models.real_models import REAL_MODELS, build_real_on_meta
+    from qvgen.train.method_config import SMALLEST_LINEAR
+
+    for name, entry in REAL_MODELS.items():
+        model = build_real_on_meta(name)
+        smallest = min(
+            min(m.in_features, m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)
+        )
+        assert smallest >= SMALLEST_LINEAR[entry.family], name
