@@ -90,13 +90,16 @@ def test_quantized_variants_differ_from_the_teacher_and_deploy_tracks_fake_quant
     fake, deploy = report.variants[1], report.variants[2]
     for v in (fake, deploy):
         s = v.summary
-        assert s["latent_mse"] > 0 and s["step_relative_mse"] > 0 and 0 < s["psnr_db"] < 100
-        assert 0 < s["ssim"] < 1 and s["motion_energy_ratio"] > 0
+        assert s.latent_mse is not None and s.step_relative_mse is not None and s.psnr_db is not None
+        assert s.latent_mse > 0 and s.step_relative_mse > 0 and 0 < s.psnr_db < 100
+        assert s.ssim is not None and 0 < s.ssim < 1
+        assert s.motion_energy_ratio is not None and s.motion_energy_ratio > 0
         first = [smp.fidelity.step_errors[0].relative_mse for smp in v.samples if smp.fidelity]
         assert all(0 < e < 1 for e in first)  # the first step sees identical inputs: pure quantization error
     # The deploy layers compute the fake quantizer's function with integer GEMMs.
-    assert deploy.summary["step_relative_mse"] == pytest.approx(fake.summary["step_relative_mse"], rel=0.2)
-    assert abs(deploy.summary["psnr_db"] - fake.summary["psnr_db"]) < 2.0
+    d, f = deploy.summary.scalars(), fake.summary.scalars()
+    assert d["step_relative_mse"] == pytest.approx(f["step_relative_mse"], rel=0.2)
+    assert abs(d["psnr_db"] - f["psnr_db"]) < 2.0
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

@@ -54,15 +54,18 @@ def test_summary_means_every_scalar_metric():
                                  step_errors=(StepErrorRecord(step=0, timestep=1, mse=p, relative_mse=p),)),
     )  # fmt: skip
     s = summarize([rec(0.8, 1.0), rec(1.0, 3.0)])
-    assert s == pytest.approx({"temporal_flickering": 0.9, "motion_energy": 0.09, "latent_mse": 2.0,
+    assert s.scalars() == pytest.approx({"temporal_flickering": 0.9, "motion_energy": 0.09, "latent_mse": 2.0,
                                "psnr_db": 2.0, "ssim": 2.0, "motion_energy_ratio": 2.0, "step_relative_mse": 2.0})  # fmt: skip
+    assert s.scores == {}
+    with pytest.raises(ValueError, match="no samples"):
+        summarize([])
 
 
 def test_report_round_trips_through_json_and_the_html_escapes_prompts(tmp_path):
     report = _report(tmp_path)
     json_path, html_path = write_report(report, tmp_path)
     assert load_report(json_path) == report
-    assert json.loads(json_path.read_text())["schema_version"] == 1
+    assert json.loads(json_path.read_text())["schema_version"] == 2
     page = html_path.read_text()
     assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
     assert page.count("data:video/mp4;base64,") == 2  # self-contained: no external resources
@@ -91,3 +94,36 @@ def test_page_renders_in_headless_chromium_with_videos_loaded_and_a_screenshot(t
     subprocess.run([*flags, "--window-size=1200,900", f"--screenshot={shot}", html_path.as_uri()],
                    capture_output=True, timeout=120, check=True)  # fmt: skip
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+
+
+def test_report_carries_per_prompt_and_summary_adherence_with_looping_poster_videos(tmp_path):
+    from qvgen.data import make_clip
+    from qvgen.eval import AdherenceScorer
+
+    clip = make_clip(3, 0, frames=8, num_objects=1)
+    frames = ((clip.frames.permute(1, 2, 3, 0) + 1) / 2).numpy()
+    write_video(frames, tmp_path / "teacher" / "v.mp4", fps=8)
+    scorer = AdherenceScorer()
+    records = [
+        SampleRecord(prompt=clip.caption, index=0, seed=s, scores={"adherence": scorer.score(f, clip.caption)},
+                     video=VideoMetrics(path="teacher/v.mp4", temporal_flickering=0.98123, motion_energy=0.01))
+        for s, f in ((0, frames), (1, np.full_like(frames, 0.3)))
+    ]  # fmt: skip
+    report = EvalReport(
+        family="wan", created="now", pipeline_kwargs={},
+        teacher=VariantReport(name="teacher", kind="full_precision", source="x", samples=tuple(records),
+                              summary=summarize(records)),
+        variants=(), training_curves={"lsq": ((0, 1.0), (10, 0.5))},
+    )  # fmt: skip
+    json_path, html_path = write_report(report, tmp_path)
+    data = json.loads(json_path.read_text())
+    per_prompt = [s["scores"]["adherence"] for s in data["teacher"]["samples"]]
+    assert per_prompt[0]["colour"] == 1.0 and per_prompt[1]["unscorable"] and per_prompt[1]["colour"] is None
+    summary = data["teacher"]["summary"]["scores"]["adherence"]
+    assert summary["num_unscorable"] == 1 and summary["values"]["overall"]["mean"] == 0.5
+    page = html_path.read_text()
+    assert "Scores: adherence" in page and "1 / 2" in page and "0.500 ± " in page
+    assert "unscorable (no object" in page and f"{clip.caption} → " in page
+    assert page.count('poster="data:image/png;base64,') == 2 and " loop " in page and "controls" not in page
+    assert "0.98123" in page  # five significant digits: 0.98 for every model no longer
+    assert "training loss" in page

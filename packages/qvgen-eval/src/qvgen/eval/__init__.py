@@ -1,6 +1,6 @@
 """Sampling quantized video DiTs, offline fidelity metrics, VBench adapter and HTML report."""
 
-from qvgen.eval.compare import Contender, compare, compare_models
+from qvgen.eval.compare import Contender, GeneratedVideo, compare, compare_models
 from qvgen.eval.config import (
     CompareConfig,
     DeployModel,
@@ -28,7 +28,17 @@ from qvgen.eval.metrics import (
 )
 from qvgen.eval.probes import ClipGroupCall, record_clip_groups
 from qvgen.eval.prompts import SampleItem, load_prompts, plan_items, video_filename
-from qvgen.eval.report import EvalReport, load_report, render_html, write_report
+from qvgen.eval.report import (
+    EvalReport,
+    FidelityMetrics,
+    SampleRecord,
+    VariantReport,
+    VariantSummary,
+    VideoMetrics,
+    load_report,
+    render_html,
+    write_report,
+)
 from qvgen.eval.sample import Generated, SampleResult, generate, pipeline_kwargs, sample, sample_items
 from qvgen.eval.vbench import (
     VBenchConfig,
@@ -48,13 +58,16 @@ __all__ = [
     "DeployModel",
     "EvalReport",
     "FakeQuantModel",
+    "FidelityMetrics",
     "FullPrecisionModel",
     "Generated",
+    "GeneratedVideo",
     "LoadedModel",
     "ModelSource",
     "PromptSource",
     "SampleConfig",
     "SampleItem",
+    "SampleRecord",
     "SampleResult",
     "SamplingSettings",
     "StepError",
@@ -62,6 +75,9 @@ __all__ = [
     "VBenchConfig",
     "VBenchReport",
     "Variant",
+    "VariantReport",
+    "VariantSummary",
+    "VideoMetrics",
     "aggregate",
     "check_weights",
     "compare",
@@ -114,20 +130,43 @@ from qvgen.eval.adherence import (
     summarize_adherence,
 )
 
+# Scorers (scorer.py) and confidence intervals (stats.py).
+from qvgen.eval.scorer import (
+    AdherenceScorer,
+    ScoreSummary,
+    ValueScores,
+    VideoScore,
+    VideoScorer,
+    score_values,
+    summarize_scores,
+)
+from qvgen.eval.stats import MeanCI, mean_ci, paired_diff_ci, t975
+
 __all__ += [
     "ATTRIBUTES",
     "AdherenceConfig",
     "AdherenceReport",
+    "AdherenceScorer",
     "Attribute",
     "CaptionGrammarError",
+    "MeanCI",
     "ObjectAdherence",
+    "ScoreSummary",
     "TrackedObject",
+    "ValueScores",
     "VideoAdherence",
+    "VideoScore",
+    "VideoScorer",
     "chance_levels",
     "change_attribute",
     "find_objects",
+    "mean_ci",
+    "paired_diff_ci",
     "parse_caption",
+    "score_values",
     "score_video",
     "score_videos",
     "summarize_adherence",
+    "summarize_scores",
+    "t975",
 ]

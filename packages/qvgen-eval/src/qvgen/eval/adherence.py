@@ -31,19 +31,16 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from qvgen.core import Frozen
 from qvgen.data import COLOURS, DIRECTIONS, SHAPES, CaptionClause, parse_caption
 
 Attribute = Literal["colour", "shape", "motion"]
 ATTRIBUTES: tuple[Attribute, ...] = ("colour", "shape", "motion")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class AdherenceConfig(_Frozen):
+class AdherenceConfig(Frozen):
     """Thresholds of detection, tracking and the three checks (pixel values on the [0, 1] scale)."""
 
     max_colour_distance: Annotated[float, Field(gt=0, le=1.0)] = 0.3
@@ -65,7 +62,7 @@ class AdherenceConfig(_Frozen):
     """Fill ratio above which a non-triangle is a square (square 1.0, circle π/4 ≈ 0.785)."""
 
 
-class TrackedObject(_Frozen):
+class TrackedObject(Frozen):
     """One object found in a video, described without reference to the caption."""
 
     colour: str
@@ -85,7 +82,7 @@ class TrackedObject(_Frozen):
     """Nearest cardinal direction of the travel; None when it is below `min_travel`."""
 
 
-class ObjectAdherence(_Frozen):
+class ObjectAdherence(Frozen):
     """One clause of the caption, the object matched to it (None: none left) and the three verdicts."""
 
     claim: CaptionClause
@@ -95,7 +92,7 @@ class ObjectAdherence(_Frozen):
     motion_ok: bool
 
 
-class VideoAdherence(_Frozen):
+class VideoAdherence(Frozen):
     """Per-video scores: each is the fraction of the caption's clauses that pass that check.
 
     `unscorable` names why no object could be judged; the scores are then None.
@@ -123,7 +120,7 @@ class VideoAdherence(_Frozen):
         return 0.0 if v is None else float(v)
 
 
-class AdherenceReport(_Frozen):
+class AdherenceReport(Frozen):
     """Mean scores over a set of videos (unscorable videos count as 0), with every per-video result."""
 
     num_videos: int

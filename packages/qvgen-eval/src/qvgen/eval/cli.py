@@ -71,9 +71,9 @@ def _emit(model: BaseModel, out: Path | None) -> None:
     if out is None:
         print(text)
         return
-    from qvgen.eval.report import write_text_atomic
+    from qvgen.core import atomic_write_text
 
-    write_text_atomic(out, text + "\n")
+    atomic_write_text(out, text + "\n")
     print(f"wrote {out}")
 
 
@@ -114,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report = compare(cfg)
         print(f"wrote {cfg.out_dir / 'report.json'} and {cfg.out_dir / 'report.html'}")
         for v in report.variants:
-            print(f"  {v.name}: " + ", ".join(f"{k}={val:.4g}" for k, val in sorted(v.summary.items())))
+            print(
+                f"  {v.name}: "
+                + ", ".join(f"{k}={val:.5g}" for k, val in sorted(v.summary.scalars().items()))
+            )
     else:
         from qvgen.eval.vbench import run_vbench
 

@@ -3,22 +3,24 @@
 The teacher runs first; per video its frames, final latents and every transformer output are kept in a
 safetensors file under `out_dir/teacher/trajectories/`, so one model at a time is in memory. Each
 variant then runs the same prompts and seeds with the same recorder, and is scored against them.
+Every `VideoScorer` passed in scores every video on its exact frames (not the encoded mp4); a caller that
+wants the frames themselves gets each `GeneratedVideo` through `on_video` as soon as it exists.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from qvgen.core import atomic_write
 from qvgen.eval import metrics
 from qvgen.eval.config import CompareConfig, ModelSource, SamplingSettings
 from qvgen.eval.loading import LoadedModel, load_model
@@ -34,6 +36,7 @@ from qvgen.eval.report import (
     write_report,
 )
 from qvgen.eval.sample import DEFAULT_FPS, Generated, generate, pipeline_kwargs, resolve_prompts
+from qvgen.eval.scorer import VideoScorer
 from qvgen.eval.vbench import VBenchConfig, check_weights, default_cache_dir, run_vbench
 from qvgen.eval.video import read_video, write_video
 
@@ -63,16 +66,7 @@ def save_trajectory(run: Run, path: Path) -> None:
     for i, c in enumerate(run.calls):
         tensors[f"call.{i}.timestep"] = c.timestep
         tensors[f"call.{i}.output"] = c.output
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp)))
 
 
 def load_trajectory(path: Path) -> tuple[Generated, list[metrics.TransformerCall]]:
@@ -130,6 +124,21 @@ class Contender:
     load: Callable[[], LoadedModel]
 
 
+@dataclass(frozen=True, slots=True)
+class GeneratedVideo:
+    """One video as `compare_models` produced it: the model, the item, the exact frames and its record."""
+
+    model: str
+    item: SampleItem
+    frames: np.ndarray
+    """[F, H, W, 3] float32 in [0, 1], as the pipeline returned them (before mp4 encoding)."""
+    record: SampleRecord
+
+
+def _scores(scorers: Sequence[VideoScorer], frames: np.ndarray, prompt: str) -> dict[str, Any]:
+    return {s.name: s.score(frames, prompt) for s in scorers}
+
+
 def compare_models(
     family: Literal["wan", "cogvideox"],
     teacher: Contender,
@@ -138,9 +147,19 @@ def compare_models(
     settings: SamplingSettings,
     out_dir: Path,
     *,
+    scorers: Sequence[VideoScorer] = (),
+    on_video: Callable[[GeneratedVideo], None] | None = None,
     embed_videos: bool = True,
 ) -> EvalReport:
-    """Sample `teacher` then each variant on `items`, score them, write report.json and report.html."""
+    """Sample `teacher` then each variant on `items`, score them, write report.json and report.html.
+
+    Every scorer runs on every video's exact frames; its results land in each `SampleRecord.scores` and
+    in each model's `summary.scores` under the scorer's name (names must be unique). `on_video` (if set)
+    receives every `GeneratedVideo` as it is produced, teacher first.
+    """
+    names = [s.name for s in scorers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"compare_models: scorer names must be unique, got {names}")
     out_dir.mkdir(parents=True, exist_ok=True)
     fps = settings.fps or DEFAULT_FPS[family]
     model = teacher.load()
@@ -150,14 +169,16 @@ def compare_models(
     for k, item in enumerate(items):
         run = run_item(model, item, kwargs, out_dir / teacher.name / item.filename, fps)
         save_trajectory(run, traj_dir / f"{k:05d}.safetensors")
-        teacher_samples.append(
-            SampleRecord(
-                prompt=item.prompt,
-                index=item.index,
-                seed=item.seed,
-                video=video_metrics(run.video_path, out_dir),
-            )
+        record = SampleRecord(
+            prompt=item.prompt,
+            index=item.index,
+            seed=item.seed,
+            video=video_metrics(run.video_path, out_dir),
+            scores=_scores(scorers, run.generated.frames, item.prompt),
         )
+        teacher_samples.append(record)
+        if on_video is not None:
+            on_video(GeneratedVideo(teacher.name, item, run.generated.frames, record))
     del model
     teacher_report = VariantReport(
         name=teacher.name,
@@ -174,15 +195,17 @@ def compare_models(
         for k, item in enumerate(items):
             run = run_item(model, item, kwargs, out_dir / variant.name / item.filename, fps)
             ref, ref_calls = load_trajectory(traj_dir / f"{k:05d}.safetensors")
-            samples.append(
-                SampleRecord(
-                    prompt=item.prompt,
-                    index=item.index,
-                    seed=item.seed,
-                    video=video_metrics(run.video_path, out_dir),
-                    fidelity=fidelity(run.generated, run.calls, ref, ref_calls),
-                )
+            record = SampleRecord(
+                prompt=item.prompt,
+                index=item.index,
+                seed=item.seed,
+                video=video_metrics(run.video_path, out_dir),
+                fidelity=fidelity(run.generated, run.calls, ref, ref_calls),
+                scores=_scores(scorers, run.generated.frames, item.prompt),
             )
+            samples.append(record)
+            if on_video is not None:
+                on_video(GeneratedVideo(variant.name, item, run.generated.frames, record))
         del model
         reports.append(
             VariantReport(
@@ -193,7 +216,7 @@ def compare_models(
                 summary=summarize(samples),
             )
         )
-        logger.info("%s: %s", variant.name, reports[-1].summary)
+        logger.info("%s: %s", variant.name, reports[-1].summary.scalars())
 
     report = EvalReport(
         family=family,

@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import base64
 import html
-import os
-import tempfile
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+import imageio.v3 as iio
+from pydantic import Field
 
+from qvgen.core import Frozen, atomic_write_text
+from qvgen.eval.adherence import VideoAdherence
+from qvgen.eval.plots import bar_plot, fmt, line_plot
+from qvgen.eval.scorer import ScoreSummary, VideoScore, summarize_scores
 from qvgen.eval.vbench import VBenchReport
+from qvgen.eval.video import read_video
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class StepErrorRecord(_Frozen):
+class StepErrorRecord(Frozen):
     step: int
     timestep: float
     mse: float
@@ -27,7 +28,7 @@ class StepErrorRecord(_Frozen):
     """Σ(student − teacher)² / Σ teacher² over the step's transformer outputs."""
 
 
-class VideoMetrics(_Frozen):
+class VideoMetrics(Frozen):
     """Metrics of one video on its own, from the written mp4."""
 
     path: str
@@ -38,7 +39,7 @@ class VideoMetrics(_Frozen):
     """Mean |frame_{t+1} − frame_t| on the [0, 1] scale."""
 
 
-class FidelityMetrics(_Frozen):
+class FidelityMetrics(Frozen):
     """One variant's video against the teacher's at the same seed."""
 
     latent_mse: float
@@ -49,71 +50,89 @@ class FidelityMetrics(_Frozen):
     step_errors: tuple[StepErrorRecord, ...]
 
 
-class SampleRecord(_Frozen):
+class SampleRecord(Frozen):
     prompt: str
     index: int
     seed: int
     video: VideoMetrics
     fidelity: FidelityMetrics | None = None
     """None for the teacher."""
+    scores: dict[str, VideoScore] = Field(default_factory=dict)
+    """Per scorer name (`VideoScorer.name`), its verdict on the exact generated frames."""
+
+    @property
+    def adherence(self) -> VideoAdherence | None:
+        """The prompt-adherence record, when an adherence scorer ran."""
+        return next((s for s in self.scores.values() if isinstance(s, VideoAdherence)), None)
 
 
-class VariantReport(_Frozen):
+class VariantSummary(Frozen):
+    """Means over one model's samples; fidelity fields are None for the teacher."""
+
+    temporal_flickering: float
+    motion_energy: float
+    latent_mse: float | None = None
+    psnr_db: float | None = None
+    ssim: float | None = None
+    motion_energy_ratio: float | None = None
+    step_relative_mse: float | None = None
+    """Mean over sampling steps and videos of the denoiser output's relative MSE against the teacher."""
+    scores: dict[str, ScoreSummary] = Field(default_factory=dict)
+    """Per scorer: mean and 95 % CI of each value, and the unscorable count."""
+
+    def scalars(self) -> dict[str, float]:
+        """Every mean as `name` (metrics) or `scorer.value` (scores), for printing."""
+        out = {k: v for k, v in self.model_dump(exclude={"scores"}).items() if v is not None}
+        for scorer, summary in self.scores.items():
+            out |= {f"{scorer}.{k}": m.mean for k, m in summary.values.items()}
+        return out
+
+
+class VariantReport(Frozen):
     name: str
     kind: Literal["full_precision", "fake_quant", "deploy"]
     source: str
     samples: tuple[SampleRecord, ...]
-    summary: dict[str, float]
-    """Means over the samples of every scalar metric."""
+    summary: VariantSummary
 
 
-class EvalReport(_Frozen):
+class EvalReport(Frozen):
     """`qvgen-eval compare` output: teacher and variants at the same prompts and seeds."""
 
-    schema_version: Literal[1] = 1
+    schema_version: Literal[2] = 2
     family: Literal["wan", "cogvideox"]
     created: str
     pipeline_kwargs: dict[str, Any]
     """The resolved sampling settings every model ran with."""
     teacher: VariantReport
     variants: tuple[VariantReport, ...]
-    vbench: dict[str, VBenchReport] = {}
+    vbench: dict[str, VBenchReport] = Field(default_factory=dict)
     """Per model name, where VBench was run."""
+    training_curves: dict[str, tuple[tuple[int, float], ...]] = Field(default_factory=dict)
+    """Per run name, (step, training loss) points that the caller attached (shown as a plot)."""
 
 
-def summarize(samples: Sequence[SampleRecord]) -> dict[str, float]:
-    """Means of the scalar metrics over `samples`."""
+def summarize(samples: Sequence[SampleRecord]) -> VariantSummary:
+    """Means of the metrics over `samples`, and a `ScoreSummary` per scorer."""
     if not samples:
-        return {}
+        raise ValueError("summarize got no samples")
     n = len(samples)
-    out = {
-        "temporal_flickering": sum(s.video.temporal_flickering for s in samples) / n,
-        "motion_energy": sum(s.video.motion_energy for s in samples) / n,
+    out: dict[str, Any] = {
+        "temporal_flickering": math.fsum(s.video.temporal_flickering for s in samples) / n,
+        "motion_energy": math.fsum(s.video.motion_energy for s in samples) / n,
     }
     fid = [s.fidelity for s in samples if s.fidelity is not None]
     if fid:
         m = len(fid)
-        out["latent_mse"] = sum(f.latent_mse for f in fid) / m
-        out["psnr_db"] = sum(f.psnr_db for f in fid) / m
-        out["ssim"] = sum(f.ssim for f in fid) / m
-        out["motion_energy_ratio"] = sum(f.motion_energy_ratio for f in fid) / m
+        out["latent_mse"] = math.fsum(f.latent_mse for f in fid) / m
+        out["psnr_db"] = math.fsum(f.psnr_db for f in fid) / m
+        out["ssim"] = math.fsum(f.ssim for f in fid) / m
+        out["motion_energy_ratio"] = math.fsum(f.motion_energy_ratio for f in fid) / m
         steps = [e.relative_mse for f in fid for e in f.step_errors]
-        out["step_relative_mse"] = sum(steps) / len(steps) if steps else 0.0
-    return out
-
-
-def write_text_atomic(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        out["step_relative_mse"] = math.fsum(steps) / len(steps) if steps else None
+    names = dict.fromkeys(k for s in samples for k in s.scores)
+    out["scores"] = {k: summarize_scores([s.scores[k] for s in samples if k in s.scores]) for k in names}
+    return VariantSummary(**out)
 
 
 def load_report(path: str | Path) -> EvalReport:
@@ -126,16 +145,15 @@ def load_report(path: str | Path) -> EvalReport:
 
 
 def write_report(report: EvalReport, out_dir: str | Path, *, embed_videos: bool = True) -> tuple[Path, Path]:
-    """Write `report.json` and `report.html` into `out_dir` (video paths are relative to it)."""
+    """Write `report.json` and `report.html` into `out_dir` (video paths are relative to it), atomically."""
     out = Path(out_dir)
-    json_path = write_text_atomic(out / "report.json", report.model_dump_json(indent=2))
-    html_path = write_text_atomic(out / "report.html", render_html(report, out, embed_videos=embed_videos))
+    json_path = atomic_write_text(out / "report.json", report.model_dump_json(indent=2))
+    html_path = atomic_write_text(out / "report.html", render_html(report, out, embed_videos=embed_videos))
     return json_path, html_path
 
 
 # --- HTML --------------------------------------------------------------------------------------------
 
-_PALETTE = ("#222222", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#222}
@@ -161,10 +179,6 @@ _STATUS_JS = """
 """
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.4g}"
-
-
 def _video_src(report_dir: Path, rel: str, embed: bool) -> str:
     if not embed:
         return html.escape(rel, quote=True)
@@ -172,89 +186,65 @@ def _video_src(report_dir: Path, rel: str, embed: bool) -> str:
     return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
 
 
-def _color(name: str, order: Sequence[str]) -> str:
-    """One colour per model across all plots, in report order (teacher first)."""
-    return _PALETTE[order.index(name) % len(_PALETTE)] if name in order else _PALETTE[-1]
+def _poster(report_dir: Path, rel: str) -> str:
+    """The video's middle frame as a PNG data URI (what shows before playback starts)."""
+    frames = read_video(report_dir / rel)
+    png = iio.imwrite("<bytes>", frames[len(frames) // 2], extension=".png")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _line_plot(
-    title: str, series: dict[str, list[tuple[float, float]]], x_label: str, log_y: bool, order: Sequence[str]
-) -> str:
-    """An inline SVG line chart of `series` (name -> points)."""
-    import math
-
-    w, h, pad, legend = 540, 260, 60, 100
-    pts = [p for s in series.values() for p in s]
-    if not pts:
-        return ""
-
-    positive = [p[1] for p in pts if p[1] > 0]
-    floor = min(positive) / 10 if positive else 1e-12  # zeros (a bit-exact variant) sit one decade below
-
-    def ty(v: float) -> float:
-        return math.log10(max(v, floor)) if log_y else v
-
-    xs = [p[0] for p in pts]
-    ys = [ty(p[1]) for p in pts]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    x1 = x1 if x1 > x0 else x0 + 1
-    y1 = y1 if y1 > y0 else y0 + 1
-
-    def sx(v: float) -> float:
-        return pad + (v - x0) / (x1 - x0) * (w - 2 * pad - legend)
-
-    def sy(v: float) -> float:
-        return h - pad - (ty(v) - y0) / (y1 - y0) * (h - 2 * pad)
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-        f'<line x1="{pad}" y1="{h - pad}" x2="{w - pad - legend}" y2="{h - pad}" stroke="#888"/>',
-        f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{h - pad}" stroke="#888"/>',
-        f'<text x="{w / 2}" y="{h - 10}" text-anchor="middle" font-size="11">{html.escape(x_label)}</text>',
-        f'<text x="{pad - 4}" y="{pad}" text-anchor="end" font-size="10">{_fmt(10**y1 if log_y else y1)}</text>',
-        f'<text x="{pad - 4}" y="{h - pad}" text-anchor="end" font-size="10">{_fmt(10**y0 if log_y else y0)}</text>',
-    ]
-    for k, (name, points) in enumerate(series.items()):
-        color = _color(name, order)
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
-        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
-        parts.append(
-            f'<text x="{w - legend}" y="{pad + 14 * k}" font-size="11" fill="{color}">'
-            f"{html.escape(name)}</text>"
-        )
-    parts.append("</svg>")
-    return "".join(parts)
+def _summary_table(models: Sequence[VariantReport]) -> list[str]:
+    esc = html.escape
+    scalars = [m.summary.scalars() for m in models]
+    keys = [k for k in VariantSummary.model_fields if k != "scores" and any(k in s for s in scalars)]
+    out = ["<h2>Summary</h2><table><tr><th>model</th><th>kind</th>"]
+    out += [f"<th>{esc(k)}</th>" for k in keys] + ["</tr>"]
+    for m, sc in zip(models, scalars, strict=True):
+        cells = "".join(f"<td class='num'>{fmt(sc[k])}</td>" if k in sc else "<td>—</td>" for k in keys)
+        out.append(f"<tr><td>{esc(m.name)}</td><td>{esc(m.kind)}</td>{cells}</tr>")
+    out.append("</table>")
+    for scorer in dict.fromkeys(k for m in models for k in m.summary.scores):
+        values = list(dict.fromkeys(v for m in models if scorer in m.summary.scores
+                                    for v in m.summary.scores[scorer].values))  # fmt: skip
+        out.append(f"<h2>Scores: {esc(scorer)}</h2><p>mean ± 95 % CI over videos; unscorable videos count "
+                   "as 0 and are counted.</p><table><tr><th>model</th>")  # fmt: skip
+        out += [f"<th>{esc(v)}</th>" for v in values] + ["<th>unscorable</th></tr>"]
+        for m in models:
+            summary = m.summary.scores.get(scorer)
+            if summary is None:
+                continue
+            cells = "".join(
+                f"<td class='num' data-key='{esc(scorer)}.{esc(v)}'>{esc(str(summary.values[v]))}</td>"
+                if v in summary.values else "<td>—</td>" for v in values
+            )  # fmt: skip
+            out.append(f"<tr><td>{esc(m.name)}</td>{cells}"
+                       f"<td class='num'>{summary.num_unscorable} / {summary.num_videos}</td></tr>")  # fmt: skip
+        out.append("</table>")
+    return out
 
 
-def _bar_plot(title: str, values: dict[str, float], order: Sequence[str]) -> str:
-    """An inline SVG horizontal bar chart (one bar per model)."""
-    if not values:
-        return ""
-    w, row, pad = 420, 24, 120
-    h = 30 + row * len(values)
-    hi = max(max(values.values()), 1e-12)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">',
-        f'<text x="{w / 2}" y="16" text-anchor="middle" font-size="13">{html.escape(title)}</text>',
-    ]
-    for k, (name, v) in enumerate(values.items()):
-        y = 26 + row * k
-        bw = max(v, 0.0) / hi * (w - pad - 70)
-        parts.append(
-            f'<text x="{pad - 6}" y="{y + 14}" text-anchor="end" font-size="11">{html.escape(name)}</text>'
-        )
-        parts.append(
-            f'<rect x="{pad}" y="{y}" width="{bw:.1f}" height="{row - 6}" fill="{_color(name, order)}"/>'
-        )
-        parts.append(f'<text x="{pad + bw + 4:.1f}" y="{y + 14}" font-size="11">{_fmt(v)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
+def _sample_notes(s: SampleRecord) -> str:
+    notes = f"flicker {fmt(s.video.temporal_flickering)}"
+    if s.fidelity:
+        notes += f" · PSNR {fmt(s.fidelity.psnr_db)} dB · SSIM {fmt(s.fidelity.ssim)}"
+    a = s.adherence
+    if a is not None:
+        if a.unscorable is not None:
+            notes += f" · adherence: unscorable ({a.unscorable})"
+        else:
+            notes += f" · adherence {fmt(a.value('overall'))} (colour {fmt(a.value('colour'))}, shape " \
+                     f"{fmt(a.value('shape'))}, motion {fmt(a.value('motion'))})"  # fmt: skip
+            seen = "; ".join(
+                f"{o.claim.phrase} → " + ("nothing" if o.matched is None else
+                f"{o.matched.colour} {o.matched.shape} {o.matched.direction or 'static'}")
+                for o in a.objects
+            )  # fmt: skip
+            notes += f" · seen: {seen}"
+    return notes
 
 
 def render_html(report: EvalReport, report_dir: Path, *, embed_videos: bool = True) -> str:
-    """The report as one HTML page: summary table, SVG plots, videos side by side per prompt and seed."""
+    """The report as one HTML page: summary tables, SVG plots, looping videos per prompt and seed."""
     models = [report.teacher, *report.variants]
     esc = html.escape
     out = [
@@ -263,18 +253,13 @@ def render_html(report: EvalReport, report_dir: Path, *, embed_videos: bool = Tr
         f"<h1>qvgen eval — {esc(report.family)}</h1>",
         f"<p>{esc(report.created)} · settings: <code>{esc(str(report.pipeline_kwargs))}</code></p>",
         "<p id='video-status'>videos loading…</p>",
-        "<h2>Summary</h2><table><tr><th>model</th><th>kind</th>",
+        *_summary_table(models),
     ]
-    keys = sorted({k for m in models for k in m.summary})
-    out += [f"<th>{esc(k)}</th>" for k in keys] + ["</tr>"]
-    for m in models:
-        cells = "".join(
-            f"<td class='num'>{_fmt(m.summary[k])}</td>" if k in m.summary else "<td>—</td>" for k in keys
-        )
-        out.append(f"<tr><td>{esc(m.name)}</td><td>{esc(m.kind)}</td>{cells}</tr>")
-    out.append("</table>")
-
     out.append("<h2>Plots</h2><div class='plots'>")
+    order = [m.name for m in models]
+    if report.training_curves:
+        curves = {k: [(float(x), y) for x, y in v] for k, v in report.training_curves.items()}
+        out.append(line_plot("training loss", curves, "step", True, list(curves)))
     series: dict[str, list[tuple[float, float]]] = {}
     for v in report.variants:
         per_step: dict[int, list[float]] = {}
@@ -282,14 +267,16 @@ def render_html(report: EvalReport, report_dir: Path, *, embed_videos: bool = Tr
             for e in s.fidelity.step_errors if s.fidelity else ():
                 per_step.setdefault(e.step, []).append(e.relative_mse)
         series[v.name] = [(k, sum(x) / len(x)) for k, x in sorted(per_step.items())]
-    order = [m.name for m in models]
-    out.append(_line_plot("denoiser output relative MSE vs teacher", series, "sampling step", True, order))
+    out.append(line_plot("denoiser output relative MSE vs teacher", series, "sampling step", True, order))
     for key in ("psnr_db", "ssim", "motion_energy_ratio"):
-        out.append(
-            _bar_plot(key, {v.name: v.summary[key] for v in report.variants if key in v.summary}, order)
-        )
+        values = {v.name: getattr(v.summary, key) for v in report.variants}
+        out.append(bar_plot(key, {k: x for k, x in values.items() if x is not None}, order))
+    if any("adherence" in m.summary.scores for m in models):
+        adherence = {m.name: m.summary.scores["adherence"].values["overall"].mean for m in models
+                     if "adherence" in m.summary.scores}  # fmt: skip
+        out.append(bar_plot("prompt adherence (overall)", adherence, order))
     out.append(
-        _bar_plot("temporal_flickering", {m.name: m.summary["temporal_flickering"] for m in models}, order)
+        bar_plot("temporal_flickering", {m.name: m.summary.temporal_flickering for m in models}, order)
     )
     out.append("</div>")
 
@@ -299,25 +286,24 @@ def render_html(report: EvalReport, report_dir: Path, *, embed_videos: bool = Tr
         )
         for dim, r in vb.dimensions.items():
             out.append(
-                f"<tr><td>{esc(dim)}</td><td class='num'>{_fmt(r.score)}</td><td class='num'>{_fmt(r.normalized)}</td></tr>"
+                f"<tr><td>{esc(dim)}</td><td class='num'>{fmt(r.score)}</td><td class='num'>{fmt(r.normalized)}</td></tr>"
             )
         for label, val in (("quality", vb.quality), ("semantic", vb.semantic), ("total", vb.total)):
-            out.append(f"<tr><th>{label}</th><td colspan='2'>{'—' if val is None else _fmt(val)}</td></tr>")
+            out.append(f"<tr><th>{label}</th><td colspan='2'>{'—' if val is None else fmt(val)}</td></tr>")
         out.append("</table>")
 
-    out.append("<h2>Videos</h2><table><tr><th>prompt</th>")
+    out.append("<h2>Videos</h2><p>Each video loops; its poster is the middle frame.</p>")
+    out.append("<table><tr><th>prompt</th>")
     out += [f"<th>{esc(m.name)}</th>" for m in models] + ["</tr>"]
     for i, t in enumerate(report.teacher.samples):
         out.append(f"<tr><td>{esc(t.prompt)}<small> #{t.index}, seed {t.seed}</small></td>")
         for m in models:
             s = m.samples[i]
             src = _video_src(report_dir, s.video.path, embed_videos)
-            notes = f"flicker {_fmt(s.video.temporal_flickering)}"
-            if s.fidelity:
-                notes += f" · PSNR {_fmt(s.fidelity.psnr_db)} dB · SSIM {_fmt(s.fidelity.ssim)}"
+            poster = _poster(report_dir, s.video.path)
             out.append(
-                f"<td class='cell'><video src=\"{src}\" controls muted loop autoplay playsinline "
-                f"preload='auto'></video><small>{esc(notes)}</small></td>"
+                f'<td class=\'cell\'><video src="{src}" poster="{poster}" muted loop autoplay playsinline '
+                f"preload='auto'></video><small>{esc(_sample_notes(s))}</small></td>"
             )
         out.append("</tr>")
     out.append(f"</table><script>{_STATUS_JS}</script></body></html>")
