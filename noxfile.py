@@ -67,7 +67,8 @@ def install_local(session: nox.Session, shorts: list[str], extras: tuple[str, ..
 def tests(session: nox.Session, package: str) -> None:
     """One package alone: a fresh venv with only it and its declared qvgen dependencies."""
     closure = declared_qvgen_deps(package)
-    install_local(session, closure)
+    # quant: the triton extra too, so its Triton kernel tests run under the CPU interpreter (TRITON_INTERPRET=1)
+    install_local(session, closure, extras=("triton",) if package == "quant" else ())
     undeclared = [SIBLING_MODULES[s] for s in SIBLING_MODULES if s not in closure]
     session.run(
         "python",

@@ -249,6 +249,10 @@ def test_deploy_linear_on_cuda_matches_cpu(a_bits: int | None) -> None:
         cpu = deploy(x)
         set_timesteps_(model, torch.tensor([100.0, 700.0], device="cuda"))
         gpu = deploy.cuda()(x.cuda()).cpu()
-    backend = deploy._int8_kernel if target == "w4a4" else deploy._int4_kernel
-    assert backend(torch.device("cuda", torch.cuda.current_device())).backend != "float"  # type: ignore[operator]
+    device = torch.device("cuda", torch.cuda.current_device())
+    if target == "w4a4":  # fp32 input: the reference path (`_int8_kernel` returns weight, coef, bias)
+        weight, _, _ = deploy._int8_kernel(device)
+        assert weight.backend == "int_mm"
+    else:
+        assert deploy._int4_kernel(device).backend != "float"
     assert rel_err(gpu, cpu) <= (1e-5 if target == "w4a4" else 2e-2)

@@ -12,12 +12,17 @@ quantizer. Two targets:
     y = s_x * s_w * ( u @ w8.T  -  d * rowsum(u)  +  (o - z_x) * (rowsum(w8) - K * d) ) + bias
 
 ``u @ w8.T`` is the integer GEMM (`qvgen.quant.integer_gemm`); the other two terms are rank-1.
+On CUDA with bf16/fp16 input (and the ``triton`` extra) the whole layer is two fused Triton kernels
+(`qvgen.quant.w4a4_triton`: activation pass, then an int8 GEMM reading the packed weight with this
+epilogue); other inputs (fp32, non-contiguous, K not a multiple of 64, N not of 16) take the reference path
+above, whose int8 weight copy is built per call on CUDA, so only the packed weight stays resident.
 
 ``w4a16``: int4 weight-only kernels with bf16 activations (memory savings only).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Literal
 
 import torch
@@ -36,6 +41,9 @@ from qvgen.quant.linear import QuantLinear
 from qvgen.quant.packing import CONTAINER_BITS, pack_int4, packed_columns, unpack_int4
 from qvgen.quant.roles import LayerRole
 from qvgen.quant.svdquant import SmoothLowRank
+from qvgen.quant.triton_dispatch import fused_w4a4_unsupported
+
+logger = logging.getLogger(__name__)
 
 DeployTarget = Literal["w4a4", "w4a16"]
 
@@ -94,6 +102,9 @@ class DeployLinear(nn.Module):
         else:
             self.bias = None
         self._kernel_cache: dict[tuple[str, int | None], Any] = {}
+        self.label = f"DeployLinear ({self.role}, {out_features}x{in_features})"
+        """Names the layer in errors and logs (`from_quant_linear` sets the model path)."""
+        self._fallback_logged = False
         self.kept: SmoothLowRank | None
         """SVDQuant's kept branch: the input is divided by λ, and x̂·downᵀ·upᵀ is added beside the GEMM."""
         self.register_module("kept", None)
@@ -162,6 +173,8 @@ class DeployLinear(nn.Module):
         if layer.bias is not None:
             assert new.bias is not None
             new.bias.copy_(layer.bias.detach().float())
+        if name:
+            new.label = f"layer {name!r}"
         if layer.kept is not None:
             kept = layer.kept
             new.kept = SmoothLowRank(
@@ -219,6 +232,25 @@ class DeployLinear(nn.Module):
             coef = torch.stack([-s * d, s * (rowsum - self.in_features * d)]).to(device)
             bias = self.bias.to(device) if self.bias is not None else torch.zeros(0, device=device)
             cached = (prepare_int8_weight(w8, s, device), coef, bias)
+            if device.type != "cuda":  # on CUDA the int8 copy is transient: resident stays the packed weight
+                self._kernel_cache[key] = cached
+        return cached  # type: ignore[no-any-return]
+
+    def _fused_vectors(self, device: torch.device) -> Tensor:
+        """The fused kernel's per-row float32 ``[5, N]`` (`w4a4_triton.weight_vectors`), cached per device."""
+        key = ("fused", device.index if device.type == "cuda" else None)
+        cached = self._kernel_cache.get(key)
+        if cached is None:
+            from qvgen.quant.w4a4_triton import weight_vectors
+
+            cached = weight_vectors(
+                self.weight_packed,
+                self.weight_scale,
+                self.weight_zero_point,
+                self.bias,
+                self.in_features,
+                self.weight_qmax,
+            ).to(device)
             self._kernel_cache[key] = cached
         return cached  # type: ignore[no-any-return]
 
@@ -256,6 +288,15 @@ class DeployLinear(nn.Module):
     def _forward_w4a4(self, x: Tensor) -> Tensor:
         act = self.act_quantizer
         assert act is not None
+        if x.device.type == "cuda":
+            reason = fused_w4a4_unsupported(x, self.in_features, self.out_features, act.bits)
+            if reason is None:
+                return self._forward_w4a4_fused(x)
+            if not self._fallback_logged:
+                self._fallback_logged = True
+                logger.info(
+                    "%s: fused W4A4 kernel not used (%s); running the reference path", self.label, reason
+                )
         xc = x.float()
         scale, zero = act.qparams(xc)  # per token [..., 1], the fake quantizer's own code
         qmax = 2**act.bits - 1
@@ -278,6 +319,26 @@ class DeployLinear(nn.Module):
         if self.bias is not None:
             y.add_(bias)
         return y
+
+    def _forward_w4a4_fused(self, x: Tensor) -> Tensor:
+        """The Triton path (`qvgen.quant.w4a4_triton`): bf16/fp16 in, same dtype out, ``[M, N]``."""
+        from qvgen.quant.w4a4_triton import w4a4_linear
+
+        act = self.act_quantizer
+        assert act is not None
+        reason = fused_w4a4_unsupported(x, self.in_features, self.out_features, act.bits)
+        if reason is not None:
+            raise ValueError(f"{self.label}: the fused W4A4 kernel cannot run this input: {reason}")
+        lo, hi = act.sample_clips(x)  # float32, one pair per sample (or one for all)
+        return w4a4_linear(
+            x.reshape(-1, self.in_features),
+            self.weight_packed,
+            self._fused_vectors(x.device),
+            lo.reshape(-1).contiguous(),
+            hi.reshape(-1).contiguous(),
+            act_bits=act.bits,
+            has_bias=self.bias is not None,
+        )
 
     def extra_repr(self) -> str:
         return (

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from qvgen.quant._torchao_compat import ste_round
 from qvgen.quant.config import ClippedDynamicActivation, LSQPlusWeight, MinMaxWeight
 from qvgen.quant.timestep import TimestepContext
+from qvgen.quant.triton_dispatch import use_fused_fake_quant
 
 SCALE_EPS = 1e-9
 """Lower bound of every scale (method.md §3.3, §4.1)."""
@@ -80,6 +81,10 @@ def grad_scale(t: Tensor, g: float) -> Tensor:
 
 def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
     """LSQ+ quantize-dequantize `s * (clamp(round_ste(w/s + z), 0, P) - z)` per row (real-valued z)."""
+    if w.dim() == 2 and scale.shape == zero_point.shape == (w.shape[0], 1) and use_fused_fake_quant(w):
+        from qvgen.quant.fake_quant_triton import fused_fake_quantize_weight  # CUDA + triton: fused kernels
+
+        return fused_fake_quantize_weight(w, scale, zero_point, bits)
     qmax = 2**bits - 1
     q = torch.clamp(ste_round(w / scale + zero_point), 0, qmax)
     return scale * (q - zero_point)
@@ -329,6 +334,11 @@ class ActivationQuantizer(nn.Module):
         return activation_qparams(xc, lo, hi, self.bits)
 
     def forward(self, x: Tensor) -> Tensor:
+        if use_fused_fake_quant(x):  # CUDA + triton: one fused kernel each way, reads x in its own dtype
+            from qvgen.quant.fake_quant_triton import fused_fake_quantize_activation
+
+            lo, hi = self.sample_clips(x)
+            return fused_fake_quantize_activation(x, lo, hi, self.bits)
         xc = x.to(compute_dtype(x))
         lo, hi = self.sample_clips(xc)
         return fake_quantize_activation(xc, lo, hi, self.bits).to(x.dtype)
