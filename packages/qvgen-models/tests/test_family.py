@@ -110,3 +110,32 @@ def test_spec_of_the_other_family_is_refused(loaded):
         fam.sample_timesteps(2, None, other)
     with pytest.raises(TypeError, match="needs a"):
         fam.encoder(comps, other)
+
+
+def test_family_facts_match_the_name_type_and_the_schedulers(loaded):
+    from typing import get_args
+
+    from qvgen.models import FamilyName
+
+    name, family, spec, components = loaded
+    assert family.name == name and set(FAMILIES) == set(get_args(FamilyName))
+    assert family.num_train_timesteps == components.scheduler.config.num_train_timesteps
+    assert family.default_fps > 0
+    t = family.sample_timesteps(256, torch.Generator().manual_seed(0), spec)
+    assert float(t.min()) >= 0 and float(t.max()) < family.num_train_timesteps
+
+
+def test_student_manifest_records_the_timestep_range_and_the_loader_prepares_with_it(loaded, tmp_path):
+    from qvgen import quant
+    from qvgen.models import load_student, read_student_manifest, save_student
+    from qvgen.models.testing import tiny_checkpoint
+
+    name, family, _, _ = loaded
+    student = family.load_transformer(tiny_checkpoint(name))
+    cfg = quant.QuantConfig(weight=quant.MinMaxWeight(bits=4))
+    quant.prepare_(student, cfg, layer_roles=family.layer_roles, num_train_timesteps=500)
+    quant.initialize_(student, progress=False)
+    out = save_student(student, tmp_path / "s", family=name, checkpoint=tiny_checkpoint(name), quant_config=cfg)
+    assert read_student_manifest(out).num_train_timesteps == 500
+    context = quant.timestep_context(load_student(out))
+    assert context is not None and context.num_train_timesteps == 500

@@ -14,7 +14,7 @@ from qvgen.models.manifest import (
 from qvgen.models.pipeline import load_pipeline
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
-from qvgen.models.spec import CogVideoXSpec, DType, ModelSpec, WanSpec, to_torch_dtype
+from qvgen.models.spec import CogVideoXSpec, DType, FamilyName, ModelSpec, WanSpec, to_torch_dtype
 from qvgen.models.wan import WanFamily
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "CogVideoXSpec",
     "Components",
     "DType",
+    "FamilyName",
     "ModelFamily",
     "ModelSpec",
     "NoisedInputs",

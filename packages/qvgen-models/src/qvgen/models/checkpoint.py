@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +10,8 @@ import diffusers
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from transformers import AutoTokenizer
+
+from qvgen.core import atomic_dir
 
 COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "transformer": ("config.json",),
@@ -87,29 +86,6 @@ def transformer_root(path: str | Path) -> tuple[Path, str | None]:
     )
 
 
-def write_dir_atomic(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` on a temp folder beside `out_dir`, then swap it in by rename; return `out_dir`.
-
-    A crash leaves either the old folder or the new one (and at most a hidden temp folder beside it).
-    """
-    out = Path(out_dir).expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            out.rename(old / out.name)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
-
-
 def save_pipeline_atomic(pipeline: Any, out_dir: str | Path) -> Path:
     """``pipeline.save_pretrained`` into a temp folder beside `out_dir`, then swap it in by rename."""
-    return write_dir_atomic(out_dir, pipeline.save_pretrained)
+    return atomic_dir(Path(out_dir).expanduser().resolve(), pipeline.save_pretrained)

@@ -146,6 +146,8 @@ class CogVideoXFamily:
     """CogVideoX 1.0 (2B): CogVideoXTransformer3DModel, AutoencoderKLCogVideoX, T5 v1.1, v-prediction."""
 
     name: Final = "cogvideox"
+    num_train_timesteps: Final = int(COG_SCHEDULER_CONFIG["num_train_timesteps"])
+    default_fps: Final = 8
     layer_roles: Final[Mapping[str, LayerRole]] = COG_LAYER_ROLES
     keep_high_precision: Final[tuple[str, ...]] = ()
     latent_layout: Final = "BFCHW"
@@ -208,8 +210,7 @@ class CogVideoXFamily:
         """Integer t ∈ [0, 999] (B,), uniform (method.md §7.1)."""
         _spec(spec)
         device = generator.device if generator is not None else torch.device("cpu")
-        n = int(COG_SCHEDULER_CONFIG["num_train_timesteps"])
-        return torch.randint(0, n, (batch_size,), generator=generator, device=device)
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)
 
     def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
         """x_t = √ᾱ·x0 + √(1−ᾱ)·ε; target v = √ᾱ·ε − √(1−ᾱ)·x0 (the scheduler's get_velocity)."""

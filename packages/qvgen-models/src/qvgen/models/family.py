@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from qvgen.data import VideoEncoder
-from qvgen.models.spec import DType, ModelSpec
+from qvgen.models.spec import DType, FamilyName, ModelSpec
 from qvgen.quant import LayerRole
 
 
@@ -60,8 +60,18 @@ class ModelFamily(Protocol):
     """
 
     @property
-    def name(self) -> str:
+    def name(self) -> FamilyName:
         """The registry key: "wan" or "cogvideox"."""
+        ...
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """T: training timesteps lie in [0, T); quant's timestep groups and the student manifest use it."""
+        ...
+
+    @property
+    def default_fps(self) -> int:
+        """Frame rate of the official sampling scripts' videos (written mp4s use it unless told otherwise)."""
         ...
 
     @property

@@ -14,29 +14,37 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qvgen import quant
-from qvgen.models.checkpoint import write_dir_atomic
+from qvgen.core import Frozen, atomic_dir
 from qvgen.models.registry import FAMILIES, get_family
+from qvgen.models.spec import FamilyName
 from qvgen.quant import LayerRole, QuantConfig
 
 STUDENT_MANIFEST = "student_manifest.json"
 STUDENT_TENSORS = "model.safetensors"
 
 
-class StudentManifest(BaseModel):
+class StudentManifest(Frozen):
     """What rebuilds a fake-quant student from its base checkpoint, plus where it came from."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     schema_version: Literal[1] = 1
     kind: Literal["fake_quant"] = "fake_quant"
-    family: str
+    family: FamilyName
     """Registry key of the model family (`qvgen.models.FAMILIES`)."""
+    num_train_timesteps: Annotated[int, Field(ge=1)]
+    """T the student's activation quantizers group timesteps by (its family's `num_train_timesteps`)."""
+
+    @field_validator("family", mode="before")
+    @classmethod
+    def _known_family(cls, value: object) -> object:
+        if value not in FAMILIES:
+            raise ValueError(f"unknown model family {value!r}; known families: {', '.join(sorted(FAMILIES))}")
+        return value
     checkpoint: str
     """Absolute path of the base diffusers folder (VAE, text encoder, tokenizer, scheduler, fp transformer)."""
     quant: QuantConfig
@@ -48,24 +56,17 @@ class StudentManifest(BaseModel):
     qvgen_train_version: str | None = None
     """Version of qvgen-train that wrote it; None when written outside a training run."""
     git_sha: str | None = None
-    run_config: dict[str, Any] = {}
+    run_config: dict[str, Any] = Field(default_factory=dict)
     """The resolved run config (JSON mode), for the record; loading does not read it."""
     tensors_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     """sha256 of `model.safetensors`, verified by `load_student` (flipped bytes keep the file's size)."""
-
-    @field_validator("family")
-    @classmethod
-    def _known_family(cls, value: str) -> str:
-        if value not in FAMILIES:
-            raise ValueError(f"unknown model family {value!r}; known families: {', '.join(sorted(FAMILIES))}")
-        return value
 
 
 def save_student(
     student: nn.Module,
     out_dir: str | Path,
     *,
-    family: str,
+    family: FamilyName,
     checkpoint: str | Path,
     quant_config: QuantConfig,
     steps: int = 0,
@@ -89,8 +90,13 @@ def save_student(
             f"save_student: Φ is still attached to {with_phi[:3]} ({len(with_phi)} layers); "
             "finish the rank decay (rank 0) first"
         )
+    context = quant.timestep_context(student)
+    num_train_timesteps = (
+        context.num_train_timesteps if context is not None else get_family(family).num_train_timesteps
+    )
     manifest = StudentManifest(
         family=family,
+        num_train_timesteps=num_train_timesteps,
         checkpoint=str(Path(checkpoint).expanduser().resolve()),
         quant=quant_config,
         layers={name: layer.role for name, layer in layers.items()},
@@ -107,7 +113,7 @@ def save_student(
         final = manifest.model_copy(update={"tensors_sha256": _sha256(tmp / STUDENT_TENSORS)})
         (tmp / STUDENT_MANIFEST).write_text(final.model_dump_json(indent=2) + "\n")
 
-    return write_dir_atomic(out_dir, write)
+    return atomic_dir(Path(out_dir).expanduser().resolve(), write)
 
 
 def _sha256(path: Path) -> str:
@@ -154,6 +160,7 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
         manifest.quant,
         layer_roles={glob.escape(name): role for name, role in recorded.items()},
         keep_high_precision=others,
+        num_train_timesteps=manifest.num_train_timesteps,
     )
     got = set(quant.quantized_layers(model))
     if got != set(recorded):

@@ -8,10 +8,10 @@ from typing import Final
 
 from qvgen.models.cogvideox import CogVideoXFamily
 from qvgen.models.family import Components, ModelFamily
-from qvgen.models.spec import ModelSpec
+from qvgen.models.spec import FamilyName, ModelSpec
 from qvgen.models.wan import WanFamily
 
-FAMILIES: Final[Mapping[str, ModelFamily]] = MappingProxyType(
+FAMILIES: Final[Mapping[FamilyName, ModelFamily]] = MappingProxyType(
     {"wan": WanFamily(), "cogvideox": CogVideoXFamily()}
 )
 
@@ -19,7 +19,7 @@ FAMILIES: Final[Mapping[str, ModelFamily]] = MappingProxyType(
 def get_family(name: str) -> ModelFamily:
     """The family registered as `name`; an unknown name raises KeyError listing the known ones."""
     try:
-        return FAMILIES[name]
+        return FAMILIES[name]  # type: ignore[index]  # a str from a config: checked here
     except KeyError:
         raise KeyError(
             f"unknown model family {name!r}; known families: {', '.join(sorted(FAMILIES))}"

@@ -6,7 +6,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from qvgen.core import Frozen
+
+FamilyName = Literal["wan", "cogvideox"]
+"""The registered model families (`qvgen.models.FAMILIES` keys); a new family adds one member here."""
 
 DType = Literal["float32", "bfloat16", "float16"]
 """Names of the dtypes a model may be loaded in."""
@@ -28,11 +33,7 @@ def to_torch_dtype(dtype: DType | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(TORCH_DTYPES)}") from None
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class WanSpec(_Frozen):
+class WanSpec(Frozen):
     """Wan 2.1 text-to-video (WanTransformer3DModel + AutoencoderKLWan + UMT5)."""
 
     family: Literal["wan"] = "wan"
@@ -48,7 +49,7 @@ class WanSpec(_Frozen):
     """Flow shift of the sampling scheduler (3.0 for 480p, 5.0 for 720p)."""
 
 
-class CogVideoXSpec(_Frozen):
+class CogVideoXSpec(Frozen):
     """CogVideoX 1.0 (CogVideoXTransformer3DModel + AutoencoderKLCogVideoX + T5 v1.1)."""
 
     family: Literal["cogvideox"] = "cogvideox"

@@ -111,10 +111,16 @@ def _spec(spec: ModelSpec | None) -> WanSpec:
     return spec
 
 
+WAN_NUM_TRAIN_TIMESTEPS: Final = 1000
+"""T of Wan's flow-matching schedule: the transformer takes t = σ·T."""
+
+
 @functools.cache
 def _train_sigmas(shift: float) -> Tensor:
     """σ ∈ {1.0, 0.999, …, 0.001} (shifted), the training scheduler's table (method.md §7.1)."""
-    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift).sigmas.clone()
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=WAN_NUM_TRAIN_TIMESTEPS, shift=shift
+    ).sigmas.clone()
 
 
 def _latent_stats(z: Tensor, vae_config: Mapping[str, Any] | None) -> tuple[Tensor, Tensor]:
@@ -133,6 +139,8 @@ class WanFamily:
     """Wan 2.1 T2V (1.3B/14B): WanTransformer3DModel, AutoencoderKLWan, UMT5, flow matching."""
 
     name: Final = "wan"
+    num_train_timesteps: Final = WAN_NUM_TRAIN_TIMESTEPS
+    default_fps: Final = 16
     layer_roles: Final[Mapping[str, LayerRole]] = WAN_LAYER_ROLES
     keep_high_precision: Final[tuple[str, ...]] = ()
     latent_layout: Final = "BCFHW"
@@ -190,12 +198,12 @@ class WanFamily:
         device = generator.device if generator is not None else torch.device("cpu")
         sigmas = _train_sigmas(_spec(spec).train_flow_shift).to(device)
         idx = torch.randint(0, sigmas.numel(), (batch_size,), generator=generator, device=device)
-        return sigmas[idx] * 1000.0
+        return sigmas[idx] * float(WAN_NUM_TRAIN_TIMESTEPS)
 
     def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
         """x_t = (1 − σ)·x0 + σ·ε with σ = t/1000; target ε − x0 (the flow velocity)."""
         check_noising_batch("wan", latents, noise, timesteps)
-        sigma = timesteps.to(torch.float32) / 1000.0
+        sigma = timesteps.to(torch.float32) / float(WAN_NUM_TRAIN_TIMESTEPS)
         s = sigma.to(latents.dtype).view(-1, 1, 1, 1, 1)
         return NoisedInputs(
             hidden_states=(1 - s) * latents + s * noise,
@@ -261,7 +269,10 @@ class WanFamily:
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**WAN_TINY_VAE).eval()
         scheduler = UniPCMultistepScheduler(
-            prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000, flow_shift=3.0
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            num_train_timesteps=WAN_NUM_TRAIN_TIMESTEPS,
+            flow_shift=3.0,
         )
         return Components(transformer, vae, text_encoder, tokenizer, scheduler)
 

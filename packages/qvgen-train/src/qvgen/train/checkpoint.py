@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
+
+from qvgen.core import Frozen, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +40,8 @@ class CheckpointError(ValueError):
     """A checkpoint that is incomplete, corrupted or belongs to a different run."""
 
 
-class TrainState(BaseModel):
+class TrainState(Frozen):
     """What rebuilds the loop at a step, beyond the tensors accelerate saves."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     schema_version: Literal[1] = 1
     step: int
@@ -68,9 +68,7 @@ def _sha256(path: Path) -> str:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def save_generators(path: Path, generators: Mapping[str, torch.Generator]) -> None:

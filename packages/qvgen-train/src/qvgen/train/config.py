@@ -2,30 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from qvgen import core
 from qvgen.auxiliary import AuxConfig, validate_against_steps
+from qvgen.core import ConfigError, Frozen, apply_overrides, parse_override
 from qvgen.data import LoaderConfig
 from qvgen.models import ModelSpec
 from qvgen.quant import LayerRole, QuantConfig
 from qvgen.quant.deploy import MAX_WEIGHT_BITS
 from qvgen.train.method_config import MethodConfig, QATMethod, check_method
 
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "parse_override"]
 
 
-class ConfigError(ValueError):
-    """A config file or override that does not validate; the CLI prints it and exits 2."""
-
-
-class LearningRates(_Frozen):
+class LearningRates(Frozen):
     """One learning rate per optimizer parameter group (method.md §8.1)."""
 
     weights: Annotated[float, Field(ge=0)] = 3e-5
@@ -40,7 +35,7 @@ class LearningRates(_Frozen):
     """Every other trainable parameter: biases, norms, patch embedding, modulation tables."""
 
 
-class OptimConfig(_Frozen):
+class OptimConfig(Frozen):
     """AdamW over explicit parameter groups, linear warm-up then cosine to zero."""
 
     lr: LearningRates = LearningRates()
@@ -53,7 +48,7 @@ class OptimConfig(_Frozen):
     """Linear warm-up length as a fraction of `train.max_steps` (rounded): 267 of 2667, 200 of 2000."""
 
 
-class TrainConfig(_Frozen):
+class TrainConfig(Frozen):
     """The loop: length, precision, objective, randomness."""
 
     max_steps: Annotated[int, Field(ge=0)]
@@ -72,7 +67,7 @@ class TrainConfig(_Frozen):
     """Model-independent seed; each process draws its timesteps and noise from `seed + rank` (B3)."""
 
 
-class ValidationConfig(_Frozen):
+class ValidationConfig(Frozen):
     """Sample short clips with the student every N steps and write them as mp4."""
 
     every_n_steps: Annotated[int, Field(ge=1)] = 200
@@ -85,7 +80,7 @@ class ValidationConfig(_Frozen):
     fps: Annotated[int, Field(ge=1)] = 8
 
 
-class LoggingConfig(_Frozen):
+class LoggingConfig(Frozen):
     """Where metrics go: console progress bar, JSONL file, optionally TensorBoard."""
 
     every_n_steps: Annotated[int, Field(ge=1)] = 1
@@ -95,7 +90,7 @@ class LoggingConfig(_Frozen):
     validation: ValidationConfig | None = None
 
 
-class CheckpointConfig(_Frozen):
+class CheckpointConfig(Frozen):
     """Periodic resumable checkpoints under `output_dir/checkpoints/step-<N>`."""
 
     every_n_steps: Annotated[int, Field(ge=1)] | None = 200
@@ -105,7 +100,7 @@ class CheckpointConfig(_Frozen):
     """A checkpoint folder, `latest` (newest valid one under output_dir, or a fresh start), or null."""
 
 
-class ExportConfig(_Frozen):
+class ExportConfig(Frozen):
     """What is written at the end of the run."""
 
     fake_quant: bool = True
@@ -114,7 +109,7 @@ class ExportConfig(_Frozen):
     """The real low-bit student after `qvgen.quant.convert_`."""
 
 
-class RunConfig(_Frozen):
+class RunConfig(Frozen):
     """A whole QVGen run. Baselines are configs: PTQ (max_steps 0), LSQ QAT (aux null), QVGen (aux set)."""
 
     schema_version: Literal[1] = 1
@@ -177,66 +172,6 @@ class RunConfig(_Frozen):
 # --- loading -------------------------------------------------------------------------------------------
 
 
-def set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    keys = dotted.split(".")
-    node: Any = tree
-    for i, key in enumerate(keys[:-1]):
-        child = node.get(key)
-        if child is None:
-            child = node[key] = {}
-        if not isinstance(child, dict):
-            where = ".".join(keys[: i + 1])
-            raise ConfigError(f"{source}: `--set {dotted}`: `{where}` is a value, not a section")
-        node = child
-    node[keys[-1]] = value
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """`a.b.c=VALUE` → ("a.b.c", VALUE parsed as a YAML scalar)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise ConfigError(
-            f"--set expects KEY=VALUE with a dotted key such as train.max_steps=4; got {item!r}"
-        )
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
-    return key.strip(), value
-
-
-def _validate(data: Mapping[str, Any], source: str) -> RunConfig:
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(f"{source}: invalid run config\n{e}") from e
-
-
-def apply_overrides(cfg: RunConfig, overrides: Sequence[str], source: str = "--set") -> RunConfig:
-    """Apply `--set key=value` items to a resolved config and validate the result again."""
-    if not overrides:
-        return cfg
-    tree = cfg.model_dump(mode="json")
-    for item in overrides:
-        key, value = parse_override(item)
-        set_dotted(tree, key, value, source)
-    return _validate(tree, f"{source} (with {' '.join('--set ' + o for o in overrides)})")
-
-
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
-    """Read a YAML run config, validate it, then apply `--set` overrides. Errors name the file."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{path}: a run config is a YAML mapping (model:, train:, ...); got {type(data).__name__}"
-        )
-    cfg = _validate(data, str(path))
-    return apply_overrides(cfg, overrides, source=str(path))
+    """Read a YAML run config with `--set` overrides (`qvgen.core.load_config`); errors name the file."""
+    return core.load_config(RunConfig, path, overrides)

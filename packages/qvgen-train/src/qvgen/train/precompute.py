@@ -6,18 +6,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
-
+from qvgen import core
+from qvgen.core import Frozen
 from qvgen.data import IngestConfig, WriterConfig
 from qvgen.models import ModelSpec
-from qvgen.train.config import ConfigError, parse_override, set_dotted
 
 
-class PrecomputeConfig(BaseModel):
+class PrecomputeConfig(Frozen):
     """Which videos to encode, with which model's encoders, into which shard folder."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     schema_version: Literal[1] = 1
     model: ModelSpec
@@ -29,27 +25,8 @@ class PrecomputeConfig(BaseModel):
 
 
 def load_precompute_config(path: str | Path, overrides: Sequence[str] = ()) -> PrecomputeConfig:
-    """Read and validate a precompute YAML, then apply `--set` overrides; errors name the file."""
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the config file: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a precompute config is a YAML mapping (model:, ingest:, out_dir:)")
-    try:
-        cfg = PrecomputeConfig.model_validate(data)
-        if overrides:
-            tree = cfg.model_dump(mode="json")
-            for item in overrides:
-                key, value = parse_override(item)
-                set_dotted(tree, key, value, str(path))
-            cfg = PrecomputeConfig.model_validate(tree)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: invalid precompute config\n{e}") from e
-    return cfg
+    """Read a precompute YAML with `--set` overrides (`qvgen.core.load_config`); errors name the file."""
+    return core.load_config(PrecomputeConfig, path, overrides)
 
 
 def precompute(cfg: PrecomputeConfig) -> Path:

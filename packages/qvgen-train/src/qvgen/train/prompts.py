@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from qvgen.core import atomic_write
 from qvgen.data import read_manifest
 
 EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
@@ -16,12 +17,9 @@ EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
 
 
 def save_empty_prompt(path: Path, embeddings: Tensor, lengths: Tensor) -> None:
-    """Write the empty prompt's embedding atomically (temp file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(
-        {"embeddings": embeddings.detach().cpu().contiguous(), "lengths": lengths.detach().cpu()}, str(tmp)
-    )
-    tmp.replace(path)
+    """Write the empty prompt's embedding atomically (`qvgen.core.atomic_write`)."""
+    tensors = {"embeddings": embeddings.detach().cpu().contiguous(), "lengths": lengths.detach().cpu()}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
 
 
 def empty_prompt(cfg: Any, family: Any) -> tuple[Tensor, Tensor]:

@@ -119,7 +119,11 @@ def run(cfg: RunConfig) -> RunResult:
 
     # 2. Quantize and calibrate (fp32, before anything is wrapped), then attach Φ from SVD(W − Q(W)).
     quant.prepare_(
-        student, cfg.quant, layer_roles=family.layer_roles, keep_high_precision=family.keep_high_precision
+        student,
+        cfg.quant,
+        layer_roles=family.layer_roles,
+        keep_high_precision=family.keep_high_precision,
+        num_train_timesteps=family.num_train_timesteps,
     )
     if isinstance(cfg.method, SVDQuantMethod):  # smoothing + kept 16-bit branch; ranges are the residual's
         _fit_svdquant(cfg, family, teacher, student, device)

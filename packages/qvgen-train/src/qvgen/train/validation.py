@@ -16,7 +16,7 @@ def write_validation_clips(family: Any, cfg: Any, student: nn.Module, step: int)
     The VAE, text encoder and scheduler come from `cfg.model.checkpoint`; the student is put in eval mode
     for sampling and back in train mode after. Sampling uses a fixed seed so clips compare across steps.
     """
-    from diffusers.utils import export_to_video
+    from qvgen.data import write_video
 
     val = cfg.logging.validation
     out_dir = Path(cfg.output_dir) / "validation"
@@ -44,11 +44,7 @@ def write_validation_clips(family: Any, cfg: Any, student: nn.Module, step: int)
             )
             with torch.no_grad():
                 frames = pipe(**kwargs).frames[0]
-            path = out_dir / f"step-{step:08d}-{i}.mp4"
-            tmp = path.with_name(f".{path.stem}.tmp.mp4")
-            export_to_video(list(frames), str(tmp), fps=val.fps)
-            tmp.replace(path)
-            written.append(path)
+            written.append(write_video(frames, out_dir / f"step-{step:08d}-{i}.mp4", fps=val.fps))
     finally:
         student.train(was_training)
     return written
