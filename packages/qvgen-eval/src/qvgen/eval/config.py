@@ -60,6 +60,9 @@ class SamplingSettings(_Frozen):
     """CogVideoX only; the official script sets True with DDIM (method.md B15)."""
     fps: Annotated[int, Field(gt=0)] | None = None
     """Frames per second of the written mp4; None: 16 (Wan) / 8 (CogVideoX)."""
+    attention_backend: Annotated[str, Field(pattern=r"^_?[a-z0-9_]+$")] | None = None
+    """diffusers attention backend for the transformer (`set_attention_backend`), e.g. "sage" (needs the
+    `sageattention` package) or "flash" (`flash-attn`); None (default): diffusers' native SDPA."""
 
     def pipeline_overrides(self, family: str) -> dict[str, Any]:
         """The explicitly set pipeline keyword arguments."""

@@ -47,8 +47,30 @@ class SampleResult:
 
 
 def pipeline_kwargs(model: LoadedModel, settings: SamplingSettings) -> dict[str, Any]:
-    """The family's defaults updated with the explicitly set `settings`."""
+    """The family's defaults updated with the explicitly set `settings`.
+
+    Also switches the transformer to `settings.attention_backend` when one is named (`use_attention_backend`).
+    """
+    if settings.attention_backend is not None:
+        use_attention_backend(model.components.transformer, settings.attention_backend)
     return model.family.sample_kwargs(model.components, **settings.pipeline_overrides(model.family.name))
+
+
+def use_attention_backend(transformer: Any, backend: str) -> None:
+    """`transformer.set_attention_backend(backend)` (diffusers); an unknown or unusable one is a `ValueError`."""
+    setter = getattr(transformer, "set_attention_backend", None)
+    if setter is None:
+        raise ValueError(
+            f"sampling.attention_backend={backend!r}: {type(transformer).__name__} is not a diffusers model "
+            "with attention backends; remove the setting"
+        )
+    try:
+        setter(backend)
+    except (ValueError, RuntimeError, ImportError) as e:
+        raise ValueError(
+            f"sampling.attention_backend={backend!r} is not available here: {e} "
+            "(remove the setting to use diffusers' native attention)"
+        ) from e
 
 
 @torch.no_grad()
