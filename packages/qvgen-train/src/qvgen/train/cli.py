@@ -1,4 +1,5 @@
-"""`qvgen-train {run,precompute,schema}`: the command line over `run(cfg)` and the shard writer."""
+"""`qvgen-train {run,precompute,schema,import-reference}`: the command line over `run(cfg)`, the shard
+writer and the importer of the reference implementation's checkpoints."""
 
 from __future__ import annotations
 
@@ -41,6 +42,28 @@ def _parser() -> argparse.ArgumentParser:
     pre_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     pre_p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
+    imp = sub.add_parser(
+        "import-reference",
+        help="convert a ModelTC/QVGen checkpoint (diffusers transformer folder) into a qvgen student manifest",
+    )
+    imp.add_argument("folder", help="the reference's transformer/ folder (config.json + safetensors)")
+    imp.add_argument("--base", required=True, help="full diffusers folder of the base model (VAE, text encoder, ...)")
+    imp.add_argument("--out", required=True, help="output folder of the student manifest")
+    imp.add_argument("--family", choices=["wan", "cogvideox"], help="default: from config.json's _class_name")
+    imp.add_argument("--weight-bits", type=int, default=4)
+    imp.add_argument("--act-bits", type=int, default=4)
+    imp.add_argument("--expected-groups", type=int, help="refuse a checkpoint with another clip-group count")
+    imp.add_argument(
+        "--groups", choices=["mod", "counter"], default="mod",
+        help="mod: g = int(t) mod G (the reference's training grouping); counter: reproduce its sampling counter",
+    )  # fmt: skip
+    imp.add_argument(
+        "--sampling-timesteps", default="",
+        help="counter mode: the sampler's timesteps, comma separated (scheduler.timesteps after set_timesteps)",
+    )  # fmt: skip
+    imp.add_argument("--calls-per-step", type=int, help="counter mode: transformer calls per step (Wan 2, CogVideoX 1)")
+    imp.add_argument("--lora-scale", type=float, default=1.0, help="--qa_lora checkpoints: W + scale·B·A")
+
     schema_p = sub.add_parser("schema", help="print the JSON schema of a config file")
     schema_p.add_argument("which", nargs="?", choices=sorted(SCHEMAS), default="run")
     return parser
@@ -52,6 +75,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "schema":
         print(json.dumps(SCHEMAS[args.which].model_json_schema(), indent=2))
         return 0
+    if args.command == "import-reference":
+        return _import_reference(args)
     cfg: RunConfig | PrecomputeConfig
     try:
         if args.command == "run":
@@ -74,6 +99,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     out = precompute(cfg)
     print(f"shards: {out}")
+    return 0
+
+
+def _import_reference(args: argparse.Namespace) -> int:
+    from qvgen.train.reference import ReferenceImportError, import_reference
+
+    try:
+        timesteps = [float(t) for t in args.sampling_timesteps.split(",") if t.strip()]
+        out = import_reference(
+            args.folder, args.base, args.out, family=args.family, weight_bits=args.weight_bits,
+            act_bits=args.act_bits, groups=args.groups, expected_groups=args.expected_groups,
+            sampling_timesteps=timesteps, calls_per_step=args.calls_per_step, lora_scale=args.lora_scale,
+        )  # fmt: skip
+    except (ReferenceImportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"student: {out}")
     return 0
 
 
