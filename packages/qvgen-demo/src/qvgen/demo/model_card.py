@@ -1,0 +1,127 @@
+"""The teacher's MODEL_CARD.md, written from its training report, and the command that retrains it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qvgen.data import COLOURS
+from qvgen.demo.teacher_config import REPORT_NAME, TeacherConfig
+
+_ROW_KEYS = ("colour", "shape", "motion", "overall")
+
+
+def retrain_command(cfg: dict[str, Any]) -> str:
+    """The `qvgen train-teacher` command line that reproduces a run of config `cfg` (a JSON dump)."""
+    defaults = json.loads(TeacherConfig().model_dump_json())
+    args = []
+    for key, value in cfg.items():
+        if key in {"out", "work_dir"} or value == defaults[key]:
+            continue
+        args.append(f"--set {key}={json.dumps(value, separators=(',', ':'))}")
+    return " ".join(["qvgen train-teacher --out DIR", *args])
+
+
+def _rows(name: str, scores: dict[str, Any]) -> list[str]:
+    """Table rows for one set of videos: all, and one-/two-object captions when present."""
+    out = []
+    for part, label in (("all", "all"), ("one_object", "one object"), ("two_object", "two objects")):
+        if part in scores:
+            s = scores[part]
+            out.append(f"| {name} | {label} | " + " | ".join(f"{s[k]:.3f}" for k in _ROW_KEYS) + " |")
+    return out
+
+
+def model_card(report: dict[str, Any]) -> str:
+    """MODEL_CARD.md text from a training report: recipe, wall time, retrain command, measured quality."""
+    q, cfg, t = report["quality"], report["config"], report["timings_s"]
+    vae, tr = report["vae"], report["transformer"]
+    chance = q["chance"]
+    quality = "\n".join(
+        [*_rows("teacher samples", q["teacher"]), *_rows("ground truth", q["ground_truth"]),
+         *_rows("VAE reconstruction", q["vae_reconstruction"])]
+    )  # fmt: skip
+    sweep = "\n".join(row for g, s in q["teacher_by_guidance"].items() for row in _rows(f"CFG {g}", s))
+    ph = report.get("phase_seconds") or {}
+    secs: dict[str, float] = {
+        k: float(ph[k] if ph.get(k) is not None else t.get(f"{k}_s", 0.0))
+        for k in ("vae", "shards", "transformer", "decoder", "eval")
+    }
+    total_min = sum(secs.values()) / 60
+    finetune = vae.get("clips_finetune", {"steps": 0})
+    decoder = vae.get("decoder", {"steps": 0})
+    note = (
+        " (the quality check re-run on the saved weights by `qvgen train-teacher --evaluate-only`)"
+        if report.get("evaluated_separately")
+        else ""
+    )
+    n_one, n_two = cfg["eval_one_object"], cfg["eval_two_object"]
+    return f"""# tiny_wan_teacher — a tiny Wan 2.1 text-to-video model of qvgen's procedural world
+
+A diffusers folder for `WanPipeline` (WanTransformer3DModel, AutoencoderKLWan, UMT5EncoderModel, the
+offline T5 tokenizer, UniPC flow scheduler) trained on {cfg["frames"]}-frame {cfg["height"]}×{cfg["width"]}
+clips of qvgen.data's procedural world: one or two shapes (circle, square, triangle) in {len(COLOURS)}
+colours moving left, right, up or down over a textured background, captioned
+"a <colour> <shape> moves <direction> [and a …]". Load it with `qvgen.models.get_family("wan").load(path)`.
+
+Sizes: the transformer is qvgen.models' tiny Wan (hidden 128 = 2 heads × 64, 2 blocks, FFN 256, text
+dim 64) with spatial patch {cfg["patch_size"]}; the VAE is an `AutoencoderKLWan(base_dim=8, z_dim=16,
+dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True])` with 4× spatial and 4× temporal
+compression (a {cfg["frames"]}×{cfg["height"]}×{cfg["width"]} clip → a 16×3×{cfg["height"] // 4}×{cfg["width"] // 4}
+latent); the text encoder is a randomly initialised, frozen 2-layer UMT5.
+
+## How it was trained (`qvgen.demo.teacher.train_teacher`)
+
+1. VAE, AdamW with one one-cycle schedule per stage, {cfg["vae_crop"]}×{cfg["vae_crop"]} crops of
+   {cfg["vae_clips"]} clips (three in four centred near an object): {vae["images"]["steps"]} steps on
+   single frames (batch {cfg["vae_image_batch_size"]}, peak lr {cfg["vae_lr"]}), then {vae["clips"]["steps"]}
+   steps on whole clips (batch {cfg["vae_batch_size"]}, peak lr {cfg["vae_clip_lr"]}); loss L1 + L2 with
+   object pixels weighted ×{1 + cfg["vae_shape_weight"]:g}, KL weight {cfg["vae_kl_weight"]:g}; then
+   {finetune["steps"]} more whole-clip steps with a fresh optimizer (peak lr {cfg["vae_finetune_lr"]}). Its
+   per-channel latent mean/std were then written into `vae/config.json` (`latents_mean`, `latents_std`).
+2. The frozen VAE and UMT5 encoded {cfg["num_clips"]} clips of world seed {cfg["world_seed"]} (1 to
+   {cfg["max_objects"]} objects each), rendered in memory, into qvgen.data latent shards (`{report["encoder"]}`).
+3. Transformer ({tr["steps"]} steps, batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, {cfg["warmup_steps"]}
+   warm-up steps then cosine to 5 %): Wan flow matching, x_t = (1−σ)·x0 + σ·ε, target ε − x0, σ uniform
+   over the 1000 training sigmas (shift {cfg["train_flow_shift"]:g}), posterior-sampled latents, captions
+   dropped to the empty prompt with p = {cfg["caption_dropout"]}; the EMA ({cfg["ema_decay"]}) weights were kept.
+4. The VAE decoder alone (encoder, latents and statistics unchanged): {decoder["steps"]} whole-clip steps,
+   peak lr {cfg["vae_decoder_lr"]}, object-boundary pixels weighted ×{1 + cfg["vae_edge_weight"]:g} on top.
+
+Wall time of each phase on the shared 2-core CPU (other jobs running beside it), 1 torch thread: VAE
+{secs["vae"]:.0f} s, shards {secs["shards"]:.0f} s, transformer {secs["transformer"]:.0f} s, decoder
+{secs["decoder"]:.0f} s, evaluation {secs["eval"]:.0f} s, total {total_min:.1f} min (torch
+{report["versions"]["torch"]}). A run with these step counts is bitwise reproducible at 1 thread.
+
+Retrain (`--out` elsewhere; writing the embedded folder needs `--overwrite-embedded` instead):
+
+```
+{retrain_command(cfg)}
+```
+
+## Quality (prompt adherence, `qvgen.eval`)
+
+Held-out captions: {n_one} one-object and {n_two} two-object clips of world seed {cfg["eval_seed"]} (never
+trained on); the teacher samples each caption with {cfg["eval_sample_seeds"]} noise seeds,
+{cfg["num_inference_steps"]} UniPC steps, CFG {cfg["guidance_scale"]}. References: the same clips (ground
+truth) and their VAE reconstructions (PSNR {q["vae_psnr_db"]:.2f} dB).
+
+| videos | captions | colour | shape | motion | overall |
+| --- | --- | --- | --- | --- | --- |
+{quality}
+| chance (random object) | — | {chance["colour"]:.3f} | {chance["shape"]:.3f} | {chance["motion"]:.3f} | — |
+
+Teacher samples of the same captions and seeds at other guidance scales:
+
+| guidance | captions | colour | shape | motion | overall |
+| --- | --- | --- | --- | --- | --- |
+{sweep}
+
+Every number above comes from `{REPORT_NAME}` in this folder, written by the training run{note}.
+
+## Config (`TeacherConfig`; `out` and `work_dir` left out)
+
+```json
+{json.dumps({k: v for k, v in cfg.items() if k not in {"out", "work_dir"}}, indent=1)}
+```
+"""

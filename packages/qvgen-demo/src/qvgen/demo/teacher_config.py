@@ -1,0 +1,143 @@
+"""`TeacherConfig`: everything that defines a `qvgen train-teacher` run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_TEACHER_DIR = Path(__file__).parent / "assets" / "tiny_wan_teacher"
+"""The committed teacher (a diffusers folder)."""
+REPORT_NAME = "training_report.json"
+CARD_NAME = "MODEL_CARD.md"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class TeacherConfig(_Frozen):
+    """Everything that defines a teacher training run."""
+
+    out: Path = DEFAULT_TEACHER_DIR
+    """Diffusers folder to write (replaced atomically)."""
+    work_dir: Path | None = None
+    """Where the trained VAE and the latent shards go (reused by a rerun); default: a temporary folder."""
+    seed: int = 0
+    """Seed of the initial weights, the batches and the noise."""
+    world_seed: int = 1000
+    """qvgen.data procedural world of the training clips."""
+    eval_seed: int = 2000
+    """qvgen.data procedural world of the held-out clips and captions (never trained on)."""
+    frames: Annotated[int, Field(ge=5)] = 9
+    height: Annotated[int, Field(ge=32)] = 64
+    width: Annotated[int, Field(ge=32)] = 64
+    max_objects: Annotated[int, Field(ge=1, le=2)] = 2
+    """Objects per training clip: 1..max_objects, drawn uniformly."""
+
+    vae_image_steps: Annotated[int, Field(ge=0)] = 1500
+    """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
+    vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
+    vae_lr: Annotated[float, Field(gt=0)] = 4e-3
+    """Peak one-cycle learning rate of the single-frame steps."""
+    vae_steps: Annotated[int, Field(ge=0)] = 1000
+    """VAE steps on whole clips next (they teach the causal temporal path)."""
+    vae_batch_size: Annotated[int, Field(ge=1)] = 4
+    vae_clip_lr: Annotated[float, Field(gt=0)] = 2e-3
+    """Peak one-cycle learning rate of the clip steps."""
+    vae_crop: Annotated[int, Field(ge=16)] = 32
+    """Square crop the VAE trains on (three in four centred near an object)."""
+    vae_clips: Annotated[int, Field(ge=1)] = 1024
+    """Clips held in memory for VAE training."""
+    vae_shape_weight: Annotated[float, Field(ge=0)] = 4.0
+    """Extra loss weight of the pixels covered by an object."""
+    vae_kl_weight: Annotated[float, Field(ge=0)] = 1e-3
+    vae_finetune_steps: Annotated[int, Field(ge=0)] = 600
+    """More whole-clip VAE steps after the first two stages, with a fresh optimizer and schedule (the
+    temporal path is what the 4× VAE learns slowest)."""
+    vae_finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
+    """Peak one-cycle learning rate of the fine-tuning clip steps."""
+    vae_decoder_steps: Annotated[int, Field(ge=0)] = 1500
+    """Whole-clip steps on the decoder alone at the end (the latents the transformer learns stay the same)."""
+    vae_decoder_lr: Annotated[float, Field(gt=0)] = 5e-4
+    vae_edge_weight: Annotated[float, Field(ge=0)] = 16.0
+    """Extra loss weight of object-boundary pixels in the decoder steps (corners make squares squares)."""
+
+    num_clips: Annotated[int, Field(ge=1)] = 4096
+    """Training clips encoded into latent shards for the transformer."""
+    patch_size: Literal[2, 4] = 4
+    """Spatial patch of the transformer (on the 4× VAE's latents 4 gives the same 48 tokens per 9×64×64
+    clip that the tiny factory's 8× VAE with patch 2 gives)."""
+    steps: Annotated[int, Field(ge=0)] = 8000
+    """Transformer optimiser steps."""
+    batch_size: Annotated[int, Field(ge=1)] = 32
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    warmup_steps: Annotated[int, Field(ge=0)] = 200
+    caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Probability of training on the empty prompt (what classifier-free guidance subtracts)."""
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    train_flow_shift: Annotated[float, Field(gt=0)] = 1.0
+    """Shift of the training sigmas (1.0: uniform σ, the official Wan recipe)."""
+
+    minutes: Annotated[float, Field(gt=0)] | None = None
+    """Wall-clock cap: the VAE may use 40% and the transformer 45% of it (steps stop early; not
+    reproducible, for probes only)."""
+
+    eval_one_object: Annotated[int, Field(ge=0)] = 48
+    """Held-out one-object captions of the quality check."""
+    eval_two_object: Annotated[int, Field(ge=0)] = 16
+    """Held-out two-object captions of the quality check."""
+    eval_sample_seeds: Annotated[int, Field(ge=1)] = 2
+    """Teacher samples per caption (noise seeds)."""
+    num_inference_steps: Annotated[int, Field(ge=1)] = 25
+    guidance_scale: Annotated[float, Field(ge=1)] = 3.0
+    """Classifier-free guidance of the headline samples."""
+    guidance_sweep: tuple[Annotated[float, Field(ge=1)], ...] = (2.0, 3.0, 5.0)
+    """Guidance scales at which the quality check also samples the same captions and seeds."""
+
+    @model_validator(mode="after")
+    def _wan_shapes(self) -> TeacherConfig:
+        if (self.frames - 1) % 4:
+            raise ValueError(f"frames must be 4k+1 for the Wan VAE (e.g. 9, 13, 17); got {self.frames}")
+        unit = 4 * self.patch_size
+        if self.height % unit or self.width % unit:
+            raise ValueError(
+                f"height and width must be multiples of {unit} (4× VAE × patch {self.patch_size}); "
+                f"got {self.height}×{self.width}"
+            )
+        if self.vae_crop > min(self.height, self.width) or self.vae_crop % 16:
+            raise ValueError(
+                f"vae_crop must be a multiple of 16 no larger than height/width; got {self.vae_crop}"
+            )
+        if self.eval_one_object + self.eval_two_object == 0:
+            raise ValueError("eval_one_object + eval_two_object must be at least 1")
+        return self
+
+
+VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "vae_image_steps",
+              "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
+              "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
+"""Fields that define the VAE phase (its identity in `work_dir`)."""
+VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
+"""Fields that define the fine-tuned VAE."""
+SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "num_clips")
+"""Fields that define the latent shards."""
+TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "steps", "batch_size", "lr", "warmup_steps",
+                      "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
+"""Fields that define the trained transformer."""
+DECODER_FIELDS = (*VAE_FINETUNE_FIELDS, "vae_decoder_steps", "vae_decoder_lr", "vae_edge_weight")
+"""Fields that define the final VAE decoder."""
+EVAL_FIELDS = frozenset(
+    {"eval_seed", "eval_one_object", "eval_two_object", "eval_sample_seeds", "num_inference_steps",
+     "guidance_scale", "guidance_sweep"}
+)  # fmt: skip
+"""Fields that only the quality check reads (what `reevaluate_teacher` may change)."""
+
+
+def digest(cfg: TeacherConfig, fields: tuple[str, ...]) -> str:
+    """Short hash of some config fields: the identity of a phase's output in `work_dir`."""
+    values = json.loads(cfg.model_dump_json(include=set(fields)))
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
