@@ -12,6 +12,13 @@ from qvgen.models.manifest import (
     save_student,
 )
 from qvgen.models.pipeline import load_pipeline
+from qvgen.models.real_models import (
+    REAL_MODELS,
+    RealModel,
+    SamplingSettings,
+    build_real_on_meta,
+    get_real_model,
+)
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
 from qvgen.models.spec import CogVideoXSpec, DType, FamilyName, ModelSpec, WanSpec, to_torch_dtype
@@ -19,6 +26,7 @@ from qvgen.models.wan import WanFamily
 
 __all__ = [
     "FAMILIES",
+    "REAL_MODELS",
     "STUDENT_MANIFEST",
     "STUDENT_TENSORS",
     "CogVideoXFamily",
@@ -30,10 +38,14 @@ __all__ = [
     "ModelSpec",
     "NoisedInputs",
     "PipelineEncoder",
+    "RealModel",
+    "SamplingSettings",
     "StudentManifest",
     "WanFamily",
     "WanSpec",
+    "build_real_on_meta",
     "get_family",
+    "get_real_model",
     "load_components",
     "load_pipeline",
     "load_student",

@@ -26,6 +26,7 @@ from qvgen.quant import LayerRole
 COG_LAYER_ROLES: Final[Mapping[str, LayerRole]] = MappingProxyType(
     {
         "patch_embed.text_proj": LayerRole.text_proj,
+        "patch_embed.proj": LayerRole.patch_embed,  # a Linear only with temporal patches (CogVideoX 1.5)
         "time_embedding.linear_*": LayerRole.time_embed,
         "ofs_embedding.linear_*": LayerRole.time_embed,
         "transformer_blocks.*.norm1.linear": LayerRole.modulation,
