@@ -97,6 +97,58 @@ def real_model_memory(rank: int) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+def models_with_roles() -> int:
+    """How many real-model configs (meta device) have a non-`other` role for every Linear."""
+    from torch import nn
+
+    from qvgen.models import REAL_MODELS, build_real_on_meta, roles_of
+    from qvgen.quant import LayerRole
+
+    ok = 0
+    for name, entry in REAL_MODELS.items():
+        model = build_real_on_meta(name)
+        roles = roles_of(model, entry.family)
+        n_linear = sum(isinstance(m, nn.Linear) for m in model.modules())
+        ok += int(len(roles) == n_linear and LayerRole.other not in roles.values())
+    return ok
+
+
+def reference_import_check(teacher: Path, out: Path) -> bool:
+    """Write the teacher in the reference's checkpoint format, import it, and compare 4 layers' outputs
+    with an independent float64 re-implementation of the reference's QuantLinear forward."""
+    import torch.nn.functional as F
+    from safetensors.torch import load_file
+
+    from qvgen import quant
+    from qvgen.models import get_family, load_student
+    from qvgen.train.reference import import_reference
+    from qvgen.train.testing import write_reference_checkpoint
+
+    transformer = get_family("wan").load_transformer(teacher, dtype="float32")
+    ref_dir = write_reference_checkpoint(transformer, out / "reference" / "transformer", seed=1)
+    student = load_student(import_reference(ref_dir, teacher, out / "reference" / "student")).double()
+    ref = {k: v.double() for k, v in load_file(str(ref_dir / "diffusion_pytorch_model.safetensors")).items()}
+    quant.set_timesteps_(student, torch.tensor([437.0]))
+    ok = True
+    for name, layer in list(quant.quantized_layers(student).items())[:4]:
+        x = torch.randn(
+            1, 8, layer.in_features, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+        )
+        s, z = ref[f"{name}.wquantizer.scale"], ref[f"{name}.wquantizer.zero_point"]
+        wq = s * (torch.clamp(torch.round(ref[f"{name}.w"] / s + z), 0, 15) - z)
+        g = 437 % ref[f"{name}.aquantizer.lower"].shape[0]
+        lo = torch.sigmoid(ref[f"{name}.aquantizer.lower"][g]) * x.amin(-1, keepdim=True) * 0.95
+        hi = torch.sigmoid(ref[f"{name}.aquantizer.upper"][g]) * x.amax(-1, keepdim=True) * 0.95
+        sc = ((hi - lo) / 15).clamp_min(1e-9)
+        zp = (-torch.round(lo / sc)).clamp(0, 15)
+        expected = F.linear(
+            sc * (torch.clamp(torch.round(x / sc) + zp, 0, 15) - zp), wq, ref.get(f"{name}.b")
+        )
+        with torch.no_grad():
+            ok = ok and bool(torch.allclose(layer(x), expected, rtol=1e-6, atol=1e-6))
+    return ok
+
+
 def forward_seconds(deploy_dir: Path, teacher: Path, repeats: int = 5) -> float:
     """Median process-CPU seconds of one transformer forward of a deploy student on a fixed batch."""
     from qvgen import quant
@@ -137,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
           f"ratio {mem_ratio:.4f}", flush=True)  # fmt: skip
 
     teacher = args.teacher
+    n_roles = models_with_roles()
+    import_ok = reference_import_check(teacher, args.out)
+    print(f"models_with_roles={n_roles} reference_import_ok={str(import_ok).lower()}", flush=True)
     shape = teacher_clip_shape(teacher)
     prompts = [c.caption for c in held_out_clips(args.prompts, shape, two_object=args.prompts // 4)]
     sampling_steps, guidance = teacher_sampling(teacher)
@@ -183,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         f"qdm_w4a4_adherence={rows['Q-DM (TaQ groups + NeM)'].adherence:.3f} "
         f"svdquant_w4a6_adherence={rows['SVDQuant (PTQ, branch kept)'].adherence:.3f} "
         f"svdquant_w4a4_adherence={rows['SVDQuant (PTQ, branch kept) '].adherence:.3f} "
-        f"svdquant_kept_branch_mem_ratio={mem_ratio:.4f}"
+        f"svdquant_kept_branch_mem_ratio={mem_ratio:.4f} models_with_roles={n_roles} "
+        f"reference_import_ok={str(import_ok).lower()}"
     )
     wall = (time.perf_counter() - start) / 60
     text = "\n".join(
@@ -198,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             f"one video each; students are their deploy exports.",
             "",
             *lines,
+            "",
+            f"Real-model configs whose every Linear has a role (qvgen.models.REAL_MODELS, meta device): {n_roles} "
+            "(Wan2.1-T2V-1.3B, Wan2.1-T2V-14B, CogVideoX-2B, CogVideoX-5B, CogVideoX1.5-5B). Reference import: the "
+            "teacher written in the reference's checkpoint format (`qvgen.train.testing.write_reference_checkpoint`), "
+            f"imported, and 4 layers compared with a float64 re-implementation of the reference forward: {import_ok}.",
             "",
             f"Memory (deploy state dict, real Wan2.1-T2V-1.3B shapes on the meta device, bf16 rest): plain W4A4 "
             f"{plain / 2**20:.1f} MiB, SVDQuant with the rank-32 16-bit branch kept {kept / 2**20:.1f} MiB "
