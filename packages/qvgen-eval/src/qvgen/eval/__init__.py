@@ -11,7 +11,6 @@ from qvgen.eval.config import (
     SampleConfig,
     SamplingSettings,
     Variant,
-    load_config,
 )
 from qvgen.eval.loading import LoadedModel, from_components, load_model
 from qvgen.eval.metrics import (
@@ -85,7 +84,6 @@ __all__ = [
     "from_components",
     "generate",
     "latent_mse",
-    "load_config",
     "load_model",
     "load_prompts",
     "load_report",

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import yaml
 from pydantic import BaseModel
 
-from qvgen.eval.config import CompareConfig, SampleConfig, load_config
+from qvgen.core import add_override_argument, atomic_write_text, load_config, schema_json
+from qvgen.eval.config import CompareConfig, SampleConfig
 from qvgen.eval.report import EvalReport
 from qvgen.eval.vbench import VBenchConfig, VBenchReport
 
@@ -31,16 +29,6 @@ _COMMAND_CONFIGS: dict[str, type[SampleConfig] | type[CompareConfig] | type[VBen
 }
 
 
-def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE (dotted key), got {pair!r}")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qvgen-eval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -51,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", type=Path, nargs="?" if name == "vbench" else None)
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        add_override_argument(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         if name == "vbench":
             p.add_argument(
@@ -71,8 +59,6 @@ def _emit(model: BaseModel, out: Path | None) -> None:
     if out is None:
         print(text)
         return
-    from qvgen.core import atomic_write_text
-
     atomic_write_text(out, text + "\n")
     print(f"wrote {out}")
 
@@ -81,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 2 on a config error, 0 on success (other errors propagate)."""
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        print(json.dumps(SCHEMAS[args.which].model_json_schema(), indent=2))
+        print(schema_json(SCHEMAS[args.which]))
         return 0
     try:
         if args.command == "vbench" and args.parse is not None:
@@ -92,9 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.config is None:
             raise ValueError("vbench: pass a config file, or --parse RESULTS_JSON")
         cls = _COMMAND_CONFIGS[args.command]
-        cfg: SampleConfig | CompareConfig | VBenchConfig = load_config(
-            cls, args.config, _overrides(args.overrides)
-        )
+        cfg: SampleConfig | CompareConfig | VBenchConfig = load_config(cls, args.config, args.overrides)
     except ValueError as e:
         print(f"qvgen-eval {args.command}: {e}", file=sys.stderr)
         return 2

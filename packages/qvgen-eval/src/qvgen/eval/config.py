@@ -3,29 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
+from qvgen.core import Frozen
 from qvgen.eval.vbench import VBenchDimension
 from qvgen.eval.vbench import constants as vbench_constants
-
-C = TypeVar("C", bound=BaseModel)
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+from qvgen.models import FamilyName
 
 
-class FullPrecisionModel(_Frozen):
+class FullPrecisionModel(Frozen):
     """The teacher: a local diffusers folder."""
 
     kind: Literal["full_precision"] = "full_precision"
     path: Path
 
 
-class FakeQuantModel(_Frozen):
+class FakeQuantModel(Frozen):
     """A fake-quant student exported by training (manifest + safetensors), run with `QuantLinear`s."""
 
     kind: Literal["fake_quant"] = "fake_quant"
@@ -34,7 +29,7 @@ class FakeQuantModel(_Frozen):
     """Diffusers folder for the VAE, text encoder, tokenizer and scheduler; None: the manifest's checkpoint."""
 
 
-class DeployModel(_Frozen):
+class DeployModel(Frozen):
     """A real low-bit export (packed int4 + integer GEMM deploy layers)."""
 
     kind: Literal["deploy"] = "deploy"
@@ -46,7 +41,7 @@ class DeployModel(_Frozen):
 ModelSource = Annotated[FullPrecisionModel | FakeQuantModel | DeployModel, Field(discriminator="kind")]
 
 
-class SamplingSettings(_Frozen):
+class SamplingSettings(Frozen):
     """Pipeline settings; None takes the family's default (method.md §10.3: 50 steps, CFG 5 Wan / 6 Cog)."""
 
     height: Annotated[int, Field(gt=0, multiple_of=16)] | None = None
@@ -74,7 +69,7 @@ class SamplingSettings(_Frozen):
         return out
 
 
-class PromptSource(_Frozen):
+class PromptSource(Frozen):
     """Prompts: inline, or a file (text: one per line; `.json`: VBench's full-info prompt suite)."""
 
     prompts: tuple[str, ...] = ()
@@ -98,11 +93,11 @@ def _check_family_settings(family: str, sampling: SamplingSettings) -> None:
         raise ValueError(f"sampling.use_dynamic_cfg is a CogVideoX setting; family is {family!r}")
 
 
-class SampleConfig(_Frozen):
+class SampleConfig(Frozen):
     """`qvgen-eval sample`: one model, a prompt list, seeds → `{prompt}-{index}.mp4` in `out_dir`."""
 
     schema_version: Literal[1] = 1
-    family: Literal["wan", "cogvideox"]
+    family: FamilyName
     model: ModelSource
     prompts: PromptSource
     out_dir: Path
@@ -121,13 +116,13 @@ class SampleConfig(_Frozen):
         return self
 
 
-class Variant(_Frozen):
+class Variant(Frozen):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
     """Folder name and column title in the report."""
     model: ModelSource
 
 
-class VBenchSettings(_Frozen):
+class VBenchSettings(Frozen):
     """Run VBench on every model's videos after `compare` sampled them (weights from a local cache only)."""
 
     dimensions: Annotated[tuple[VBenchDimension, ...], Field(min_length=1)]
@@ -148,11 +143,11 @@ class VBenchSettings(_Frozen):
         return self
 
 
-class CompareConfig(_Frozen):
+class CompareConfig(Frozen):
     """`qvgen-eval compare`: teacher and variants at the same seeds → metrics, JSON report, HTML page."""
 
     schema_version: Literal[1] = 1
-    family: Literal["wan", "cogvideox"]
+    family: FamilyName
     teacher: FullPrecisionModel
     variants: Annotated[tuple[Variant, ...], Field(min_length=1)]
     prompts: PromptSource
@@ -173,27 +168,3 @@ class CompareConfig(_Frozen):
         if "teacher" in names or len(set(names)) != len(names):
             raise ValueError(f"variants need unique names other than 'teacher', got {names}")
         return self
-
-
-def load_config(cls: type[C], path: str | Path, overrides: dict[str, Any] | None = None) -> C:
-    """Read YAML/JSON `path`, apply dotted `overrides`, validate as `cls`; errors name the file."""
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ValueError(f"cannot read config {p}: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"config {p}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise ValueError(f"--set {dotted}: {key!r} is not a mapping in {p}")
-            node = child
-        node[leaf] = value
-    try:
-        return cls.model_validate(data)
-    except ValidationError as e:
-        raise ValueError(f"config {p}:\n{e}") from e

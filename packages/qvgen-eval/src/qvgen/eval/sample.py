@@ -9,23 +9,26 @@ Activation quantizers take their timestep group from the `timestep` of each tran
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from qvgen.data import write_video
 from qvgen.eval.config import PromptSource, SampleConfig, SamplingSettings
 from qvgen.eval.loading import LoadedModel, load_model
 from qvgen.eval.prompts import SampleItem, load_prompts, plan_items
-from qvgen.eval.video import write_video
+from qvgen.models import FAMILIES
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FPS = {"wan": 16, "cogvideox": 8}
-"""mp4 frame rate per family when the config sets none (the official sampling scripts)."""
+DEFAULT_FPS: Final[Mapping[str, int]] = MappingProxyType({n: f.default_fps for n, f in FAMILIES.items()})
+"""`ModelFamily.default_fps` by family name (the owner is the family; `sample_items` reads it there)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +116,7 @@ def sample_items(
 ) -> tuple[list[Path], list[Path]]:
     """Generate and write `items` into `out_dir`; return (written, skipped)."""
     kwargs = pipeline_kwargs(model, settings)
-    fps = settings.fps or DEFAULT_FPS[model.family.name]
+    fps = settings.fps or model.family.default_fps
     written, skipped = [], []
     for item in items:
         path = out_dir / item.filename

@@ -18,7 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
+from pydantic import Field, JsonValue, model_validator
+
+from qvgen.core import Frozen
 
 VBenchDimension = Literal[
     "subject_consistency",
@@ -43,11 +45,7 @@ PYTHON_ENV = "QVGEN_VBENCH_PYTHON"
 RUNNER = Path(__file__).with_name("_vbench_runner.py")
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class VBenchConstants(_Frozen):
+class VBenchConstants(Frozen):
     """VBench's own aggregation constants and checkpoint layout, kept as data (data/vbench_constants.json)."""
 
     source: str
@@ -76,7 +74,7 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "vbench"
 
 
-class VBenchConfig(_Frozen):
+class VBenchConfig(Frozen):
     """One VBench run over a folder of videos."""
 
     schema_version: Literal[1] = 1
@@ -111,7 +109,7 @@ class VBenchConfig(_Frozen):
         return self
 
 
-class VideoScore(_Frozen):
+class VideoScore(Frozen):
     video_path: str
     score: float | None
     """The per-video value when VBench gives a number (bools count as 0/1), else None."""
@@ -119,7 +117,7 @@ class VideoScore(_Frozen):
     """VBench's per-video value when it is not a plain number."""
 
 
-class DimensionResult(_Frozen):
+class DimensionResult(Frozen):
     dimension: VBenchDimension
     score: float
     """VBench's raw score for the dimension (before normalisation)."""
@@ -128,7 +126,7 @@ class DimensionResult(_Frozen):
     videos: tuple[VideoScore, ...] = ()
 
 
-class VBenchReport(_Frozen):
+class VBenchReport(Frozen):
     """VBench results in typed form, with the Quality/Semantic/Total aggregates where computable."""
 
     schema_version: Literal[1] = 1
