@@ -136,3 +136,26 @@ def vbench(session: nox.Session) -> None:
         "pytest", str(tests / "test_vbench.py"), str(tests / "test_compare.py"), "-k", "vbench", *session.posargs,
         env={**TEST_ENV, "QVGEN_VBENCH_PYTHON": str(vbench_python)},
     )  # fmt: skip
+
+
+@nox.session(python=PYTHON)
+def wheelhouse(session: nox.Session) -> None:
+    """Build every packages/* into dist/ (a wheelhouse), then install qvgen-eval alone from it and import it.
+
+    Afterwards `pip install -c constraints.txt --find-links dist qvgen-train` (any one package) pulls its
+    qvgen siblings from dist/. Not a default session: its fresh venv installs torch again (a few minutes).
+    `nox -s wheelhouse -- --build-only` only builds.
+    """
+    dist = ROOT / "dist"
+    dist.mkdir(exist_ok=True)
+    for stale in dist.glob("qvgen_*.whl"):
+        stale.unlink()
+    session.install(*CONSTRAINTS, "hatchling", "pytest")
+    projects = sorted(str(p.parent) for p in PACKAGES.glob("*/pyproject.toml"))
+    session.run(
+        "python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), *projects
+    )
+    if "--build-only" not in session.posargs:
+        session.run(
+            "pytest", str(ROOT / "tests" / "wheelhouse"), env={**TEST_ENV, "QVGEN_WHEELHOUSE": str(dist)}
+        )
