@@ -38,9 +38,20 @@ def _parser() -> argparse.ArgumentParser:
         ("vbench", "run VBench on a folder of videos and aggregate its scores"),
     ):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("config", type=Path, nargs="?" if name == "vbench" else None)
+        p.add_argument(
+            "config",
+            type=Path,
+            nargs="?" if name == "vbench" else None,
+            help=f"{name} config YAML (fields: `qvgen-eval schema {name}`; examples in configs/)",
+        )
         add_override_argument(p)
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+        p.add_argument(
+            "--progress",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="progress bars (default: only when stdout is a terminal)",
+        )
         if name == "vbench":
             p.add_argument(
                 "--parse",
@@ -85,6 +96,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         print(cfg.model_dump_json(indent=2))
         return 0
+    from qvgen.models import progress_default, set_hf_progress_bars
+
+    set_hf_progress_bars(progress_default(args.progress))
     if isinstance(cfg, SampleConfig):
         from qvgen.eval.sample import sample
 
