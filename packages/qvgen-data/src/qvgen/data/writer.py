@@ -285,16 +285,16 @@ def _encode(
     for index, sample in indexed:
         try:
             if not sample.caption.strip():
-                raise BadSampleError(f"sample {index} (id {sample.id!r}): empty caption")
+                raise BadSampleError("empty caption")
             if isinstance(sample, EncodedSample):
                 ready[index] = sample
                 continue
             if encoder is None:
                 raise ValueError("write_shards got VideoRecord input but no encoder; pass `encoder`")
             pixels = _load_pixels(sample, cfg)
-        except BadSampleError as e:
+        except BadSampleError as e:  # the sample is named here, once (its reason does not repeat it)
             if cfg.on_error == "raise":
-                raise
+                raise BadSampleError(f"sample {index} (id {sample.id!r}): {e}") from e
             logger.warning("skipping sample %d (id %r): %s", index, sample.id, e)
             skipped.append(SkippedSample(index=index, source_id=sample.id, reason=str(e)))
             continue
@@ -329,14 +329,12 @@ def _load_pixels(sample: VideoRecord, cfg: WriterConfig) -> Tensor:
     if isinstance(sample.video, Tensor):
         v = sample.video
         if v.ndim != 4 or v.shape[0] != 3:
-            raise BadSampleError(
-                f"sample id {sample.id!r}: video tensor must be (3, F, H, W), got {tuple(v.shape)}"
-            )
+            raise BadSampleError(f"video tensor must be (3, F, H, W), got {tuple(v.shape)}")
         if not bool(torch.isfinite(v).all()) or float(v.abs().max()) > 1.0:
-            raise BadSampleError(f"sample id {sample.id!r}: video tensor must be finite and in [-1, 1]")
+            raise BadSampleError("video tensor must be finite and in [-1, 1]")
         return v.float()
     if not sample.video.is_file():
-        raise BadSampleError(f"{sample.video}: video file not found (sample id {sample.id!r})")
+        raise BadSampleError(f"{sample.video}: video file not found")
     height, width = video_size(sample.video)
     return read_video(sample.video, nearest_bucket(height, width, cfg.buckets), cfg.sampling)
 

@@ -19,6 +19,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {"run": RunConfig, "precompute": Precomput
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qvgen-train", description="QVGen quantization-aware distillation.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run_p = sub.add_parser(
@@ -70,7 +71,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for an invalid config). Other errors propagate."""
+    """Entry point; returns the exit code: 2 for an invalid config, 1 for another user error (a bad file or
+    sample, a refused checkpoint, a full disk: ValueError/OSError), printed as one message without a
+    traceback. `--debug` (anywhere on the line) lets every error propagate with its traceback."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    try:
+        return _dispatch([a for a in args_list if a != "--debug"])
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"qvgen-train: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
         print(json.dumps(SCHEMAS[args.which].model_json_schema(), indent=2))
