@@ -31,6 +31,7 @@ _COMMAND_CONFIGS: dict[str, type[SampleConfig] | type[CompareConfig] | type[VBen
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="qvgen-eval", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_ in (
         ("sample", "generate {prompt}-{index}.mp4 videos (splits the work under `accelerate launch`)"),
@@ -75,7 +76,21 @@ def _emit(model: BaseModel, out: Path | None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns 2 on a config error, 0 on success (other errors propagate)."""
+    """Entry point; returns 2 on a config error, 1 on another user error (a truncated or corrupted model
+    folder, a missing file, a full disk: ValueError/OSError), printed as one message without a
+    traceback, 0 on success. `--debug` (anywhere on the line) lets every error propagate."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    try:
+        return _dispatch([a for a in args_list if a != "--debug"])
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"qvgen-eval: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
         print(schema_json(SCHEMAS[args.which]))
