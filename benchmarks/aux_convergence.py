@@ -2,7 +2,7 @@
 
 For each bit width, two students start from the same calibrated fake-quant copy of the teacher and see
 the same batches (same seeds): one plain QAT, one with Φ = SVD_r(W − Q(W)) decayed to rank 0 by the
-schedule of method.md §6 (period chosen so Φ is gone before the last step). Reported per run: the mean
+schedule of docs/method.md §6 (period chosen so Φ is gone before the last step). Reported per run: the mean
 gradient norm of the latent weights W over the first 10% of steps, the final held-out distillation loss
 (Φ already removed), and the final rank. The last line aggregates both bit widths (geometric mean of the
 ratios) in the fixed format `aux_convergence grad_norm_ratio=... final_loss_ratio=... final_rank=...`.

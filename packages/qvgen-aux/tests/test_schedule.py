@@ -1,4 +1,4 @@
-"""The schedule against method.md §6.2 (Wan 1.3B: r0 = 32, T = 444, 2667 steps, warm-up 0)."""
+"""The schedule against docs/method.md §6.2 (Wan 1.3B: r0 = 32, T = 444, 2667 steps, warm-up 0)."""
 
 import math
 
@@ -9,7 +9,7 @@ from qvgen.auxiliary import AuxConfig, DecaySchedule, fill_gamma_, gamma_values,
 
 WAN = DecaySchedule(initial_rank=32, period=444)
 
-# (step, phase, rank, alpha, boundary): method.md §6.2 table, phase starts/ends and α at s = 0, 1, 222, 443.
+# (step, phase, rank, alpha, boundary): docs/method.md §6.2 table, phase starts/ends and α at s = 0, 1, 222, 443.
 WAN_TIMELINE = [
     (0, 0, 32, 1.0, False),
     (1, 0, 32, 0.99999, False),
@@ -52,7 +52,7 @@ def test_rank_at_alpha_at_s_0_1_222_443_is_the_reference_value():
     assert alphas[3] == pytest.approx(1.25e-5, rel=1e-2)
 
 
-# phase -> (components with γ = 1, components with γ = α, first component with γ = 0), method.md §6.2.
+# phase -> (components with γ = 1, components with γ = α, first component with γ = 0), docs/method.md §6.2.
 WAN_GAMMA = {0: (range(16), range(16, 32), 32), 1: (range(8), range(8, 16), 16), 2: (range(4), range(4, 8), 8),
              3: (range(2), range(2, 4), 4), 4: (range(1), range(1, 2), 2), 5: (range(0), range(0, 1), 1)}  # fmt: skip
 

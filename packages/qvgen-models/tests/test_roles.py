@@ -10,7 +10,7 @@ from qvgen.models import FAMILIES, roles_of
 from qvgen.quant import LayerRole, QuantConfig, QuantLinear, prepare_
 
 R = LayerRole
-# Expected from the architectures (method.md §2.2): every Linear is quantized in the official recipe.
+# Expected from the architectures (docs/method.md §2.2): every Linear is quantized in the official recipe.
 REAL_ROLE_COUNTS = {
     "wan": {
         R.time_embed: 2, R.modulation: 1, R.text_proj: 2,

@@ -1,4 +1,4 @@
-"""QVGen's auxiliary low-rank modules Φ = L·diag(γ)·R and their rank-decay schedule (method.md §5–6).
+"""QVGen's auxiliary low-rank modules Φ = L·diag(γ)·R and their rank-decay schedule (docs/method.md §5–6).
 
 branches = attach_(model, cfg)                  # after qvgen.quant.initialize_(model)
 for step in range(max_steps):

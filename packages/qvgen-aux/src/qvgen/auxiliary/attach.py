@@ -18,7 +18,7 @@ __all__ = ["attach_", "lowrank_parameters", "phi_disabled"]
 def attach_(model: nn.Module, cfg: AuxConfig) -> dict[str, LowRankBranch]:
     """Give every QuantLinear of `model` a Φ fitted to its weight quantization error; return them by name.
 
-    Φ = SVD_r(W − Q(W)) in float32 with the balanced √Σ split, r = min(r0, out, in) (method.md §5.2).
+    Φ = SVD_r(W − Q(W)) in float32 with the balanced √Σ split, r = min(r0, out, in) (docs/method.md §5.2).
     With `cfg.init_iters > 1` the weight quantizer's scale/zero point and Φ are fitted alternately, each
     step lowering ‖W − Q(W) − Φ‖ for the Q(W) the forward pass really computes (B8). Run
     `qvgen.quant.initialize_(model)` first, and build the optimizer after this call.

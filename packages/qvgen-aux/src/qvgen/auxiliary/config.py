@@ -1,4 +1,4 @@
-"""Boundary configs for Φ and its rank-decay schedule (method.md §5–6)."""
+"""Boundary configs for Φ and its rank-decay schedule (docs/method.md §5–6)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ __all__ = ["AuxConfig", "DecaySchedule", "num_periods", "required_steps", "valid
 
 
 class DecaySchedule(Frozen):
-    """The rank-decay schedule: everything `rank_at` needs, nothing else (method.md §6.1)."""
+    """The rank-decay schedule: everything `rank_at` needs, nothing else (docs/method.md §6.1)."""
 
     initial_rank: Annotated[int, Field(ge=1, le=4096)] = 32
     """r0, the rank Φ starts with; each layer clips it to min(out_features, in_features)."""
@@ -31,11 +31,11 @@ class AuxConfig(Frozen):
     """Rank and timing of the decay."""
     mode: Literal["resvd", "columns"] = "resvd"
     """`resvd`: at each boundary re-SVD the kept half in fp32 and shrink L, R physically (the paper's
-    intent). `columns`: the reference run's behaviour (method.md §6.3) — γ masks trailing columns in the
+    intent). `columns`: the reference run's behaviour (docs/method.md §6.3) — γ masks trailing columns in the
     initial SVD order, no re-SVD, L and R keep width r0 until Φ is removed."""
     init_iters: Annotated[int, Field(ge=1, le=50)] = 1
     """1: Φ = SVD_r(W − Q(W)). >1: alternate that SVD with a re-fit of the weight quantizer's scales to
-    W − Φ, keeping Q applied to W as in the forward pass (method.md B8, done consistently)."""
+    W − Φ, keeping Q applied to W as in the forward pass (docs/method.md B8, done consistently)."""
     optimizer_state: Literal["reset", "slice"] = "reset"
     """Adam moments of L, R at a shrink. `reset`: dropped (the re-SVD rotates the basis the moments were
     measured in). `slice`: the moments of the kept columns are carried over (exact in `columns` mode)."""

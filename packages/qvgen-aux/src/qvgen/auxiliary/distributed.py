@@ -1,7 +1,7 @@
 """Φ under data parallelism when it is kept out of the wrapper (FSDP's ignored modules).
 
 Sharding wrappers (FSDP1/FSDP2, ZeRO) keep their own flat or sharded copies of the parameters they manage,
-so a re-SVD written into a module's tensors can be silently undone (method.md §6.3, B4), and shapes cannot
+so a re-SVD written into a module's tensors can be silently undone (docs/method.md §6.3, B4), and shapes cannot
 change. Φ is small (≈3 % of the weights), so it is cheapest kept replicated and outside the wrapper:
 FSDP gets `ignored_modules=LOWRANK_MODULES` (accelerate's `FullyShardedDataParallelPlugin` accepts the
 regex), the optimizer holds the plain L, R, `apply_` shrinks them directly, and `all_reduce_grads_`

@@ -95,7 +95,7 @@ def _canonical_signs(U: Tensor, Vh: Tensor, like: Tensor | None) -> tuple[Tensor
 def balanced_factors(E: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     """Best rank-`rank` approximation of E as L = U√Σ, R = √Σ Vᵀ (float32, descending σ).
 
-    `rank` is clipped to min(E.shape); L @ R equals the truncated SVD of E (method.md §5.2).
+    `rank` is clipped to min(E.shape); L @ R equals the truncated SVD of E (docs/method.md §5.2).
     """
     E = E.detach().float()
     r = min(rank, *E.shape)

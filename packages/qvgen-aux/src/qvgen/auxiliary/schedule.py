@@ -1,4 +1,4 @@
-"""The rank-decay schedule as a pure function of the training step (method.md §6.1–6.2)."""
+"""The rank-decay schedule as a pure function of the training step (docs/method.md §6.1–6.2)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def rank_at(step: int, schedule: DecaySchedule | AuxConfig) -> RankState:
 
     1. u < 0 (warm-up): rank r0, α = 1, phase −1, no event.
     2. u ≥ 0: phase k, rank r_k = r0 // 2^k (r0 >> k), so 32, 16, 8, 4, 2, 1, then 0.
-    3. α(s) = ½·(1 + cos(π·s/T)) for `cosine`, 1 − s/T for `linear` (method.md §5.3); α(0) = 1.
+    3. α(s) = ½·(1 + cos(π·s/T)) for `cosine`, 1 − s/T for `linear` (docs/method.md §5.3); α(0) = 1.
     4. s = 0 and k ≥ 1 is a boundary: the rank halves there (re-SVD of the kept half), or Φ is removed
        when it reaches 0.
     5. rank 0 (k ≥ floor(log2 r0) + 1): Φ is gone, α = 0.

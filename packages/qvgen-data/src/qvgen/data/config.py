@@ -33,7 +33,7 @@ class UniformSampling(Frozen):
 
 
 class FpsSampling(Frozen):
-    """Take frames at a fixed rate from the clip start (method.md B14: Wan 16 fps, CogVideoX 8 fps)."""
+    """Take frames at a fixed rate from the clip start (docs/method.md B14: Wan 16 fps, CogVideoX 8 fps)."""
 
     kind: Literal["fps"] = "fps"
     fps: Annotated[float, Field(gt=0)]

@@ -14,7 +14,7 @@ from torch import Tensor
 class LatentMoments:
     """Raw VAE posterior moments, (B, C, F', H', W') in the VAE's native layout, not normalised.
 
-    The family normalises after sampling (method.md B7); `logvar` is None for a mean-only encoder.
+    The family normalises after sampling (docs/method.md B7); `logvar` is None for a mean-only encoder.
     """
 
     mean: Tensor

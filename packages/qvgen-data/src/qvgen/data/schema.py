@@ -123,8 +123,8 @@ class LatentBatch:
     def sample_latents(self, generator: torch.Generator | None = None) -> Tensor:
         """Draw z = mean + exp(logvar / 2) · ε in float32 (or return the mean if there is no logvar).
 
-        Use one generator per rank (seed + rank) so ranks draw different noise (method.md B3).
-        The result is still un-normalised: the family applies its latent normalisation (method.md B7).
+        Use one generator per rank (seed + rank) so ranks draw different noise (docs/method.md B3).
+        The result is still un-normalised: the family applies its latent normalisation (docs/method.md B7).
         """
         mean = self.latents_mean.float()
         if self.latents_logvar is None:

@@ -42,7 +42,7 @@ ModelSource = Annotated[FullPrecisionModel | FakeQuantModel | DeployModel, Field
 
 
 class SamplingSettings(Frozen):
-    """Pipeline settings; None takes the family's default (method.md §10.3: 50 steps, CFG 5 Wan / 6 Cog)."""
+    """Pipeline settings; None takes the family's default (docs/method.md §10.3: 50 steps, CFG 5 Wan / 6 Cog)."""
 
     height: Annotated[int, Field(gt=0, multiple_of=16)] | None = None
     width: Annotated[int, Field(gt=0, multiple_of=16)] | None = None
@@ -52,7 +52,7 @@ class SamplingSettings(Frozen):
     """Classifier-free guidance; > 1 runs the unconditional branch too (two calls for Wan, batched for Cog)."""
     negative_prompt: str | None = None
     use_dynamic_cfg: bool | None = None
-    """CogVideoX only; the official script sets True with DDIM (method.md B15)."""
+    """CogVideoX only; the official script sets True with DDIM (docs/method.md B15)."""
     fps: Annotated[int, Field(gt=0)] | None = None
     """Frames per second of the written mp4; None: 16 (Wan) / 8 (CogVideoX)."""
     attention_backend: Annotated[str, Field(pattern=r"^_?[a-z0-9_]+$")] | None = None

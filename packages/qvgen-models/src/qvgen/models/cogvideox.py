@@ -208,7 +208,7 @@ class CogVideoXFamily:
     def sample_timesteps(
         self, batch_size: int, generator: torch.Generator | None = None, spec: ModelSpec | None = None
     ) -> Tensor:
-        """Integer t ∈ [0, 999] (B,), uniform (method.md §7.1)."""
+        """Integer t ∈ [0, 999] (B,), uniform (docs/method.md §7.1)."""
         _spec(spec)
         device = generator.device if generator is not None else torch.device("cpu")
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)

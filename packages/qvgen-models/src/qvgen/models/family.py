@@ -42,7 +42,7 @@ class NoisedInputs:
 
     `target` is the data target in the transformer's output space, so that
     ``mse(predict(...), target)`` is the plain denoising loss: Wan's flow velocity ε − x0, CogVideoX's
-    v = √ᾱ·ε − √(1−ᾱ)·x0 (method.md §7.1 shows the x0-space loss weighted by 1/(1−ᾱ) equals this).
+    v = √ᾱ·ε − √(1−ᾱ)·x0 (docs/method.md §7.1 shows the x0-space loss weighted by 1/(1−ᾱ) equals this).
     Exactly one of `sigma` (Wan, flow matching) and `alpha_bar` (CogVideoX, DDPM) is set, shape (B,).
     """
 

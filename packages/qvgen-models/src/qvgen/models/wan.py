@@ -117,7 +117,7 @@ WAN_NUM_TRAIN_TIMESTEPS: Final = 1000
 
 @functools.cache
 def _train_sigmas(shift: float) -> Tensor:
-    """σ ∈ {1.0, 0.999, …, 0.001} (shifted), the training scheduler's table (method.md §7.1)."""
+    """σ ∈ {1.0, 0.999, …, 0.001} (shifted), the training scheduler's table (docs/method.md §7.1)."""
     return FlowMatchEulerDiscreteScheduler(
         num_train_timesteps=WAN_NUM_TRAIN_TIMESTEPS, shift=shift
     ).sigmas.clone()

@@ -155,7 +155,7 @@ def initialize_(model: nn.Module, *, progress: bool = True) -> None:
 
 @dataclass(frozen=True, slots=True)
 class QuantParams:
-    """Trainable parameters of the quantized layers, split for optimizer groups (lrs differ, method.md §3.4, §4)."""
+    """Trainable parameters of the quantized layers, split for optimizer groups (lrs differ, docs/method.md §3.4, §4)."""
 
     weights: list[nn.Parameter]
     """Latent weights W of every QuantLinear."""

@@ -24,7 +24,7 @@ def _kind_or(default: str) -> Any:
 
 
 class LSQPlusWeight(Frozen):
-    """LSQ+ per-output-channel asymmetric weight quantizer, MSE-initialised (method.md §3)."""
+    """LSQ+ per-output-channel asymmetric weight quantizer, MSE-initialised (docs/method.md §3)."""
 
     kind: Literal["lsq_plus"] = "lsq_plus"
     bits: Bits = 4
@@ -62,7 +62,7 @@ WeightQuantConfig = Annotated[
 
 
 class ClippedDynamicActivation(Frozen):
-    """Dynamic per-token asymmetric activations with learnable per-timestep-group clipping (method.md §4)."""
+    """Dynamic per-token asymmetric activations with learnable per-timestep-group clipping (docs/method.md §4)."""
 
     kind: Literal["clipped_dynamic"] = "clipped_dynamic"
     bits: Bits = 4

@@ -1,6 +1,6 @@
 """Weight (LSQ+ / min-max) and activation (clipped dynamic per-token) fake quantizers.
 
-All arithmetic runs in float32 (float64 if the input is float64), whatever the model dtype (method.md
+All arithmetic runs in float32 (float64 if the input is float64), whatever the model dtype (docs/method.md
 B12); results are cast back by the caller.
 """
 
@@ -19,7 +19,7 @@ from qvgen.quant.timestep import TimestepContext
 from qvgen.quant.triton_dispatch import use_fused_fake_quant
 
 SCALE_EPS = 1e-9
-"""Lower bound of every scale (method.md §3.3, §4.1)."""
+"""Lower bound of every scale (docs/method.md §3.3, §4.1)."""
 
 SCALE_FLOOR_RATIO = 0.1
 """A weight scale never acts below this fraction of its initial (MSE or min-max) value (`scale_floor`)."""
@@ -36,7 +36,7 @@ _HALF = (torch.float16, torch.bfloat16)
 def keep_float32_on_half_cast(module: nn.Module, fn, recurse: bool) -> nn.Module:  # type: ignore[no-untyped-def]
     """`nn.Module._apply` that follows device moves but undoes casts of its own parameters to fp16/bf16.
 
-    `model.to(torch.bfloat16)` would otherwise round the quantization grid itself (method.md B12).
+    `model.to(torch.bfloat16)` would otherwise round the quantization grid itself (docs/method.md B12).
     """
 
     def own() -> list[tuple[str, Tensor]]:
@@ -254,7 +254,7 @@ class WeightQuantizer(nn.Module):
 
 
 def activation_qparams(x: Tensor, clip_lo: Tensor, clip_hi: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """Per-token (scale, integer zero point) `[..., 1]` of method.md §4.1 with clip factors broadcast to x.
+    """Per-token (scale, integer zero point) `[..., 1]` of docs/method.md §4.1 with clip factors broadcast to x.
 
     lo = clip_lo * min(x), hi = clip_hi * max(x), s = max((hi-lo)/P, 1e-9), z = clamp(-round(lo/s), 0, P).
     The zero point carries no gradient; the clip factors get theirs through s.

@@ -1,6 +1,6 @@
 """Float64 reference quantizers, written plainly (loops, no shared code) for parity tests in any package.
 
-Each function states the formula of method.md it implements. They take and return float64 tensors and
+Each function states the formula of docs/method.md it implements. They take and return float64 tensors and
 keep autograd, so gradients can be compared too (STE rounding as `(round(x) - x).detach() + x`).
 """
 
@@ -28,7 +28,7 @@ def ref_grad_scale(t: Tensor, g: float) -> Tensor:
 def ref_weight_fake_quant(
     w: Tensor, scale: Tensor, zero_point: Tensor, bits: int, *, grad_scaling: bool = False
 ) -> Tensor:
-    """method.md §3.1-3.2: s·(clamp(⌊W/s + z⌉, 0, P) − z) per row, s and z `[out, 1]`, in float64."""
+    """docs/method.md §3.1-3.2: s·(clamp(⌊W/s + z⌉, 0, P) − z) per row, s and z `[out, 1]`, in float64."""
     w, s, z = w.double(), scale.double(), zero_point.double()
     qmax = 2**bits - 1
     if grad_scaling:
@@ -44,7 +44,7 @@ def ref_weight_fake_quant(
 def ref_mse_init(
     w: Tensor, bits: int, *, grid: int = 100, max_shrink: float = 0.8, norm: float = 2.4
 ) -> tuple[Tensor, Tensor]:
-    """method.md §3.3, one row at a time: first k with strictly smallest Σ|Q(W)−W|^norm; (s, z) `[out, 1]`."""
+    """docs/method.md §3.3, one row at a time: first k with strictly smallest Σ|Q(W)−W|^norm; (s, z) `[out, 1]`."""
     w = w.detach().double()
     qmax = 2**bits - 1
     scales, zeros = [], []
@@ -78,7 +78,7 @@ def ref_minmax_init(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
 def ref_group_index(
     timesteps: Sequence[float], groups: int, mode: str, num_train_timesteps: int = 1000
 ) -> list[int]:
-    """method.md §4.2 / B2: `bin` min(G−1, ⌊t·G/T⌋) (clamped at 0), `mod` int(t) mod G, per sample."""
+    """docs/method.md §4.2 / B2: `bin` min(G−1, ⌊t·G/T⌋) (clamped at 0), `mod` int(t) mod G, per sample."""
     out = []
     for t in timesteps:
         if mode == "bin":
@@ -91,7 +91,7 @@ def ref_group_index(
 
 
 def ref_act_fake_quant(x: Tensor, clip_lo: Sequence[Tensor], clip_hi: Sequence[Tensor], bits: int) -> Tensor:
-    """method.md §4.1 per token, float64: sample b uses clip factors clip_lo[b], clip_hi[b] (0-d tensors).
+    """docs/method.md §4.1 per token, float64: sample b uses clip factors clip_lo[b], clip_hi[b] (0-d tensors).
 
     lo = c_lo·min(x), hi = c_hi·max(x), s = max((hi−lo)/P, 1e−9), z = clamp(−round(lo/s), 0, P) (no grad),
     Q(x) = s·(clamp(⌊x/s⌉ + z, 0, P) − z). `x` is `[B, ..., C]`.

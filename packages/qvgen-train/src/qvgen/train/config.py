@@ -21,7 +21,7 @@ __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "parse_
 
 
 class LearningRates(Frozen):
-    """One learning rate per optimizer parameter group (method.md §8.1)."""
+    """One learning rate per optimizer parameter group (docs/method.md §8.1)."""
 
     weights: Annotated[float, Field(ge=0)] = 3e-5
     """Latent full-precision weights of quantized linears."""
@@ -56,7 +56,7 @@ class TrainConfig(Frozen):
     grad_clip: Annotated[float, Field(gt=0)] | None = 1.0
     """Global gradient-norm clip; null disables it."""
     gradient_checkpointing: bool = False
-    """Block-level activation checkpointing of the student (one level only, method.md B9)."""
+    """Block-level activation checkpointing of the student (one level only, docs/method.md B9)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """accelerate autocast for the student; quantizer arithmetic stays float32 inside qvgen.quant."""
     caption_dropout: Annotated[float, Field(ge=0, le=1)] = 0.05

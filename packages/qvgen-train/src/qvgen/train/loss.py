@@ -1,4 +1,4 @@
-"""The distillation objective: plain MSE in float32 (method.md §7.1)."""
+"""The distillation objective: plain MSE in float32 (docs/method.md §7.1)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ def distill_loss(student: Tensor, target: Tensor) -> Tensor:
 
     The target is the frozen teacher's output on the same noisy input (the QVGen objective) or the
     family's data target; for both Wan (flow) and CogVideoX (v) the weighted reference loss reduces to
-    this plain MSE on the raw transformer outputs (method.md §7.1).
+    this plain MSE on the raw transformer outputs (docs/method.md §7.1).
     """
     if student.shape != target.shape:
         raise ValueError(

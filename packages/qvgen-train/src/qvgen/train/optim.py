@@ -1,4 +1,4 @@
-"""AdamW over explicit parameter groups (method.md §8.1) and the warm-up + cosine schedule (§8.2)."""
+"""AdamW over explicit parameter groups (docs/method.md §8.1) and the warm-up + cosine schedule (§8.2)."""
 
 from __future__ import annotations
 

@@ -136,7 +136,7 @@ def run(cfg: RunConfig) -> RunResult:
     if isinstance(cfg.method, EfficientDMMethod):  # latent W frozen, LoRA inside Qw (merged before export)
         methods.attach_lora_(student, cfg.method, cfg.train.seed)
     if cfg.train.gradient_checkpointing:
-        _enable_gradient_checkpointing(student)  # block level only (method.md B9)
+        _enable_gradient_checkpointing(student)  # block level only (docs/method.md B9)
 
     # 3. Optimizer groups, schedule, accelerate. The loader splits by node/worker itself (qvgen.data),
     #    so it is not handed to accelerate (which would shard it a second time).

@@ -14,7 +14,7 @@ holds, per quantized layer `<n>`:
 | `<n>.aquantizer.upper`      | [G]        | `<n>.act_quantizer.clip_logit_hi`   | logit(0.95 · σ(ℓ))              |
 | `<n>.loraA.weight`, `<n>.loraB.weight` (`--qa_lora`) | [r, in], [out, r] | merged: W + scale·B·A | `lora_scale` (reference inference: 1) |
 
-The reference clips per-token ranges twice (its `clip_ratio` 0.95 times σ(ℓ), method.md B1); qvgen has one
+The reference clips per-token ranges twice (its `clip_ratio` 0.95 times σ(ℓ), docs/method.md B1); qvgen has one
 factor, so σ(ℓ') = 0.95·σ(ℓ) reproduces the same range exactly. Every other key keeps its diffusers name
 (norms, modulation tables, patch embedding, Linears the reference left unquantized).
 
