@@ -1,117 +1,227 @@
-"""The paper's main table in miniature, on the embedded tiny Wan teacher (qvgen-demo's flow helpers).
+"""The paper's main table in miniature, on the embedded tiny Wan teacher, with confidence intervals.
 
 Rows: full precision (the teacher), RTN (min-max PTQ, no training), LSQ QAT (LSQ+ weights and learned
 activation clipping, no Φ) and QVGen (the same plus Φ decayed to rank 0), at W4A4 and W3A3. LSQ and QVGen
-get the same training budget: steps, learning rates, batch size, seed and latent shards (procedural world
-4000, encoded by the teacher's own VAE + UMT5). Every student is evaluated as its real low-bit deploy
-export on a fixed held-out prompt set (captions of procedural world 5000, video k seeded `seed + k`):
+get the same budget (steps, learning rates, batch, latent shards of procedural world 4000 encoded by the
+teacher's own VAE + UMT5) and are trained with several training seeds. Every student is evaluated as its
+real low-bit deploy export on held-out prompts (captions of procedural world 5000, one- and two-object),
+each sampled with several seeds (video k of the plan seeded `seed + k`, the same for every model):
 
-- prompt adherence colour / shape / motion (`qvgen.eval.score_videos`, weight-free) and their mean;
-- temporal flickering (`qvgen.eval.temporal_flickering`, higher = steadier);
+- prompt adherence colour / shape / motion and their mean (`qvgen.eval.AdherenceScorer` on the exact
+  frames; unscorable videos count 0 and are counted);
 - PSNR of the decoded frames and MSE of the final latents against the teacher at the same seed;
-- the denoiser output error along the sampling trajectory: relative MSE of each transformer call against
-  the teacher's call at the same step, averaged over steps and videos.
+- denoiser error: relative MSE of every transformer call against the teacher's call at the same step.
 
-Writes the table into the `## paper_table` section of benchmarks/RESULTS.md (unless --no-write) and
-prints it; last line:
-`paper_table fp_adherence=<x> qvgen_w4a4_adherence=<x> lsq_w4a4_adherence=<x> rtn_w4a4_adherence=<x>
-qvgen_w3a3_adherence=<x> lsq_w3a3_adherence=<x> qvgen_w4a4_psnr=<x> lsq_w4a4_psnr=<x>` (one line).
-Usage: python benchmarks/paper_table.py [--quick] [--out DIR] [--steps N] [--prompts N]
+Each cell is a mean over videos with its 95 % t interval; for trained methods a video's value is first
+averaged over the training seeds (the spread of the per-seed means is shown beside). QVGen − LSQ is a
+paired difference over the same videos. Before any training, the metric itself is checked on the
+ground-truth clips of the held-out prompts and on negative controls (one attribute of the caption changed).
+
+Writes the `## paper_table` section of benchmarks/RESULTS.md (unless --no-write); its last line is
+`paper_table fp_colour=… … qvgen_minus_lsq_w3a3=… ci95_w3a3=…`.
+Usage: python benchmarks/paper_table.py [--quick] [--out DIR] [--steps N] [--train-seeds N] …
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import platform
+import random
 import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np
 import torch
 
-from qvgen.demo.flow import (
-    Row,
+from qvgen.core import atomic_write_text
+from qvgen.demo import (
+    DEFAULT_TEACHER_DIR,
     TrainBudget,
     build_shards,
     decay_period,
     evaluate,
-    format_table,
-    held_out_prompts,
+    held_out_clips,
     run_config,
     teacher_clip_shape,
     teacher_sampling,
     train_variant,
 )
-from qvgen.demo.teacher import DEFAULT_TEACHER_DIR
+from qvgen.eval import (
+    ATTRIBUTES,
+    EvalReport,
+    MeanCI,
+    VariantReport,
+    chance_levels,
+    change_attribute,
+    mean_ci,
+    paired_diff_ci,
+    score_values,
+    score_videos,
+    write_report,
+)
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## paper_table"
-SETTINGS = {  # steps, training clips, held-out prompts
-    "quick": (800, 512, 16),
-    "full": (2000, 1024, 28),
+
+
+@dataclass(frozen=True)
+class Setting:
+    steps: int
+    clips: int
+    prompts: int
+    two_object: int
+    sampling_seeds: int
+    train_seeds: int
+
+
+SETTINGS = {
+    "quick": Setting(steps=300, clips=512, prompts=32, two_object=8, sampling_seeds=2, train_seeds=2),
+    "full": Setting(steps=1500, clips=2048, prompts=64, two_object=16, sampling_seeds=2, train_seeds=3),
 }
-METHODS = (("rtn", 4), ("lsq", 4), ("qvgen", 4), ("rtn", 3), ("lsq", 3), ("qvgen", 3))
 LABELS = {"rtn": "RTN (PTQ)", "lsq": "LSQ QAT (no Φ)", "qvgen": "QVGen (Φ + rank decay)"}
+METRICS = ("overall", "colour", "shape", "motion", "psnr_db", "latent_mse", "step_relative_mse")
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "—" if x is None else format(x, fmt)
+def _per_video(model: VariantReport) -> dict[str, list[float]]:
+    """Every metric of every video of `model`, in plan order (adherence: unscorable counts 0)."""
+    out: dict[str, list[float]] = {k: [] for k in METRICS}
+    for s in model.samples:
+        adherence = s.adherence
+        if adherence is None:
+            raise ValueError(f"{model.name}: sample {s.prompt!r} has no adherence score")
+        for k, v in score_values(adherence).items():
+            out[k].append(v)
+        if s.fidelity is not None:
+            steps = [e.relative_mse for e in s.fidelity.step_errors]
+            out["psnr_db"].append(s.fidelity.psnr_db)
+            out["latent_mse"].append(s.fidelity.latent_mse)
+            out["step_relative_mse"].append(sum(steps) / len(steps) if steps else 0.0)
+    return {k: v for k, v in out.items() if v}
 
 
-def markdown_table(rows: list[Row]) -> str:
-    head = (
-        "| model | bits | colour | shape | motion | adherence | flickering | PSNR vs teacher (dB) "
-        "| latent MSE | denoiser rel. MSE |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    )
-    lines = [head]
-    for r in rows:
-        method, _, bits = r.name.partition("-")
-        label = "full precision (teacher)" if r.name == "teacher" else LABELS[method]
-        lines.append(
-            f"| {label} | {bits.upper() or 'FP32'} | {r.colour:.3f} | {r.shape:.3f} | {r.motion:.3f} "
-            f"| {r.adherence:.3f} | {r.flickering:.2f} | {_num(r.psnr_db, '.2f')} | {_num(r.latent_mse, '.4f')} "
-            f"| {_num(r.step_relative_mse, '.4f')} |"
-        )
-    return "\n".join(lines)
+@dataclass(frozen=True)
+class Cell:
+    """One (method, bits) cell: per-video values averaged over its training seeds, and per-seed means."""
+
+    label: str
+    bits: str
+    videos: dict[str, list[float]]
+    seed_means: dict[str, list[float]]
+    unscorable: int
+    num_videos: int
+
+    def ci(self, key: str) -> MeanCI:
+        return mean_ci(self.videos[key])
 
 
-def last_line(rows: list[Row]) -> str:
-    by = {r.name: r for r in rows}
-    keys = ("teacher", "qvgen-w4a4", "lsq-w4a4", "rtn-w4a4", "qvgen-w3a3", "lsq-w3a3")
-    names = ("fp", "qvgen_w4a4", "lsq_w4a4", "rtn_w4a4", "qvgen_w3a3", "lsq_w3a3")
-    parts = [f"{n}_adherence={by[k].adherence:.3f}" for n, k in zip(names, keys, strict=True)]
-    parts += [
-        f"qvgen_w4a4_psnr={by['qvgen-w4a4'].psnr_db:.2f}",
-        f"lsq_w4a4_psnr={by['lsq-w4a4'].psnr_db:.2f}",
-    ]
-    return "paper_table " + " ".join(parts)
+def make_cell(label: str, bits: str, models: list[VariantReport]) -> Cell:
+    per_seed = [_per_video(m) for m in models]
+    keys = per_seed[0].keys()
+    videos = {k: [float(np.mean(col)) for col in zip(*(p[k] for p in per_seed), strict=True)] for k in keys}
+    seed_means = {k: [float(np.mean(p[k])) for p in per_seed] for k in keys}
+    unscorable = sum(s.adherence is not None and s.adherence.unscorable is not None
+                     for m in models for s in m.samples)  # fmt: skip
+    return Cell(label, bits, videos, seed_means, unscorable, sum(len(m.samples) for m in models))
 
 
-def write_section(body: str) -> None:
-    """Replace (or append) the `## paper_table` section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body.strip()}\n\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    tmp = RESULTS.with_suffix(".md.tmp")
-    tmp.write_text(text.rstrip() + "\n")
-    os.replace(tmp, RESULTS)
+def _fmt(ci: MeanCI, digits: int = 3) -> str:
+    return f"{ci.mean:.{digits}f}" + ("" if ci.ci95 is None else f" ± {ci.ci95:.{digits}f}")
+
+
+def metric_check(clips: list, rng_seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """Adherence of the held-out ground-truth clips, and of the same clips against captions with one
+    attribute changed (the changed clause's pass rate per attribute: must be <= chance + 0.1)."""
+    frames = [((c.frames.permute(1, 2, 3, 0) + 1) / 2).numpy() for c in clips]
+    truth = score_videos(frames, [c.caption for c in clips])
+    negative = {}
+    for attribute in ATTRIBUTES:
+        rng = random.Random(rng_seed)
+        changed = [change_attribute(c.caption, attribute, rng) for c in clips]
+        report = score_videos(frames, changed)
+        field = f"{attribute}_ok"
+        negative[attribute] = float(np.mean([getattr(v.objects[0], field) if v.objects else False
+                                             for v in report.videos]))  # fmt: skip
+    return {"colour": truth.colour, "shape": truth.shape, "motion": truth.motion}, negative
+
+
+def loss_windows(losses: list[float], windows: int = 10) -> list[float]:
+    """Mean loss over `windows` equal consecutive spans of the run."""
+    arr = np.asarray(losses, dtype=np.float64)
+    return [float(w.mean()) for w in np.array_split(arr, windows) if w.size]
+
+
+def curve(losses: list[float], points: int = 60) -> tuple[tuple[int, float], ...]:
+    """A smoothed (window-mean) loss curve with about `points` points, for the HTML report."""
+    arr = np.asarray(losses, dtype=np.float64)
+    chunks = np.array_split(np.arange(arr.size), min(points, arr.size))
+    return tuple((int(c[-1]) + 1, float(arr[c].mean())) for c in chunks if c.size)
+
+
+def teacher_snapshot(out: Path) -> tuple[Path, str]:
+    """A copy of the embedded teacher (the same weights for every method even if it is replaced meanwhile)."""
+    teacher = out / "teacher"
+    if teacher.exists():
+        shutil.rmtree(teacher)
+    shutil.copytree(DEFAULT_TEACHER_DIR, teacher)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors"))))
+    return teacher, digest.hexdigest()[:12]
+
+
+def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: TrainBudget, seeds: list[int]):
+    """Every student; a finished run with the same config is reused (its `trained.json`)."""
+    plan = [("rtn", b, 0) for b in args.bits]
+    plan += [(m, b, s) for b in args.bits for m in args.methods for s in seeds]
+    runs = {}
+    for method, bits, seed in plan:
+        name = f"{method}-w{bits}a{bits}" + ("" if method == "rtn" else f"-s{seed}")
+        cfg = run_config(
+            method, bits, teacher, shards, budget.model_copy(update={"seed": seed}), args.out / "runs" / name,
+            progress=False, high_precision_roles=args.high_precision,
+        )  # fmt: skip
+        key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+        marker = args.out / "runs" / f"{name}.trained.json"
+        if marker.is_file() and json.loads(marker.read_text())["config"] == key:
+            done = json.loads(marker.read_text())
+            print(f"{name}: reused ({marker})", flush=True)
+        else:
+            t = time.perf_counter()
+            result = train_variant(cfg)
+            done = {"config": key, "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
+                    "losses": list(result.losses), "train_s": time.perf_counter() - t}  # fmt: skip
+            atomic_write_text(marker, json.dumps(done))
+            print(f"{name}: {cfg.train.max_steps} steps in {done['train_s']:.0f} s, Φ rank {result.phi_rank}",
+                  flush=True)  # fmt: skip
+        runs[name] = (method, bits, seed, done)
+    return runs
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="800 steps, 512 clips, 16 prompts (< 20 min)")
+    parser.add_argument("--quick", action="store_true", help="the 30-minute variant (see SETTINGS)")
     parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
     parser.add_argument("--steps", type=int, help="training steps of every QAT method")
-    parser.add_argument("--prompts", type=int, help="held-out prompts")
+    parser.add_argument("--clips", type=int, help="procedural training clips")
+    parser.add_argument(
+        "--prompts", type=int, help="held-out prompts (a quarter two-object unless --two-object)"
+    )
+    parser.add_argument("--two-object", type=int, help="how many of the prompts have two objects")
+    parser.add_argument("--sampling-seeds", type=int, help="videos per prompt (noise seeds)")
+    parser.add_argument("--train-seeds", type=int, help="training seeds of LSQ and QVGen")
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 3], choices=(3, 4))
+    parser.add_argument("--methods", nargs="+", default=["lsq", "qvgen"], choices=("lsq", "qvgen"))
     parser.add_argument("--lr", type=float, default=TrainBudget().lr, help="lr of latent weights, Φ, other")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--phi-lr", type=float, help="lr of Φ (default: --lr)")
+    parser.add_argument("--initial-rank", type=int, default=TrainBudget().initial_rank, help="QVGen's r0")
+    parser.add_argument("--seed", type=int, default=0, help="first training seed and the sampling seed")
     parser.add_argument(
         "--high-precision", nargs="*", default=[], metavar="ROLE",
         help="qvgen.quant layer roles left unquantized in every student (default: none)",
@@ -120,53 +230,114 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    steps, clips, n_prompts = SETTINGS["quick" if args.quick else "full"]
-    steps = args.steps or steps
-    n_prompts = args.prompts or n_prompts
-    # A snapshot of the teacher: every method and the evaluation see the same weights even if the embedded
-    # teacher is replaced while this runs.
-    teacher = args.out / "teacher"
-    if teacher.exists():
-        shutil.rmtree(teacher)
-    shutil.copytree(DEFAULT_TEACHER_DIR, teacher)
-    teacher_hash = hashlib.sha256(
-        b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors")))
-    ).hexdigest()[:12]
-    budget = TrainBudget(steps=steps, lr=args.lr, seed=args.seed)
-    prompts = held_out_prompts(n_prompts, teacher_clip_shape(teacher))
-    sampling_steps, guidance = teacher_sampling(teacher)  # the teacher's model-card setting
-    print(f"paper_table: {steps} steps, {clips} clips, {n_prompts} prompts, budget {budget}", flush=True)
+    base = SETTINGS["quick" if args.quick else "full"]
+    steps = args.steps or base.steps
+    clips = args.clips or base.clips
+    n_prompts = args.prompts or base.prompts
+    two_object = base.two_object if args.two_object is None else args.two_object
+    if args.prompts and args.two_object is None:
+        two_object = n_prompts // 4
+    sampling_seeds = args.sampling_seeds or base.sampling_seeds
+    seeds = [args.seed + k for k in range(args.train_seeds or base.train_seeds)]
+    teacher, teacher_hash = teacher_snapshot(args.out)
+    budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
+    shape = teacher_clip_shape(teacher)
+    held_out = list(held_out_clips(n_prompts, shape, two_object=two_object))
+    prompts = [c.caption for c in held_out]
+    sampling_steps, guidance = teacher_sampling(teacher)
+    print(f"paper_table: {steps} steps, {clips} clips, {n_prompts} prompts ({two_object} two-object) × "
+          f"{sampling_seeds} seeds, training seeds {seeds}, teacher {teacher_hash}", flush=True)  # fmt: skip
+
+    truth, negative = metric_check(held_out)
+    chance = chance_levels()
+    print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
     shards = build_shards(teacher, args.out, clips)
     print(f"shards ready ({time.perf_counter() - start:.0f} s)", flush=True)
-    variants = []
-    for method, bits in METHODS:
-        name = f"{method}-w{bits}a{bits}"
-        t = time.perf_counter()
-        cfg = run_config(
-            method, bits, teacher, shards, budget, args.out / "runs" / name, progress=False,
-            high_precision_roles=args.high_precision,
-        )  # fmt: skip
-        deploy_dir, rank = train_variant(cfg)
-        print(
-            f"{name}: trained {cfg.train.max_steps} steps in {time.perf_counter() - t:.0f} s, Φ rank {rank}"
+    runs = train_all(args, teacher, shards, budget, seeds)
+    t_eval = time.perf_counter()
+    evaluation = evaluate(
+        teacher, [(name, Path(r[3]["deploy_dir"])) for name, r in runs.items()], prompts, args.out / "report",
+        seed=args.seed, sampling_steps=sampling_steps, guidance_scale=guidance, clip_shape=shape,
+        videos_per_prompt=sampling_seeds, progress=False,
+    )  # fmt: skip
+    eval_s = time.perf_counter() - t_eval
+    report: EvalReport = evaluation.report
+    curves = {name: curve(r[3]["losses"]) for name, r in runs.items() if r[3]["losses"]}
+    report = report.model_copy(update={"training_curves": curves})
+    write_report(report, args.out / "report")
+
+    by_name = {v.name: v for v in report.variants}
+    fp = make_cell("full precision (teacher)", "FP32", [report.teacher])
+    cells: dict[tuple[str, int], Cell] = {}
+    for bits in args.bits:
+        for method in ("rtn", *args.methods):
+            models = [by_name[n] for n, r in runs.items() if r[0] == method and r[1] == bits]
+            cells[(method, bits)] = make_cell(LABELS[method], f"W{bits}A{bits}", models)
+    n_two = two_object * sampling_seeds
+    two_fp = mean_ci(fp.videos["overall"][-n_two:]) if n_two else None
+    one_fp = mean_ci(fp.videos["overall"][: len(fp.videos["overall"]) - n_two])
+
+    head = ("| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE "
+            "| denoiser rel. MSE | per-seed adherence | unscorable |\n"
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")  # fmt: skip
+    lines = [head]
+    for cell in (fp, *cells.values()):
+
+        def get(key: str, digits: int = 3, cell: Cell = cell) -> str:
+            return _fmt(cell.ci(key), digits) if key in cell.videos else "—"
+
+        spread = ", ".join(f"{x:.3f}" for x in cell.seed_means["overall"])
+        lines.append(
+            f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
+            f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
+            f"| {cell.unscorable}/{cell.num_videos} |"
         )
-        variants.append((name, deploy_dir))
-    rows, html, _ = evaluate(
-        teacher,
-        variants,
-        prompts,
-        args.out / "report",
-        seed=args.seed,
-        sampling_steps=sampling_steps,
-        guidance_scale=guidance,
-        progress=False,
-    )
-    rows = list(rows)
+    table = "\n".join(lines)
+    diffs = {}
+    diff_lines = ["| bits | metric | QVGen − LSQ (paired, mean ± 95 % CI) |", "| --- | --- | ---: |"]
+    if {"lsq", "qvgen"} <= set(args.methods):
+        for bits in args.bits:
+            q, lq = cells[("qvgen", bits)], cells[("lsq", bits)]
+            for key, digits in (("overall", 3), ("psnr_db", 2), ("latent_mse", 4), ("step_relative_mse", 4)):
+                d = paired_diff_ci(q.videos[key], lq.videos[key])
+                diffs[(bits, key)] = d
+                diff_lines.append(f"| W{bits}A{bits} | {key} | {_fmt(d, digits)} |")
+    loss_lines = ["| run | loss, mean of each tenth of training (first → last) | last tenth vs the one before |",
+                  "| --- | --- | ---: |"]  # fmt: skip
+    for bits in args.bits:
+        for method in args.methods:
+            seqs = [
+                r[3]["losses"] for r in runs.values() if r[0] == method and r[1] == bits and r[3]["losses"]
+            ]
+            if not seqs:
+                continue
+            w = np.mean([loss_windows(s) for s in seqs], axis=0)
+            loss_lines.append(f"| {method}-w{bits}a{bits} (mean of {len(seqs)} seeds) | "
+                              + " → ".join(f"{x:.4f}" for x in w) + f" | {100 * (w[-1] / w[-2] - 1):+.1f} % |")  # fmt: skip
     wall = time.perf_counter() - start
-    print(format_table(rows))
-    print(f"report: {html.resolve()} ({wall / 60:.1f} min)")
-    line = last_line(rows)
+
+    def val(key: tuple[str, int], metric: str = "overall") -> str:
+        return f"{cells[key].ci(metric).mean:.3f}" if key in cells else "nan"
+
+    def dval(bits: int, half: bool = False) -> str:
+        d = diffs.get((bits, "overall"))
+        if d is None:
+            return "nan"
+        return f"{d.ci95:.3f}" if half and d.ci95 is not None else f"{d.mean:+.3f}"
+
+    line = (
+        f"paper_table fp_colour={fp.ci('colour').mean:.3f} fp_shape={fp.ci('shape').mean:.3f} "
+        f"fp_motion={fp.ci('motion').mean:.3f} fp_two_object={'nan' if two_fp is None else f'{two_fp.mean:.3f}'} "
+        f"rtn_w4a4_adherence={val(('rtn', 4))} lsq_w4a4_adherence={val(('lsq', 4))} "
+        f"qvgen_w4a4_adherence={val(('qvgen', 4))} lsq_w3a3_adherence={val(('lsq', 3))} "
+        f"qvgen_w3a3_adherence={val(('qvgen', 3))} qvgen_minus_lsq_w4a4={dval(4)} "
+        f"qvgen_minus_lsq_w3a3={dval(3)} ci95_w3a3={dval(3, half=True)}"
+    )
+    train_s = sum(r[3]["train_s"] for r in runs.values() if "train_s" in r[3])
+    print(table, "\n", "\n".join(diff_lines), "\n", "\n".join(loss_lines), sep="\n")
+    print(f"report: {(args.out / 'report' / 'report.html').resolve()} ({wall / 60:.1f} min; training "
+          f"{train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)")  # fmt: skip
     if not args.no_write:
         period = decay_period(budget.initial_rank, steps)
         hp_text = (
@@ -174,26 +345,51 @@ def main() -> int:
             if args.high_precision
             else "Every linear of the transformer is quantized (no layer stays high precision)."
         )
-        command = "python benchmarks/paper_table.py" + (" --quick" if args.quick else "")
-        body = f"""Command: `{command}` (qvgen-demo flow helpers; wall time {wall / 60:.1f} min).
-Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread ({platform.processor() or platform.machine()},
-torch {torch.__version__}). Teacher: the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`).
-Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (latent weights, Φ,
-other), weight-qparam lr {budget.qparam_lr:g}, activation-clip lr {budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption
-dropout 0.1, {clips} procedural clips (world 4000) encoded by the teacher's VAE + UMT5, seed {args.seed}. QVGen:
-Φ from SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone before the last step.
-{hp_text} Evaluation: {n_prompts}
-held-out prompts (captions of world 5000), one video each (seed {args.seed} + k), {sampling_steps} UniPC steps,
-CFG {guidance:g} (the teacher's model-card setting), 64×64×9; students run as their real low-bit deploy
-exports. Teacher weights sha256 {teacher_hash} (all its safetensors, in path order).
+        command = "python " + " ".join(["benchmarks/paper_table.py", *sys.argv[1:]])
+        body = f"""Command: `{command}` (wall time {wall / 60:.1f} min: training {train_s / 60:.1f} min, sampling and
+scoring {eval_s / 60:.1f} min). Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread
+({platform.machine()}, torch {torch.__version__}), niced and sharing the CPU with other jobs.
+Teacher: the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`), weights sha256 {teacher_hash}.
+Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (latent weights,
+other), Φ lr {budget.phi_lr or budget.lr:g}, weight-qparam lr {budget.qparam_lr:g}, activation-clip lr
+{budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption dropout 0.1, {clips} procedural clips (world
+4000, one or two objects) encoded by the teacher's VAE + UMT5, training seeds {seeds}. QVGen: Φ from
+SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone before the last step. {hp_text}
+Evaluation: {n_prompts} held-out prompts (captions of world 5000; the last {two_object} have two objects) ×
+{sampling_seeds} sampling seeds = {n_prompts * sampling_seeds} videos per model, {sampling_steps} UniPC steps, CFG {guidance:g}
+(the teacher's model-card setting), {shape[1]}×{shape[2]}×{shape[0]}; students run as their real low-bit deploy exports.
+Cells: mean ± 95 % t interval over videos (trained methods: each video's value averaged over the training
+seeds first; "per-seed adherence" lists each training seed's mean). Unscorable videos (no object found)
+count 0 and are counted.
 
-{markdown_table(rows)}
+Metric check on the {len(held_out)} ground-truth clips of these prompts: colour {truth["colour"]:.3f}, shape
+{truth["shape"]:.3f}, motion {truth["motion"]:.3f}; with one attribute of the caption changed the changed clause
+passes colour {negative["colour"]:.3f} / shape {negative["shape"]:.3f} / motion {negative["motion"]:.3f} (chance
+{chance["colour"]:.3f} / {chance["shape"]:.3f} / {chance["motion"]:.3f}). Teacher adherence on one-object prompts
+{_fmt(one_fp)}, on two-object prompts {"—" if two_fp is None else _fmt(two_fp)}.
+
+{table}
+
+{chr(10).join(diff_lines)}
+
+Training loss (the curves are plotted in `{args.out}/report/report.html`):
+
+{chr(10).join(loss_lines)}
 
 `{line}`
 """
         write_section(body)
     print(line)
     return 0
+
+
+def write_section(body: str) -> None:
+    """Replace (or append) the `## paper_table` section of RESULTS.md, leaving the others alone."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    section = f"{SECTION}\n\n{body.strip()}\n\n"
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    atomic_write_text(RESULTS, text.rstrip() + "\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The demo flow end to end on the embedded teacher, at a handful of steps and one held-out prompt."""
+"""The demo flow end to end on the embedded teacher, at a handful of steps and four held-out prompts (one with two objects)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,21 @@ import imageio_ffmpeg
 import pytest
 
 from qvgen import auxiliary, quant
-from qvgen.data import read_manifest
-from qvgen.demo.flow import (
+from qvgen.data import parse_caption, read_manifest
+from qvgen.demo import (
     DATA_WORLD_SEED,
+    DEFAULT_TEACHER_DIR,
     DemoConfig,
     DemoResult,
     build_shards,
     decay_period,
+    held_out_clips,
     held_out_prompts,
     run_demo,
     teacher_clip_shape,
     teacher_fingerprint,
 )
-from qvgen.demo.teacher import DEFAULT_TEACHER_DIR
+from qvgen.eval import load_report
 from qvgen.models import get_family
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -32,7 +34,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::F
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoResult:
     out = tmp_path_factory.mktemp("demo")
-    cfg = DemoConfig(out=out, steps=5, prompts=1, num_clips=8, batch_size=2, initial_rank=2,
+    cfg = DemoConfig(out=out, steps=5, prompts=4, num_clips=8, batch_size=2, initial_rank=2,
                      sampling_steps=2, progress=False)  # fmt: skip
     return run_demo(cfg)
 
@@ -46,6 +48,7 @@ def test_demo_table_has_teacher_rtn_and_qvgen_rows_scored_against_the_teacher(de
         assert row.latent_mse is not None and row.latent_mse > 0
     for row in demo.rows:
         assert all(0.0 <= x <= 1.0 for x in (row.colour, row.shape, row.motion))
+        assert row.scores.num_videos == 4 and [v.caption for v in row.scores.videos] == list(demo.prompts)
     table = demo.table()
     header = [c.strip() for c in table.splitlines()[0].split("|")]
     assert header[:4] == ["model", "colour", "shape", "motion"]
@@ -56,10 +59,15 @@ def test_demo_writes_the_html_report_and_one_mp4_per_model(demo: DemoResult) -> 
     assert demo.report_html.stat().st_size > 0
     report = json.loads(demo.report_json.read_text())
     assert [v["name"] for v in report["variants"]] == ["rtn-w4a4", "qvgen-w4a4"]
+    typed = load_report(demo.report_json)
+    for model, row in zip((typed.teacher, *typed.variants), demo.rows, strict=True):
+        assert [s.adherence for s in model.samples] == list(row.scores.videos)  # per prompt, in report.json
+        assert model.summary.scores["adherence"].values["overall"].mean == pytest.approx(row.adherence)
+    assert "Scores: adherence" in demo.report_html.read_text()
     frames, _, _ = teacher_clip_shape(DEFAULT_TEACHER_DIR)
     for name in ("teacher", "rtn-w4a4", "qvgen-w4a4"):
         videos = list((demo.report_html.parent / name).glob("*.mp4"))
-        assert len(videos) == 1, name
+        assert len(videos) == 4, name
         assert imageio_ffmpeg.count_frames_and_secs(str(videos[0]))[0] == frames
 
 
@@ -76,6 +84,15 @@ def test_held_out_prompts_are_distinct_and_from_another_world_than_the_training_
     assert len(set(prompts)) == 6
     assert held_out_prompts(6, shape) == prompts
     assert held_out_prompts(6, shape, seed=DATA_WORLD_SEED) != prompts
+
+
+def test_held_out_prompts_put_the_two_object_captions_last():
+    shape = teacher_clip_shape(DEFAULT_TEACHER_DIR)
+    prompts = held_out_prompts(8, shape, two_object=3)
+    assert [len(parse_caption(p)) for p in prompts] == [1] * 5 + [2] * 3 and len(set(prompts)) == 8
+    assert [c.caption for c in held_out_clips(8, shape, two_object=3)] == list(prompts)
+    with pytest.raises(ValueError, match="two_object"):
+        held_out_prompts(2, shape, two_object=3)
 
 
 def test_decay_period_removes_phi_before_the_last_step_and_rejects_short_runs() -> None:

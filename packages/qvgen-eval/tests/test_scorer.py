@@ -95,3 +95,25 @@ def test_compare_models_refuses_duplicate_scorer_names(tmp_path):
     with pytest.raises(ValueError, match="unique"):
         compare_models("wan", None, [], [], SamplingSettings(), tmp_path,  # type: ignore[arg-type]
                        scorers=(FakeScorer("x"), FakeScorer("x")))  # fmt: skip
+
+
+def test_batched_sampling_gives_each_item_its_own_video_and_trajectory(scored, tmp_path):
+    _, _, single = scored
+    ckpt = tiny_checkpoint("wan")
+    contender = Contender("teacher", "full_precision", str(ckpt),
+                          lambda: load_model("wan", FullPrecisionModel(path=ckpt), "float32", "cpu"))  # fmt: skip
+    videos: list[GeneratedVideo] = []
+    items = plan_items(
+        ["a red square moves left", "a blue circle moves up and a green triangle moves down"], 1, 3
+    )
+    settings = SamplingSettings(height=32, width=32, num_frames=5, num_inference_steps=2, fps=8)
+    report = compare_models("wan", contender, [Contender("copy", "full_precision", str(ckpt), contender.load)],
+                            items, settings, tmp_path, scorers=(FakeScorer(),), on_video=videos.append,
+                            batch_size=2)  # fmt: skip
+    for batched, alone in zip(videos, single, strict=True):
+        assert (batched.model, batched.item) == (alone.model, alone.item)
+        np.testing.assert_allclose(batched.frames, alone.frames, atol=2e-3)
+    assert not np.allclose(videos[0].frames, videos[1].frames)  # two prompts, two seeds: two videos
+    for sample in report.variants[0].samples:  # the same model batched the same way: zero error
+        assert sample.fidelity is not None and sample.fidelity.latent_mse == 0.0
+        assert len(sample.fidelity.step_errors) == 2

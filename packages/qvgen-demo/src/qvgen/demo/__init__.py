@@ -37,3 +37,48 @@ __all__ = [
     "write_world_shards",
 ]
 
+# The demo flow and its table (flow.py, table.py): what benchmarks/paper_table.py builds on.
+from qvgen.demo.flow import (
+    DATA_WORLD_SEED,
+    PROMPT_WORLD_SEED,
+    DemoConfig,
+    DemoResult,
+    Method,
+    TrainBudget,
+    TrainedVariant,
+    build_shards,
+    decay_period,
+    held_out_clips,
+    held_out_prompts,
+    run_config,
+    run_demo,
+    teacher_clip_shape,
+    teacher_fingerprint,
+    teacher_sampling,
+    train_variant,
+)
+from qvgen.demo.table import Evaluation, Row, evaluate, format_table
+
+__all__ += [
+    "DATA_WORLD_SEED",
+    "PROMPT_WORLD_SEED",
+    "DemoConfig",
+    "DemoResult",
+    "Evaluation",
+    "Method",
+    "Row",
+    "TrainBudget",
+    "TrainedVariant",
+    "build_shards",
+    "decay_period",
+    "evaluate",
+    "format_table",
+    "held_out_clips",
+    "held_out_prompts",
+    "run_config",
+    "run_demo",
+    "teacher_clip_shape",
+    "teacher_fingerprint",
+    "teacher_sampling",
+    "train_variant",
+]

@@ -1,19 +1,18 @@
 """The QVGen demo flow on the embedded tiny Wan teacher: `run_demo(DemoConfig()) -> DemoResult`.
 
 1. `build_shards`: procedural clips (qvgen.data, a world seed the teacher never trained on) encoded by the
-   teacher's own VAE + UMT5 into latent shards (`qvgen.train.precompute`).
+   teacher's own VAE + UMT5 into latent shards.
 2. `train_variant`: a `qvgen.train.run` per method — RTN (PTQ, max_steps 0), LSQ QAT (no Φ) or QVGen
    (Φ decayed to rank 0 before the last step) — each exporting the real low-bit (deploy) student.
-3. `evaluate`: teacher and students sample the same held-out prompts and seeds through
-   `qvgen.eval.compare_models` (report.json + report.html), then prompt adherence
-   (`qvgen.eval.score_videos`) of every model's decoded frames; `format_table` prints one row per model.
+3. `evaluate` (table.py): teacher and students sample the same held-out prompts and seeds through
+   `qvgen.eval.compare_models` with the prompt-adherence scorer (report.json + report.html);
+   `format_table` prints one row per model.
 
-`benchmarks/paper_table.py` reuses these pieces for the paper's main table in miniature.
+`benchmarks/paper_table.py` reuses these pieces (exported by `qvgen.demo`) for the paper's main table.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
@@ -21,15 +20,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from qvgen.demo.teacher import DEFAULT_TEACHER_DIR, REPORT_NAME
+from qvgen.core import Frozen
+from qvgen.demo.table import Row, evaluate, format_table
+from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, REPORT_NAME
 
 if TYPE_CHECKING:
+    from qvgen.data import ProceduralClip
     from qvgen.train import RunConfig
 
 Method = Literal["rtn", "lsq", "qvgen"]
@@ -41,11 +42,7 @@ PROMPT_WORLD_SEED = 5000
 """World seed whose captions are the held-out prompts (no training set uses it)."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class TrainBudget(_Frozen):
+class TrainBudget(Frozen):
     """What every QAT method gets: steps, data, batch, learning rates (the same for LSQ and QVGen)."""
 
     steps: Annotated[int, Field(ge=0)] = 800
@@ -59,10 +56,12 @@ class TrainBudget(_Frozen):
     """Learning rate of the activation clipping logits."""
     initial_rank: Annotated[int, Field(ge=1)] = 8
     """QVGen's r0; the decay period is chosen so Φ is gone before the last step."""
+    phi_lr: Annotated[float, Field(gt=0)] | None = None
+    """Learning rate of Φ; None: `lr`."""
     seed: int = 0
 
 
-class DemoConfig(_Frozen):
+class DemoConfig(Frozen):
     """`qvgen demo`: one QVGen W4A4 training on the embedded teacher, compared with RTN and the teacher."""
 
     out: Path = Path("outputs/demo")
@@ -72,7 +71,7 @@ class DemoConfig(_Frozen):
     steps: Annotated[int, Field(ge=1)] = 800
     """QVGen training steps."""
     prompts: Annotated[int, Field(ge=1, le=64)] = 12
-    """Number of held-out prompts (one video each)."""
+    """Number of held-out prompts (one video each); a quarter of them (rounded down) have two objects."""
     seed: int = 0
     """Seed of training and of the sampled videos (video k uses seed + k)."""
     num_clips: Annotated[int, Field(ge=1)] = 512
@@ -100,24 +99,6 @@ class DemoConfig(_Frozen):
         return TrainBudget(
             steps=self.steps, batch_size=self.batch_size, initial_rank=self.initial_rank, seed=self.seed
         )
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One model's line of the table (means over the held-out videos)."""
-
-    name: str
-    colour: float
-    shape: float
-    motion: float
-    flickering: float
-    psnr_db: float | None
-    latent_mse: float | None
-    step_relative_mse: float | None
-
-    @property
-    def adherence(self) -> float:
-        return (self.colour + self.shape + self.motion) / 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,21 +166,36 @@ def teacher_fingerprint(teacher: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def held_out_prompts(n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED) -> tuple[str, ...]:
-    """The first `n` distinct one-object captions of procedural world `seed` (never used for training)."""
+def held_out_clips(
+    n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED, *, two_object: int = 0
+) -> tuple[ProceduralClip, ...]:
+    """`n - two_object` one-object clips then `two_object` two-object clips of procedural world `seed` (no
+    training set uses it), each with a caption not used by an earlier one."""
     from qvgen.data import make_clip
 
+    if not 0 <= two_object <= n:
+        raise ValueError(f"two_object must lie in [0, n={n}], got {two_object}")
     frames, height, width = shape
-    out: list[str] = []
-    i = 0
-    while len(out) < n:
-        caption = make_clip(seed, i, frames=frames, height=height, width=width, max_objects=1).caption
-        if caption not in out:
-            out.append(caption)
-        i += 1
-        if i > 100 * n + 1000:
-            raise ValueError(f"world {seed} gives fewer than {n} distinct captions")
+    out: list[ProceduralClip] = []
+    for objects, count in ((1, n - two_object), (2, two_object)):
+        found: dict[str, ProceduralClip] = {}
+        i = 0
+        while len(found) < count:
+            clip = make_clip(seed, 10_000 * objects + i, frames=frames, height=height, width=width,
+                             num_objects=objects)  # fmt: skip
+            found.setdefault(clip.caption, clip)
+            i += 1
+            if i > 100 * count + 1000:
+                raise ValueError(f"world {seed} gives fewer than {count} distinct {objects}-object captions")
+        out += found.values()
     return tuple(out)
+
+
+def held_out_prompts(
+    n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED, *, two_object: int = 0
+) -> tuple[str, ...]:
+    """The captions of `held_out_clips` (one-object ones first)."""
+    return tuple(c.caption for c in held_out_clips(n, shape, seed, two_object=two_object))
 
 
 def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED) -> Path:
@@ -270,6 +266,7 @@ def run_config(
         period = decay_period(budget.initial_rank, steps)
         aux = AuxConfig(decay=DecaySchedule(initial_rank=budget.initial_rank, period=period))
     lr = budget.lr
+    phi_lr = budget.phi_lr or lr
     return RunConfig(
         model=WanSpec(checkpoint=teacher, dtype="float32"),
         quant=quant,
@@ -279,7 +276,7 @@ def run_config(
         else LoaderConfig(shards=shards, batch_size=budget.batch_size, num_workers=0, seed=budget.seed),
         optim=OptimConfig(
             lr=LearningRates(
-                weights=lr, weight_qparams=budget.qparam_lr, act_clip=budget.act_clip_lr, phi=lr, other=lr
+                weights=lr, weight_qparams=budget.qparam_lr, act_clip=budget.act_clip_lr, phi=phi_lr, other=lr
             )
         ),
         train=TrainConfig(max_steps=steps, caption_dropout=0.1, seed=budget.seed),
@@ -289,8 +286,17 @@ def run_config(
     )
 
 
-def train_variant(cfg: RunConfig) -> tuple[Path, int | None]:
-    """Run `cfg` (PTQ when max_steps is 0) and return its deploy export folder and Φ's final rank."""
+@dataclass(frozen=True, slots=True)
+class TrainedVariant:
+    """A finished `train_variant`: the deploy export, Φ's final rank and the loss at every logged step."""
+
+    deploy_dir: Path
+    phi_rank: int | None
+    losses: tuple[float, ...]
+
+
+def train_variant(cfg: RunConfig) -> TrainedVariant:
+    """Run `cfg` (PTQ when max_steps is 0) and return its deploy export, Φ's final rank and its losses."""
     from qvgen.train import run
 
     if cfg.output_dir.exists():  # a previous demo's run: start clean (metrics.jsonl is appended to)
@@ -298,104 +304,7 @@ def train_variant(cfg: RunConfig) -> tuple[Path, int | None]:
     result = run(cfg)
     if result.deploy_dir is None:
         raise RuntimeError(f"{cfg.output_dir}: the run wrote no deploy export (export.deploy is off)")
-    return result.deploy_dir, result.phi_rank
-
-
-def evaluate(
-    teacher: Path,
-    variants: Sequence[tuple[str, Path]],
-    prompts: Sequence[str],
-    out_dir: Path,
-    *,
-    seed: int,
-    sampling_steps: int,
-    guidance_scale: float,
-    progress: bool = True,
-) -> tuple[tuple[Row, ...], Path, Path]:
-    """Teacher + deploy students on `prompts` (seed + k) → report.json/html in `out_dir` → table rows."""
-    import torch
-
-    from qvgen.eval import (
-        Contender,
-        DeployModel,
-        FullPrecisionModel,
-        LoadedModel,
-        SamplingSettings,
-        compare_models,
-        load_model,
-        plan_items,
-        score_videos,
-    )
-
-    frames, height, width = teacher_clip_shape(teacher)
-    settings = SamplingSettings(
-        height=height, width=width, num_frames=frames, num_inference_steps=sampling_steps,
-        guidance_scale=guidance_scale, fps=8,
-    )  # fmt: skip
-    cpu = torch.device("cpu")
-    videos: dict[str, list[np.ndarray]] = {}
-    bar = tqdm(total=(1 + len(variants)) * len(prompts), desc="sample", unit="video", disable=not progress)
-
-    def contender(name: str, source: FullPrecisionModel | DeployModel) -> Contender:
-        def load() -> LoadedModel:
-            model = load_model("wan", source, "float32", cpu)
-            return dataclasses.replace(
-                model, pipeline=_FrameTap(model.pipeline, videos.setdefault(name, []), bar)
-            )
-
-        kind: Literal["full_precision", "deploy"] = source.kind
-        return Contender(name, kind, str(source.path), load)
-
-    items = plan_items(list(prompts), 1, seed)
-    report = compare_models(
-        "wan",
-        contender("teacher", FullPrecisionModel(path=teacher)),
-        [contender(n, DeployModel(path=p, base=teacher)) for n, p in variants],
-        items,
-        settings,
-        out_dir,
-        embed_videos=True,
-    )
-    bar.close()
-    rows = []
-    for model in (report.teacher, *report.variants):
-        adherence = score_videos(videos[model.name], [s.prompt for s in model.samples])
-        summary = model.summary
-        rows.append(
-            Row(
-                name=model.name,
-                colour=adherence.colour,
-                shape=adherence.shape,
-                motion=adherence.motion,
-                flickering=summary["temporal_flickering"],
-                psnr_db=summary.get("psnr_db"),
-                latent_mse=summary.get("latent_mse"),
-                step_relative_mse=summary.get("step_relative_mse"),
-            )
-        )
-    return tuple(rows), out_dir / "report.html", out_dir / "report.json"
-
-
-class _FrameTap:
-    """A pipeline stand-in that keeps the exact frames of every video it returns.
-
-    Adherence is scored on these rather than on the written mp4s: h264's 4:2:0 chroma subsampling smears
-    the colours of 64×64 shapes (the teacher's motion score drops from 0.25 to 0.08 on 12 held-out prompts).
-    """
-
-    def __init__(self, pipeline: Any, store: list[np.ndarray], bar: tqdm) -> None:
-        self.pipeline = pipeline
-        self.store = store
-        self.bar = bar
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        out = self.pipeline(*args, **kwargs)
-        self.store.extend(np.asarray(v, dtype=np.float32) for v in out.frames)
-        self.bar.update(len(out.frames))
-        return out
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.pipeline, name)
+    return TrainedVariant(result.deploy_dir, result.phi_rank, tuple(result.losses))
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
@@ -409,7 +318,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     shape = teacher_clip_shape(cfg.teacher)
     default_steps, default_guidance = teacher_sampling(cfg.teacher)
-    prompts = held_out_prompts(cfg.prompts, shape)
+    prompts = held_out_prompts(cfg.prompts, shape, two_object=cfg.prompts // 4)
     stages = tqdm(total=4, desc="qvgen demo", unit="stage", disable=not cfg.progress)
     stages.set_postfix_str(f"procedural clips + latent shards ({cfg.num_clips} clips)")
     shards = build_shards(cfg.teacher, out, cfg.num_clips)
@@ -417,14 +326,14 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     tag = f"w{cfg.bits}a{cfg.bits}"
     stages.update()
     stages.set_postfix_str(f"RTN {tag} (PTQ)")
-    rtn_dir, _ = train_variant(
+    rtn = train_variant(
         run_config(
             "rtn", cfg.bits, cfg.teacher, None, budget, out / "runs" / f"rtn-{tag}", progress=cfg.progress
         )
     )
     stages.update()
     stages.set_postfix_str(f"QVGen {tag} training ({cfg.steps} steps)")
-    qvgen_dir, phi_rank = train_variant(
+    qvgen = train_variant(
         run_config(
             "qvgen",
             cfg.bits,
@@ -437,45 +346,25 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     )
     stages.update()
     stages.set_postfix_str(f"sampling {len(prompts)} held-out prompts × 3 models")
-    rows, html, json_path = evaluate(
+    evaluation = evaluate(
         cfg.teacher,
-        [(f"rtn-{tag}", rtn_dir), (f"qvgen-{tag}", qvgen_dir)],
+        [(f"rtn-{tag}", rtn.deploy_dir), (f"qvgen-{tag}", qvgen.deploy_dir)],
         prompts,
         out / "report",
         seed=cfg.seed,
         sampling_steps=cfg.sampling_steps or default_steps,
         guidance_scale=cfg.guidance_scale or default_guidance,
+        clip_shape=shape,
         progress=cfg.progress,
     )
     stages.update()
     stages.close()
     return DemoResult(
-        rows=rows,
-        report_html=html,
-        report_json=json_path,
-        deploy_dir=qvgen_dir,
-        phi_rank=phi_rank,
+        rows=evaluation.rows,
+        report_html=evaluation.report_html,
+        report_json=evaluation.report_json,
+        deploy_dir=qvgen.deploy_dir,
+        phi_rank=qvgen.phi_rank,
         prompts=prompts,
         wall_s=time.perf_counter() - start,
     )
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """A plain-text table: adherence colour/shape/motion, flickering, PSNR and latent MSE vs the teacher."""
-    head = ("model", "colour", "shape", "motion", "flicker", "PSNR dB", "latent MSE", "step relMSE")
-    lines = [head]
-    for r in rows:
-        lines.append(
-            (
-                r.name,
-                f"{r.colour:.3f}",
-                f"{r.shape:.3f}",
-                f"{r.motion:.3f}",
-                f"{r.flickering:.2f}",
-                "—" if r.psnr_db is None else f"{r.psnr_db:.2f}",
-                "—" if r.latent_mse is None else f"{r.latent_mse:.4f}",
-                "—" if r.step_relative_mse is None else f"{r.step_relative_mse:.4f}",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    return "\n".join(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)

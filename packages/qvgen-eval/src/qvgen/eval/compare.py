@@ -60,6 +60,66 @@ def run_item(model: LoadedModel, item: SampleItem, kwargs: dict[str, Any], video
     return Run(gen, calls, video_path)
 
 
+def _item_rows(t: torch.Tensor, j: int, batch: int) -> torch.Tensor:
+    """Rows of item `j` in a batched tensor of `k · batch` rows (`k` > 1 when CFG concatenates inputs)."""
+    if t.ndim == 0 or t.shape[0] == 1:
+        return t
+    if t.shape[0] % batch:
+        raise RuntimeError(f"a batched transformer call has {t.shape[0]} rows for a batch of {batch} videos")
+    return t[j::batch] if t.shape[0] > batch else t[j : j + 1]
+
+
+@torch.no_grad()
+def run_batch(
+    model: LoadedModel,
+    items: Sequence[SampleItem],
+    kwargs: dict[str, Any],
+    video_paths: Sequence[Path],
+    fps: int,
+) -> list[Run]:
+    """Generate `items` in one pipeline call (one CPU generator per item, seeded by `item.seed`, so each
+    video's initial noise is what it would be alone), record each item's transformer calls, write the mp4s."""
+    if len(items) == 1:
+        return [run_item(model, items[0], kwargs, video_paths[0], fps)]
+    final: dict[str, torch.Tensor] = {}
+
+    def keep_latents(
+        pipe: Any, step: int, t: Any, tensors: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        final["latents"] = tensors["latents"]
+        return {}
+
+    with metrics.record_transformer_calls(model.components.transformer) as calls:
+        out = model.pipeline(
+            prompt=[i.prompt for i in items],
+            generator=[torch.Generator("cpu").manual_seed(i.seed) for i in items],
+            output_type="np",
+            callback_on_step_end=keep_latents,
+            callback_on_step_end_tensor_inputs=["latents"],
+            **kwargs,
+        )
+    if "latents" not in final:
+        raise RuntimeError("the pipeline ran no denoising step; check num_inference_steps")
+    latents = final["latents"].detach().to("cpu", torch.float32)
+    runs = []
+    for j, path in enumerate(video_paths):
+        gen = Generated(frames=np.asarray(out.frames[j], dtype=np.float32), latents=latents[j : j + 1])
+        own = [
+            metrics.TransformerCall(
+                _item_rows(c.timestep, j, len(items)), _item_rows(c.output, j, len(items))
+            )
+            for c in calls
+        ]
+        write_video(gen.frames, path, fps)
+        runs.append(Run(gen, own, path))
+    return runs
+
+
+def _chunks(items: Sequence[SampleItem], size: int) -> list[list[tuple[int, SampleItem]]]:
+    indexed = list(enumerate(items))
+    return [indexed[i : i + size] for i in range(0, len(indexed), size)]
+
+
 def save_trajectory(run: Run, path: Path) -> None:
     """Frames, final latents and transformer calls of `run` as one safetensors file (atomic)."""
     tensors = {"frames": torch.from_numpy(run.generated.frames), "latents": run.generated.latents}
@@ -149,14 +209,19 @@ def compare_models(
     *,
     scorers: Sequence[VideoScorer] = (),
     on_video: Callable[[GeneratedVideo], None] | None = None,
+    batch_size: int = 1,
     embed_videos: bool = True,
 ) -> EvalReport:
     """Sample `teacher` then each variant on `items`, score them, write report.json and report.html.
 
     Every scorer runs on every video's exact frames; its results land in each `SampleRecord.scores` and
     in each model's `summary.scores` under the scorer's name (names must be unique). `on_video` (if set)
-    receives every `GeneratedVideo` as it is produced, teacher first.
+    receives every `GeneratedVideo` as it is produced, teacher first. `batch_size` > 1 samples that many
+    items per pipeline call (each with its own seeded generator; every model is batched the same way, so
+    the fidelity metrics compare like with like).
     """
+    if batch_size < 1:
+        raise ValueError(f"compare_models: batch_size must be >= 1, got {batch_size}")
     names = [s.name for s in scorers]
     if len(set(names)) != len(names):
         raise ValueError(f"compare_models: scorer names must be unique, got {names}")
@@ -166,19 +231,22 @@ def compare_models(
     kwargs = pipeline_kwargs(model, settings)
     traj_dir = out_dir / teacher.name / "trajectories"
     teacher_samples = []
-    for k, item in enumerate(items):
-        run = run_item(model, item, kwargs, out_dir / teacher.name / item.filename, fps)
-        save_trajectory(run, traj_dir / f"{k:05d}.safetensors")
-        record = SampleRecord(
-            prompt=item.prompt,
-            index=item.index,
-            seed=item.seed,
-            video=video_metrics(run.video_path, out_dir),
-            scores=_scores(scorers, run.generated.frames, item.prompt),
-        )
-        teacher_samples.append(record)
-        if on_video is not None:
-            on_video(GeneratedVideo(teacher.name, item, run.generated.frames, record))
+    for chunk in _chunks(items, batch_size):
+        paths = [out_dir / teacher.name / item.filename for _, item in chunk]
+        for (k, item), run in zip(
+            chunk, run_batch(model, [i for _, i in chunk], kwargs, paths, fps), strict=True
+        ):
+            save_trajectory(run, traj_dir / f"{k:05d}.safetensors")
+            record = SampleRecord(
+                prompt=item.prompt,
+                index=item.index,
+                seed=item.seed,
+                video=video_metrics(run.video_path, out_dir),
+                scores=_scores(scorers, run.generated.frames, item.prompt),
+            )
+            teacher_samples.append(record)
+            if on_video is not None:
+                on_video(GeneratedVideo(teacher.name, item, run.generated.frames, record))
     del model
     teacher_report = VariantReport(
         name=teacher.name,
@@ -192,20 +260,23 @@ def compare_models(
     for variant in variants:
         model = variant.load()
         samples = []
-        for k, item in enumerate(items):
-            run = run_item(model, item, kwargs, out_dir / variant.name / item.filename, fps)
-            ref, ref_calls = load_trajectory(traj_dir / f"{k:05d}.safetensors")
-            record = SampleRecord(
-                prompt=item.prompt,
-                index=item.index,
-                seed=item.seed,
-                video=video_metrics(run.video_path, out_dir),
-                fidelity=fidelity(run.generated, run.calls, ref, ref_calls),
-                scores=_scores(scorers, run.generated.frames, item.prompt),
-            )
-            samples.append(record)
-            if on_video is not None:
-                on_video(GeneratedVideo(variant.name, item, run.generated.frames, record))
+        for chunk in _chunks(items, batch_size):
+            paths = [out_dir / variant.name / item.filename for _, item in chunk]
+            for (k, item), run in zip(
+                chunk, run_batch(model, [i for _, i in chunk], kwargs, paths, fps), strict=True
+            ):
+                ref, ref_calls = load_trajectory(traj_dir / f"{k:05d}.safetensors")
+                record = SampleRecord(
+                    prompt=item.prompt,
+                    index=item.index,
+                    seed=item.seed,
+                    video=video_metrics(run.video_path, out_dir),
+                    fidelity=fidelity(run.generated, run.calls, ref, ref_calls),
+                    scores=_scores(scorers, run.generated.frames, item.prompt),
+                )
+                samples.append(record)
+                if on_video is not None:
+                    on_video(GeneratedVideo(variant.name, item, run.generated.frames, record))
         del model
         reports.append(
             VariantReport(

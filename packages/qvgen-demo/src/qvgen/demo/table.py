@@ -1,0 +1,185 @@
+"""Teacher and students on held-out prompts through `qvgen.eval.compare_models`, and the demo's table.
+
+Prompt adherence is one of the scorers `compare_models` runs on each video's exact frames (h264's 4:2:0
+chroma subsampling would smear the colours of 64×64 shapes); every number in a `Row` is read from the
+typed `EvalReport`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from qvgen.eval import AdherenceReport, EvalReport, GeneratedVideo, VariantReport, VariantSummary
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One model's line of the table: its adherence over the held-out videos and its summary metrics."""
+
+    name: str
+    scores: AdherenceReport
+    summary: VariantSummary
+
+    @classmethod
+    def from_report(cls, model: VariantReport) -> Row:
+        from qvgen.eval import summarize_adherence
+
+        records = [s.adherence for s in model.samples]
+        missing = [s.prompt for s, a in zip(model.samples, records, strict=True) if a is None]
+        if missing:
+            raise ValueError(f"{model.name}: no adherence score for {missing[:3]} (run with AdherenceScorer)")
+        return cls(model.name, summarize_adherence([a for a in records if a is not None]), model.summary)
+
+    @property
+    def colour(self) -> float:
+        return self.scores.colour
+
+    @property
+    def shape(self) -> float:
+        return self.scores.shape
+
+    @property
+    def motion(self) -> float:
+        return self.scores.motion
+
+    @property
+    def adherence(self) -> float:
+        """Mean of colour, shape and motion (unscorable videos count 0)."""
+        return self.scores.overall
+
+    @property
+    def unscorable(self) -> int:
+        return self.scores.num_unscorable
+
+    @property
+    def flickering(self) -> float:
+        return self.summary.temporal_flickering
+
+    @property
+    def psnr_db(self) -> float | None:
+        return self.summary.psnr_db
+
+    @property
+    def latent_mse(self) -> float | None:
+        return self.summary.latent_mse
+
+    @property
+    def step_relative_mse(self) -> float | None:
+        return self.summary.step_relative_mse
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """What `evaluate` produced: the typed report, one row per model, and the report files."""
+
+    report: EvalReport
+    rows: tuple[Row, ...]
+    report_html: Path
+    report_json: Path
+
+
+def evaluate(
+    teacher: Path,
+    variants: Sequence[tuple[str, Path]],
+    prompts: Sequence[str],
+    out_dir: Path,
+    *,
+    seed: int,
+    sampling_steps: int,
+    guidance_scale: float,
+    clip_shape: tuple[int, int, int],
+    videos_per_prompt: int = 1,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> Evaluation:
+    """Teacher + deploy students on `prompts` (video k of the plan seeded `seed + k`) → report.json/html in
+    `out_dir`, adherence scored on the exact frames → one `Row` per model (teacher first).
+
+    `batch_size` videos share one pipeline call (each keeps its own seeded noise); on a small CPU this is
+    several times faster than one video per call."""
+    import torch
+
+    from qvgen.eval import (
+        AdherenceScorer,
+        Contender,
+        DeployModel,
+        FullPrecisionModel,
+        LoadedModel,
+        SamplingSettings,
+        compare_models,
+        load_model,
+        plan_items,
+    )
+
+    frames, height, width = clip_shape
+    settings = SamplingSettings(
+        height=height, width=width, num_frames=frames, num_inference_steps=sampling_steps,
+        guidance_scale=guidance_scale, fps=8,
+    )  # fmt: skip
+    cpu = torch.device("cpu")
+    items = plan_items(list(prompts), videos_per_prompt, seed)
+    bar = tqdm(total=(1 + len(variants)) * len(items), desc="sample", unit="video", disable=not progress)
+
+    def contender(name: str, source: FullPrecisionModel | DeployModel) -> Contender:
+        def load() -> LoadedModel:
+            return load_model("wan", source, "float32", cpu)
+
+        kind: Literal["full_precision", "deploy"] = source.kind
+        return Contender(name, kind, str(source.path), load)
+
+    def tick(_: GeneratedVideo) -> None:
+        bar.update()
+
+    report = compare_models(
+        "wan",
+        contender("teacher", FullPrecisionModel(path=teacher)),
+        [contender(n, DeployModel(path=p, base=teacher)) for n, p in variants],
+        items,
+        settings,
+        out_dir,
+        scorers=(AdherenceScorer(),),
+        on_video=tick,
+        batch_size=batch_size,
+        embed_videos=True,
+    )
+    bar.close()
+    rows = tuple(Row.from_report(m) for m in (report.teacher, *report.variants))
+    return Evaluation(report, rows, out_dir / "report.html", out_dir / "report.json")
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """A plain-text table: adherence colour/shape/motion, flickering, PSNR and latent MSE vs the teacher."""
+    head = (
+        "model",
+        "colour",
+        "shape",
+        "motion",
+        "unscorable",
+        "flicker",
+        "PSNR dB",
+        "latent MSE",
+        "step relMSE",
+    )
+    lines = [head]
+    for r in rows:
+        lines.append(
+            (
+                r.name,
+                f"{r.colour:.3f}",
+                f"{r.shape:.3f}",
+                f"{r.motion:.3f}",
+                f"{r.unscorable}/{r.scores.num_videos}",
+                f"{r.flickering:.5f}",
+                "—" if r.psnr_db is None else f"{r.psnr_db:.3f}",
+                "—" if r.latent_mse is None else f"{r.latent_mse:.5f}",
+                "—" if r.step_relative_mse is None else f"{r.step_relative_mse:.5f}",
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)
