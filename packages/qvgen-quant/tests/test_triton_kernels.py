@@ -249,3 +249,49 @@ def test_fused_fake_quant_is_cuda_only_and_can_be_switched_off() -> None:
     finally:
         set_fused_fake_quant(old)
     assert use_fused_fake_quant(torch.randn(4, 8, device=DEVICE)) == (DEVICE.type == "cuda")
+
+
+@pytest.mark.gpu
+def test_deploy_linear_on_cuda_runs_the_autotuned_kernel_and_keeps_only_the_packed_weight() -> None:
+    model, layer = trained_layer(1536, 512)
+    deploy = DeployLinear.from_quant_linear(layer, name="blocks.0.ffn.net.2")
+    x = (torch.randn(2, 1200, 1536) * 2).bfloat16()
+    set_timesteps_(model, torch.tensor([100.0, 800.0]))
+    with torch.no_grad():
+        ref = deploy(x.float())  # the CPU reference path on the same (bf16-exact) values
+        model.cuda()
+        deploy.cuda()
+        set_timesteps_(model, torch.tensor([100.0, 800.0], device="cuda"))
+        out = deploy(x.cuda())  # bf16, contiguous: the fused path, autotuned
+        act = deploy.act_quantizer
+        assert act is not None
+        lo, hi = act.sample_clips(x.cuda())
+        out32 = w4a4_linear(
+            x.cuda().reshape(-1, 1536), deploy.weight_packed, deploy._fused_vectors(out.device),
+            lo.reshape(-1).contiguous(), hi.reshape(-1).contiguous(), act_bits=4, has_bias=True,
+            out_dtype=torch.float32,
+        )  # fmt: skip
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out32.reshape(ref.shape).cpu(), ref) <= 1e-5
+    assert torch.equal(out, out32.reshape(out.shape).to(torch.bfloat16))
+    cached = list(deploy._kernel_cache.values())
+    assert len(cached) == 1 and cached[0].shape == (5, 512)  # no int8 copy of the weight stays resident
+
+
+@pytest.mark.gpu
+def test_quant_linear_on_cuda_uses_the_fused_fake_quantizers_with_the_cpu_gradients() -> None:
+    results = []
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model, layer = trained_layer(256, 128)
+        model.to(device)
+        set_timesteps_(model, torch.tensor([100.0, 800.0], device=device))
+        x = (torch.randn(2, 40, 256) * 2).to(device).requires_grad_()
+        assert use_fused_fake_quant(x) == (device == "cuda")
+        out = layer(x)
+        out.square().sum().backward()
+        wq, aq = layer.weight_quantizer, layer.act_quantizer
+        grads = [x.grad, layer.weight.grad, wq.scale.grad, wq.zero_point.grad, aq.clip_logit_lo.grad]
+        results.append([t.detach().cpu() for t in [out, *grads]])
+    for cpu, gpu in zip(*results, strict=True):
+        assert rel_err(gpu, cpu) <= 1e-5
