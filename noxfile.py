@@ -83,20 +83,24 @@ def tests(session: nox.Session, package: str) -> None:
 
 @nox.session(python=PYTHON)
 def integration(session: nox.Session) -> None:
-    """Cross-package tests: every package installed together."""
-    install_local(session, [*LIBRARY_PACKAGES, "demo"])
+    """Cross-package tests: every package installed together (+ import-linter for the contract test)."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"], extras=("import-linter",))
     session.run("pytest", str(ROOT / "tests" / "integration"), *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
-    """ruff check + format check, and no qvgen/__init__.py (the namespace is PEP 420)."""
+    """ruff check + format check, no qvgen/__init__.py (the namespace is PEP 420), the import contracts."""
     session.install(*CONSTRAINTS, "-r", str(ROOT / "requirements-dev.txt"))
     stray = sorted(str(p.relative_to(ROOT)) for p in PACKAGES.glob("*/src/qvgen/__init__.py"))
     if stray:
         session.error(f"qvgen is a PEP 420 namespace; delete {stray}")
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
+    # the import contracts in .importlinter (layers + exported names only); grimp reads the sources, so the
+    # packages need not be installed, only findable
+    srcs = [str(p) for p in sorted(PACKAGES.glob("*/src"))]
+    session.run("lint-imports", "--no-cache", env={"PYTHONPATH": os.pathsep.join(srcs)})
 
 
 @nox.session(python=PYTHON)

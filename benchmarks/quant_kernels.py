@@ -29,10 +29,10 @@ from qvgen.quant import (
     QuantConfig,
     QuantLinear,
     initialize_,
+    packed_columns,
     prepare_,
     set_timesteps_,
 )
-from qvgen.quant.packing import packed_columns
 
 WAN_SHAPES = [(1536, 1536), (1536, 8960), (8960, 1536), (4096, 1536)]  # (in, out)
 

@@ -62,8 +62,7 @@ def build(variant: str) -> dict[str, Any]:
 
     from qvgen import auxiliary, quant
     from qvgen.models import get_family
-    from qvgen.train.config import OptimConfig
-    from qvgen.train.optim import build_optimizer
+    from qvgen.train import OptimConfig, build_optimizer
 
     torch.manual_seed(0)
     teacher = WanTransformer3DModel(**SMALL_WAN).eval().requires_grad_(False)
@@ -93,7 +92,7 @@ def build(variant: str) -> dict[str, Any]:
 def step(s: dict[str, Any], i: int) -> None:
     """One recipe step (rank-decay γ update, teacher, student fwd/bwd, clip, AdamW)."""
     from qvgen import auxiliary
-    from qvgen.train.loss import distill_loss
+    from qvgen.train import distill_loss
 
     if s["branches"] is not None:
         branches, aux_cfg = s["branches"]
@@ -120,7 +119,7 @@ def peak_memory(variant: str, steps: int) -> int:
 def memory_child(variant: str, steps: int) -> None:
     import diffusers  # noqa: F401  (imports are part of the baseline)
 
-    import qvgen.train.recipe  # noqa: F401
+    from qvgen.train import run  # noqa: F401  (the recipe's imports: accelerate, the families)
 
     torch.set_num_threads(1)
     base = _status_bytes("VmRSS")

@@ -31,8 +31,8 @@ from qvgen.quant.fake_quant import (
     shrink_grid_search,
 )
 from qvgen.quant.linear import QuantLinear
-from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
 from qvgen.quant.roles import LayerRole, matches_any, resolve_role
+from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
 from qvgen.quant.timestep import TimestepContext, attach_timestep_context_, set_timesteps_, timestep_context
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "ActivationQuantizer",
     "ClippedDynamicActivation",
     "KeptLowRank",
-    "SmoothLowRank",
     "LSQPlusWeight",
     "LayerRole",
     "MinMaxWeight",
@@ -50,6 +49,7 @@ __all__ = [
     "QuantLinear",
     "QuantParams",
     "RoleOverride",
+    "SmoothLowRank",
     "TimestepContext",
     "WeightQuantConfig",
     "WeightQuantizer",
@@ -73,7 +73,7 @@ __all__ = [
 ]
 
 # --- Real low-bit export: deploy layers, integer GEMM, save/load (deploy.py, export.py, manifest.py) ---
-from qvgen.quant.deploy import DeployLinear, DeployTarget
+from qvgen.quant.deploy import MAX_WEIGHT_BITS, DeployLinear, DeployTarget
 from qvgen.quant.export import (
     convert_,
     deployed_layers,
@@ -82,9 +82,10 @@ from qvgen.quant.export import (
     save_quantized,
 )
 from qvgen.quant.manifest import DeployLayer, DeployManifest, SourceModel
-from qvgen.quant.packing import pack_int4, unpack_int4
+from qvgen.quant.packing import pack_int4, packed_columns, unpack_int4
 
 __all__ += [
+    "MAX_WEIGHT_BITS",
     "DeployLayer",
     "DeployLinear",
     "DeployManifest",
@@ -94,6 +95,7 @@ __all__ += [
     "deployed_layers",
     "load_quantized",
     "pack_int4",
+    "packed_columns",
     "read_manifest",
     "save_quantized",
     "unpack_int4",

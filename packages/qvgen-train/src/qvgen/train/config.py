@@ -13,8 +13,7 @@ from qvgen.auxiliary import AuxConfig, validate_against_steps
 from qvgen.core import ConfigError, Frozen, apply_overrides, parse_override
 from qvgen.data import LoaderConfig
 from qvgen.models import ModelSpec
-from qvgen.quant import LayerRole, QuantConfig
-from qvgen.quant.deploy import MAX_WEIGHT_BITS
+from qvgen.quant import MAX_WEIGHT_BITS, LayerRole, QuantConfig
 from qvgen.train.method_config import MethodConfig, QATMethod, check_method
 
 __all__ = ["ConfigError", "RunConfig", "apply_overrides", "load_config", "parse_override"]
