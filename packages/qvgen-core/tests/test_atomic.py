@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from qvgen.core import atomic_dir, atomic_write, atomic_write_bytes, atomic_write_text, remove_stale_temps
+from qvgen.core import (
+    atomic_dir,
+    atomic_write,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+    remove_stale_temps,
+)
 
 
 def _enospc(*_: object, **__: object) -> None:
@@ -161,3 +168,11 @@ def test_remove_stale_temps_removes_only_this_modules_leftovers(tmp_path: Path) 
         p.write_text("keep")
     assert remove_stale_temps(target) == [stale_dir, stale_file]
     assert sorted(tmp_path.iterdir()) == sorted(keep)
+
+
+def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
+    import hashlib
+
+    data = os.urandom((1 << 22) + 17)  # more than one read chunk
+    path = atomic_write_bytes(tmp_path / "t.bin", data)
+    assert file_sha256(path) == hashlib.sha256(data).hexdigest()

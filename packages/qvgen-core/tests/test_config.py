@@ -10,6 +10,7 @@ from qvgen.core import (
     Frozen,
     add_override_argument,
     apply_overrides,
+    cli_main,
     load_config,
     parse_override,
     schema_json,
@@ -119,3 +120,21 @@ def test_frozen_is_immutable_strict_and_documents_fields() -> None:
         Train(max_step=3)  # type: ignore[call-arg]
     schema = json.loads(schema_json(Train))
     assert schema["properties"]["max_steps"]["description"] == "Optimizer steps."
+
+
+def _dispatch(args: list[str]) -> int:
+    if args == ["fail"]:
+        raise OSError(28, "No space left on device")
+    if args == ["bug"]:
+        raise RuntimeError("a bug")
+    return 0
+
+
+def test_cli_main_prints_user_errors_as_one_line_and_returns_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main("qvgen-x", _dispatch, ["fail"]) == 1
+    assert capsys.readouterr().err.startswith("qvgen-x: error: [Errno 28] No space left on device\n")
+    assert cli_main("qvgen-x", _dispatch, ["ok"]) == 0
+    with pytest.raises(RuntimeError):  # not a user error: a traceback
+        cli_main("qvgen-x", _dispatch, ["bug"])
+    with pytest.raises(OSError):  # --debug: the traceback of a user error too
+        cli_main("qvgen-x", _dispatch, ["fail", "--debug"])

@@ -2,9 +2,9 @@
 
 - `Frozen`: the one frozen pydantic base (immutable, `extra="forbid"`, attribute docstrings as descriptions).
 - Atomic writes: `atomic_write`, `atomic_write_bytes`, `atomic_write_text` (files), `atomic_dir` (folders),
-  `remove_stale_temps` (what a killed writer left).
+  `remove_stale_temps` (what a killed writer left), `file_sha256` (the digest manifests record).
 - Config loading: `load_config(cls, path, overrides)` with `--set KEY=VALUE` (YAML values), `ConfigError`,
-  `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands.
+  `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands, `cli_main` (user errors → one line, exit 1; `--debug`).
 
 Depends on pydantic and PyYAML only.
 """
@@ -14,6 +14,7 @@ from qvgen.core.atomic import (
     atomic_write,
     atomic_write_bytes,
     atomic_write_text,
+    file_sha256,
     remove_stale_temps,
 )
 from qvgen.core.config import (
@@ -21,6 +22,7 @@ from qvgen.core.config import (
     add_override_argument,
     apply_overrides,
     apply_overrides_to_tree,
+    cli_main,
     load_config,
     parse_override,
     read_config_tree,
@@ -40,6 +42,8 @@ __all__ = [
     "atomic_write",
     "atomic_write_bytes",
     "atomic_write_text",
+    "cli_main",
+    "file_sha256",
     "load_config",
     "parse_override",
     "read_config_tree",

@@ -9,6 +9,7 @@ target path, with the original as their cause.
 from __future__ import annotations
 
 import glob
+import hashlib
 import logging
 import os
 import secrets
@@ -112,6 +113,15 @@ def remove_stale_temps(path: str | os.PathLike[str]) -> list[Path]:
     for p in stale:
         _remove(p)
     return stale
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 4 MiB chunks (the digest manifests record for what was written)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _temp_name(target: Path, kind: str) -> Path:

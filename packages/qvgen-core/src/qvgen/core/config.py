@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,3 +118,20 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 def schema_json(cls: type[BaseModel]) -> str:
     """The JSON schema of `cls`, as the `schema` subcommands print it (configs/schema/*.json)."""
     return json.dumps(cls.model_json_schema(), indent=2)
+
+
+def cli_main(prog: str, dispatch: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Run a CLI's `dispatch(args)`; a user error (ValueError/OSError) becomes one line on stderr and exit 1.
+
+    `--debug` anywhere on the line is removed from the arguments and lets every error propagate with its
+    traceback. `dispatch` itself returns 2 for a `ConfigError` it caught, 0 on success.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        return dispatch([a for a in args if a != "--debug"])
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
