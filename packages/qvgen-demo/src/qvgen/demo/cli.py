@@ -10,6 +10,7 @@ from qvgen.demo.flow import DemoConfig, run_demo
 from qvgen.demo.teacher_cli import add_cli as add_train_teacher_cli
 from qvgen.demo.teacher_cli import cli_main as train_teacher_main
 from qvgen.demo.teacher_cli import config_from_args as teacher_config_from_args
+from qvgen.models import progress_default, set_hf_progress_bars
 
 DEFAULTS = DemoConfig()
 
@@ -60,7 +61,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULTS.teacher,
         help="teacher diffusers folder (default: the embedded one)",
     )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.add_argument(
+        "--sampling-steps",
+        type=int,
+        default=DEFAULTS.sampling_steps,
+        help="denoising steps per video (default: the teacher's own evaluation setting)",
+    )
+    demo.add_argument(
+        "--guidance",
+        type=float,
+        default=DEFAULTS.guidance_scale,
+        help="classifier-free guidance scale (default: the teacher's own evaluation setting)",
+    )
+    demo.add_argument(
+        "--threads",
+        type=int,
+        default=DEFAULTS.threads,
+        help="torch intra-op threads (default: %(default)s; more only contend on a shared CPU)",
+    )
+    demo.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stdout is a terminal)",
+    )
     add_train_teacher_cli(sub)
     return parser
 
@@ -81,11 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             demo_cfg = DemoConfig(
                 out=args.out, teacher=args.teacher, steps=args.steps, prompts=args.prompts, seed=args.seed,
-                bits=args.bits, num_clips=args.clips, progress=not args.no_progress,
+                bits=args.bits, num_clips=args.clips, progress=progress_default(args.progress),
+                sampling_steps=args.sampling_steps, guidance_scale=args.guidance, threads=args.threads,
             )  # fmt: skip
         except ValueError as e:  # pydantic's ValidationError is a ValueError
             print(f"qvgen demo: {e}")
             return 2
+        set_hf_progress_bars(demo_cfg.progress)
         result = run_demo(demo_cfg)
         print(result.table())
         print(

@@ -35,13 +35,32 @@ def _parser() -> argparse.ArgumentParser:
         help="override one field, e.g. --set train.max_steps=4 (value parsed as YAML)",
     )
     run_p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    run_p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stdout is a terminal and logging.progress_bar is true)",
+    )
 
     pre_p = sub.add_parser(
         "precompute", help="encode videos + captions into latent shards with a family's encoder"
     )
     pre_p.add_argument("config", help="precompute config YAML (`qvgen-train schema precompute`)")
-    pre_p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    pre_p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set batch_size=4 (value parsed as YAML; repeatable)",
+    )
     pre_p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    pre_p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bars (default: only when stdout is a terminal)",
+    )
 
     imp = sub.add_parser(
         "import-reference",
@@ -104,6 +123,13 @@ def _dispatch(argv: Sequence[str]) -> int:
     if args.dry_run:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    from qvgen.models import progress_default, set_hf_progress_bars
+
+    shown = progress_default(args.progress)  # --progress/--no-progress, else on only on a terminal
+    if isinstance(cfg, RunConfig):
+        shown = shown and (args.progress is not None or cfg.logging.progress_bar)
+        cfg = cfg.model_copy(update={"logging": cfg.logging.model_copy(update={"progress_bar": shown})})
+    set_hf_progress_bars(shown)
     if isinstance(cfg, RunConfig):
         from qvgen.train.recipe import run  # heavy imports only when training
 

@@ -127,7 +127,7 @@ def run(cfg: RunConfig) -> RunResult:
     )
     if isinstance(cfg.method, SVDQuantMethod):  # smoothing + kept 16-bit branch; ranges are the residual's
         _fit_svdquant(cfg, family, teacher, student, device)
-    quant.initialize_(student, progress=accelerator.is_main_process)
+    quant.initialize_(student, progress=cfg.logging.progress_bar and accelerator.is_main_process)
     branches = None
     if cfg.aux is not None:
         branches = auxiliary.attach_(student, cfg.aux)
