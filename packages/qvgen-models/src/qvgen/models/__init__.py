@@ -11,7 +11,12 @@ from qvgen.models.manifest import (
     read_student_manifest,
     save_student,
 )
-from qvgen.models.pipeline import load_pipeline
+from qvgen.models.pipeline import (
+    hf_progress_bars,
+    load_pipeline,
+    progress_default,
+    set_hf_progress_bars,
+)
 from qvgen.models.real_models import (
     REAL_MODELS,
     RealModel,
@@ -46,11 +51,14 @@ __all__ = [
     "build_real_on_meta",
     "get_family",
     "get_real_model",
+    "hf_progress_bars",
     "load_components",
     "load_pipeline",
     "load_student",
+    "progress_default",
     "read_student_manifest",
     "roles_of",
     "save_student",
+    "set_hf_progress_bars",
     "to_torch_dtype",
 ]
