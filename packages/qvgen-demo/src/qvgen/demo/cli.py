@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qvgen", description="QVGen quantization-aware training for video DiTs."
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -90,6 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; a user error (ValueError/OSError: a bad folder, a full disk) is printed as one message
+    with exit 1; `--debug` (anywhere on the line) lets every error propagate with its traceback."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args_list
+    try:
+        return _dispatch([a for a in args_list if a != "--debug"])
+    except (ValueError, OSError) as e:
+        if debug:
+            raise
+        print(f"qvgen: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train-teacher":
         try:

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,8 +90,12 @@ def save_checkpoint(
     state: TrainState,
     generators: Mapping[str, torch.Generator],
     keep_last: int,
+    save_state: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write `root/step-<N>` on every process (collective call); return its final path."""
+    """Write `root/step-<N>` on every process (collective call); return its final path.
+
+    `save_state(folder)` writes the model/optimizer/scheduler files (default: accelerate's `save_state`;
+    the FSDP2 path passes `qvgen.train.sharding.save_sharded_state`)."""
     final = checkpoint_dir(root, state.step)
     tmp = final.with_name(final.name + TMP_SUFFIX)
     if accelerator.is_main_process:
@@ -99,7 +103,10 @@ def save_checkpoint(
             shutil.rmtree(tmp)  # left by a crash during an earlier save of this step
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if save_state is None:
+        accelerator.save_state(str(tmp))
+    else:
+        save_state(tmp)
     save_generators(tmp / GENERATORS.format(rank=accelerator.process_index), generators)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -179,7 +186,16 @@ def check_compatible(path: Path, state: TrainState, config: Mapping[str, Any], w
         )
 
 
-def load_checkpoint(accelerator: Any, path: Path, generators: Mapping[str, torch.Generator]) -> None:
-    """Restore accelerate's state and this process's generators from a verified checkpoint."""
-    accelerator.load_state(str(path))
+def load_checkpoint(
+    accelerator: Any,
+    path: Path,
+    generators: Mapping[str, torch.Generator],
+    load_state: Callable[[Path], None] | None = None,
+) -> None:
+    """Restore the training state (accelerate's `load_state`, or `load_state(path)`) and this process's
+    generators from a verified checkpoint."""
+    if load_state is None:
+        accelerator.load_state(str(path))
+    else:
+        load_state(path)
     load_generators(path / GENERATORS.format(rank=accelerator.process_index), generators)

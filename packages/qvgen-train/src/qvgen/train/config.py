@@ -64,6 +64,10 @@ class TrainConfig(Frozen):
     """teacher: MSE to the full-precision teacher on the same noisy input; data: the family's target."""
     seed: int = 42
     """Model-independent seed; each process draws its timesteps and noise from `seed + rank` (B3)."""
+    sharding: Literal["ddp", "fsdp2"] = "ddp"
+    """ddp: every process holds the whole student (accelerate's DDP); fsdp2: the student's blocks are
+    sharded with torch's `fully_shard` and Φ stays replicated outside them (`qvgen.train.sharding`).
+    Launch both with a multi-process accelerate config (configs/accelerate/ddp.yaml)."""
 
 
 class ValidationConfig(Frozen):
@@ -141,6 +145,21 @@ class RunConfig(Frozen):
         check_method(self)  # the method's rules on family, bit widths and the other sections
         if self.data is not None and self.data.mode != "train":
             raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
+        return self
+
+    @model_validator(mode="after")
+    def _fsdp2_supports_the_run(self) -> RunConfig:
+        """train.sharding=fsdp2 vs the features that need the whole student on one process."""
+        if self.train.sharding != "fsdp2":
+            return self
+        if self.logging.validation is not None:
+            raise ValueError(
+                "train.sharding=fsdp2 with logging.validation: validation clips sample the whole student on "
+                "the main process; set logging.validation=null (sample the exported student with qvgen-eval)"
+            )
+        kind = getattr(getattr(self, "method", None), "kind", "qat")
+        if kind != "qat":
+            raise ValueError(f"train.sharding=fsdp2 supports method.kind 'qat' (QVGen, LSQ), not {kind!r}")
         return self
 
     @model_validator(mode="after")

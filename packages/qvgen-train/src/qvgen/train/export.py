@@ -54,7 +54,9 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
     if cfg.export.deploy:
         student = student.cpu().eval()
         # weight-only configs (activation.kind 'none') can only become w4a16 deploy layers
-        target = "w4a16" if isinstance(cfg.quant.activation, quant.NoActivationQuant) else "w4a4"
+        target: quant.DeployTarget = (
+            "w4a16" if isinstance(cfg.quant.activation, quant.NoActivationQuant) else "w4a4"
+        )
         quant.convert_(student, target=target)
         deploy_dir = final / "deploy"
         quant.save_quantized(student, deploy_dir, identity=str(Path(cfg.model.checkpoint).resolve()))

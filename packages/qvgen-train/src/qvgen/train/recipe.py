@@ -6,9 +6,10 @@ No Trainer class and no callbacks: every feature is a visible line below (house 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from qvgen import auxiliary, quant
 from qvgen.data import LatentBatch, make_loader
 from qvgen.models import get_family
 from qvgen.train import checkpoint as ckpt
-from qvgen.train import methods
+from qvgen.train import methods, sharding
 from qvgen.train.config import RunConfig
 from qvgen.train.export import export_student
 from qvgen.train.loss import distill_loss
@@ -140,21 +141,30 @@ def run(cfg: RunConfig) -> RunResult:
 
     # 3. Optimizer groups, schedule, accelerate. The loader splits by node/worker itself (qvgen.data),
     #    so it is not handed to accelerate (which would shard it a second time).
-    fsdp = accelerator.distributed_type == DistributedType.FSDP
-    if fsdp and branches is not None and not accelerator.state.fsdp_plugin.ignored_modules:
+    if accelerator.distributed_type == DistributedType.FSDP:
         raise ValueError(
-            "FSDP with Φ: set `fsdp_ignored_modules: '.*\\.lowrank'` in the accelerate config so Φ stays "
-            "replicated and can shrink (see configs/accelerate/fsdp.yaml)"
+            "accelerate's FSDP plugin is not used by the recipe: launch with a multi-process config "
+            "(configs/accelerate/ddp.yaml) and set train.sharding=fsdp2 (the recipe shards the student)"
         )
+    fsdp = cfg.train.sharding == "fsdp2"  # Φ outside the shards: no re-wrap, gradients all-reduced
+    if fsdp:
+        sharding.shard_student_(student, device)
     # a run with Φ keeps its `phi` group even once empty: checkpoints after removal then resume (issue 13)
     optimizer = build_optimizer(student, cfg.optim, keep_empty=("phi",) if cfg.aux is not None else ())
     scheduler = build_scheduler(optimizer, cfg.optim, cfg.train.max_steps)
-    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    if fsdp:
+        optimizer, scheduler = accelerator.prepare(optimizer, scheduler)
+        states = {"model": student, "optimizer": optimizer, "scheduler": scheduler, "rank": rank}
+        save_state: Callable[[Path], None] | None = functools.partial(sharding.save_sharded_state, **states)
+        load_state: Callable[[Path], None] | None = functools.partial(sharding.load_sharded_state, **states)
+    else:
+        student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+        save_state = load_state = None  # accelerate's save_state / load_state
     generator = torch.Generator().manual_seed(cfg.train.seed + rank)  # every rank its own draws (B3)
     generators = {"sampling": generator}
     data_batches = 0
     if resume is not None:
-        ckpt.load_checkpoint(accelerator, resume[0], generators)
+        ckpt.load_checkpoint(accelerator, resume[0], generators, load_state)
         data_batches = resume[1].data_batches
         log.info(f"resumed from {resume[0]} at step {start}", main_process_only=True)
 
@@ -214,7 +224,9 @@ def run(cfg: RunConfig) -> RunResult:
             accelerator.backward(loss)
             if fsdp and branches:
                 auxiliary.all_reduce_grads_(branches)  # Φ is replicated outside FSDP (ignored modules)
-            if cfg.train.grad_clip is not None:
+            if cfg.train.grad_clip is not None and fsdp:
+                sharding.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+            elif cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
             lr = scheduler.get_last_lr()[0]  # the latent-weight group's lr used by this step
             optimizer.step()
@@ -247,6 +259,7 @@ def run(cfg: RunConfig) -> RunResult:
                     ),
                     generators,
                     cfg.checkpoint.keep_last,
+                    save_state,
                 )  # fmt: skip
         bar.close()
         for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
@@ -254,6 +267,17 @@ def run(cfg: RunConfig) -> RunResult:
 
     # 8. Export: Φ must be gone; the fake-quant student (manifest + safetensors) and the real low-bit one.
     final = accelerator.unwrap_model(student)
+    if fsdp:  # gather the shards (collective), rebuild the plain student on the main process
+        full = sharding.gather_full_state(student)
+        if accelerator.is_main_process:
+            final = family.load_transformer(cfg.model.checkpoint, dtype="float32")
+            quant.prepare_(
+                final,
+                cfg.quant,
+                layer_roles=family.layer_roles,
+                keep_high_precision=family.keep_high_precision,
+            )
+            final.load_state_dict(full, strict=True)
     if isinstance(cfg.method, EfficientDMMethod):
         methods.merge_lora_(final)  # W ← W + B·A·α/r: the exported student is a plain quantized model
     remaining = auxiliary.lowrank_parameters(final)
