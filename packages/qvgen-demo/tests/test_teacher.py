@@ -37,6 +37,7 @@ MICRO = {
     "vae_decoder_steps": 2,
     "num_clips": 3,
     "steps": 2,
+    "finetune_steps": 2,
     "batch_size": 2,
     "warmup_steps": 1,
     "eval_one_object": 1,
@@ -65,7 +66,7 @@ def test_two_step_run_writes_a_loadable_diffusers_folder_with_report_and_card(mi
     assert report["vae"]["images"]["steps"] == 2 and report["vae"]["clips"]["steps"] == 2
     assert report["vae"]["clips_finetune"]["steps"] == 2 and report["vae"]["decoder"]["steps"] == 2
     assert set(report["phase_seconds"]) == {"vae", "shards", "transformer", "decoder", "eval"}
-    assert report["transformer"]["steps"] == 2
+    assert report["transformer"]["steps"] == 2 and report["transformer"]["stage2"]["steps"] == 2
     assert report["config"]["num_clips"] == 3
     quality = report["quality"]
     assert set(quality) >= {"teacher", "ground_truth", "vae_reconstruction", "vae_psnr_db"}
@@ -154,6 +155,7 @@ def test_rerun_in_the_same_work_dir_reuses_the_vae_and_shards(micro_teacher: Pat
     report = json.loads((again / REPORT_NAME).read_text())
     assert report["vae"]["reused_from"].startswith(str(work))
     assert report["transformer"]["reused_from"].startswith(str(work))
+    assert report["transformer"]["stage2"]["reused_from"].startswith(str(work))
     assert report["vae"]["decoder"]["reused_from"].startswith(str(work))
     assert _same_weights(micro_teacher, again)
 

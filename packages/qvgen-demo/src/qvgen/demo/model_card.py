@@ -85,6 +85,9 @@ latent); the text encoder is a randomly initialised, frozen 2-layer UMT5.
    warm-up steps then cosine to 5 %): Wan flow matching, x_t = (1−σ)·x0 + σ·ε, target ε − x0, σ uniform
    over the 1000 training sigmas (shift {cfg["train_flow_shift"]:g}), posterior-sampled latents, captions
    dropped to the empty prompt with p = {cfg["caption_dropout"]}; the EMA ({cfg["ema_decay"]}) weights were kept.
+   Then {tr.get("stage2", {"steps": 0})["steps"]} more steps from those weights (fresh AdamW at lr
+   {cfg["finetune_lr"]}, fresh EMA and batch order) with σ drawn at shift {cfg["finetune_flow_shift"]:g}, the
+   sampler's, so more of them at high noise, where a sample's layout and motion are decided.
 4. The VAE decoder alone (encoder, latents and statistics unchanged): {decoder["steps"]} whole-clip steps,
    peak lr {cfg["vae_decoder_lr"]}, object-boundary pixels weighted ×{1 + cfg["vae_edge_weight"]:g} on top.
 

@@ -38,6 +38,7 @@ from qvgen.demo.teacher_config import (
     DECODER_FIELDS,
     DEFAULT_TEACHER_DIR,
     EVAL_FIELDS,
+    FINETUNE_FIELDS,
     REPORT_NAME,
     SHARD_FIELDS,
     TRANSFORMER_FIELDS,
@@ -142,16 +143,18 @@ def _vae_phase(components: Components, cfg: TeacherConfig, work: Path, progress:
 
 
 def _transformer_phase(
-    components: Components, cfg: TeacherConfig, work: Path, shard_dir: Path, progress: bool
+    components: Components, cfg: TeacherConfig, work: Path, shard_dir: Path, progress: bool, stage: int = 1
 ) -> tuple[Any, dict[str, Any]]:
-    """Train the transformer, or reuse the one a run of the same settings left in `work`."""
-    folder = work / f"transformer-{digest(cfg, TRANSFORMER_FIELDS)}"
+    """Train the transformer (stage 1 or 2), or reuse the one a run of the same settings left in `work`."""
+    fields = TRANSFORMER_FIELDS if stage == 1 else FINETUNE_FIELDS
+    folder = work / f"transformer-{digest(cfg, fields)}"
     log_file = folder / "transformer_log.json"
     if log_file.is_file():
         log = {**json.loads(log_file.read_text()), "reused_from": str(folder)}
         model_class: Any = type(components.transformer)
         return model_class.from_pretrained(folder).eval(), log
-    log = train_transformer(components, cfg, shard_dir, _deadline(cfg.minutes, 0.40), progress)
+    stop = _deadline(cfg.minutes, 0.30 if stage == 1 else 0.10)
+    log = train_transformer(components, cfg, shard_dir, stop, progress, stage=stage)
     transformer: Any = components.transformer
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=work))
     try:
@@ -223,6 +226,11 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
         t = time.monotonic()
         transformer, transformer_log = _transformer_phase(components, cfg, work, shard_dir, progress)
         components = dataclasses.replace(components, transformer=transformer)
+        if cfg.finetune_steps:
+            transformer, stage2 = _transformer_phase(components, cfg, work, shard_dir, progress, stage=2)
+            components = dataclasses.replace(components, transformer=transformer)
+            transformer_log = {**transformer_log, "stage2": stage2,
+                               "seconds": transformer_log["seconds"] + stage2["seconds"]}  # fmt: skip
         timings["transformer_s"] = time.monotonic() - t
 
         t = time.monotonic()

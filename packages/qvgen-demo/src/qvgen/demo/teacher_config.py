@@ -82,6 +82,12 @@ class TeacherConfig(_Frozen):
     train_flow_shift: Annotated[float, Field(gt=0)] = 1.0
     """Shift of the training sigmas (1.0: uniform σ, the official Wan recipe)."""
 
+    finetune_steps: Annotated[int, Field(ge=0)] = 4500
+    """Second transformer stage: more steps from the stage-1 weights at `finetune_flow_shift`."""
+    finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
+    finetune_flow_shift: Annotated[float, Field(gt=0)] = 3.0
+    """σ shift of the second stage (3.0, the sampler's: more steps at high noise)."""
+
     minutes: Annotated[float, Field(gt=0)] | None = None
     """Wall-clock cap: the VAE may use 40% and the transformer 45% of it (steps stop early; not
     reproducible, for probes only)."""
@@ -127,7 +133,9 @@ SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "num_clips")
 """Fields that define the latent shards."""
 TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
-"""Fields that define the trained transformer."""
+"""Fields that define the trained transformer (stage 1)."""
+FINETUNE_FIELDS = (*TRANSFORMER_FIELDS, "finetune_steps", "finetune_lr", "finetune_flow_shift")
+"""Fields that define the transformer after its second stage."""
 DECODER_FIELDS = (*VAE_FINETUNE_FIELDS, "vae_decoder_steps", "vae_decoder_lr", "vae_edge_weight")
 """Fields that define the final VAE decoder."""
 EVAL_FIELDS = frozenset(

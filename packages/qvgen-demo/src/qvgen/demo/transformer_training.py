@@ -33,31 +33,44 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
 
 def train_transformer(
     components: Components, cfg: TeacherConfig, shard_dir: Path,
-    stop: Callable[[], bool] = lambda: False, progress: bool = True,
+    stop: Callable[[], bool] = lambda: False, progress: bool = True, *, stage: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
-    """Flow matching on the latent shards; the EMA weights end up in `components.transformer`."""
+    """Flow matching on the latent shards; the EMA weights end up in `components.transformer`.
+
+    Stage 1: `steps` steps from scratch at lr `lr`, σ shift `train_flow_shift`; stage 2 continues from the
+    stage-1 weights for `finetune_steps` steps at lr `finetune_lr`, σ shift `finetune_flow_shift` (more
+    steps at high noise, where the layout of a sample is decided), with fresh optimizer, EMA and batches.
+    """
     started = time.monotonic()
+    if stage == 1:
+        steps, lr, warmup, shift = cfg.steps, cfg.lr, cfg.warmup_steps, cfg.train_flow_shift
+    else:
+        steps, lr, warmup, shift = (
+            cfg.finetune_steps,
+            cfg.finetune_lr,
+            cfg.warmup_steps,
+            cfg.finetune_flow_shift,
+        )
+    offset = 0 if stage == 1 else 100
     family = get_family("wan")
-    spec = WanSpec(train_flow_shift=cfg.train_flow_shift)
+    spec = WanSpec(train_flow_shift=shift)
     vae: Any = components.vae
     transformer, vae_config = components.transformer, vae.config
     empty = family.encoder(components).encode_prompts([""])
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + offset)
     loader = make_loader(
-        LoaderConfig(shards=shard_dir, batch_size=cfg.batch_size, mode="train", seed=cfg.seed,
+        LoaderConfig(shards=shard_dir, batch_size=cfg.batch_size, mode="train", seed=cfg.seed + offset,
                      num_workers=0, shuffle_buffer=1024)
     )  # fmt: skip
     transformer.train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.steps, cfg.warmup_steps)
-    )
+    optimizer = torch.optim.AdamW(transformer.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps, warmup))
     ema = AveragedModel(transformer, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
     losses: list[float] = []
     running = torch.zeros(())
     steps_done = 0
-    bar = tqdm(total=cfg.steps, desc="teacher transformer", unit="step", disable=not progress)
-    for step, batch in zip(range(cfg.steps), loader):
+    bar = tqdm(total=steps, desc=f"teacher transformer {stage}", unit="step", disable=not progress)
+    for step, batch in zip(range(steps), loader):
         if stop():
             break
         latents = family.normalize_latents(batch.sample_latents(gen), vae_config)
