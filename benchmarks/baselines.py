@@ -179,7 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--tiny-rank", type=int, default=8, help="SVDQuant / LoRA rank on the tiny model")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--reinsert", action="store_true",
+        help="only put the last run's subsection (OUT/subsection.md) back into RESULTS.md (after a paper_table rewrite)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.reinsert:
+        write_subsection((args.out / "subsection.md").read_text())
+        return 0
     start = time.perf_counter()
     torch.set_num_threads(1)
 
@@ -270,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(text)
+    (args.out / "subsection.md").write_text(text)
     if not args.no_write:
         write_subsection(text)
     return 0
