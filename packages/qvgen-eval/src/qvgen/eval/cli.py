@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from qvgen.core import add_override_argument, atomic_write_text, load_config, schema_json
+from qvgen.core import add_override_argument, atomic_write_text, cli_main, load_config, schema_json
 from qvgen.eval.config import CompareConfig, SampleConfig
 from qvgen.eval.report import EvalReport
 from qvgen.eval.vbench import VBenchConfig, VBenchReport
@@ -79,15 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns 2 on a config error, 1 on another user error (a truncated or corrupted model
     folder, a missing file, a full disk: ValueError/OSError), printed as one message without a
     traceback, 0 on success. `--debug` (anywhere on the line) lets every error propagate."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
-    try:
-        return _dispatch([a for a in args_list if a != "--debug"])
-    except (ValueError, OSError) as e:
-        if debug:
-            raise
-        print(f"qvgen-eval: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+    return cli_main("qvgen-eval", _dispatch, argv)
 
 
 def _dispatch(argv: Sequence[str]) -> int:

@@ -8,7 +8,6 @@ with the recorded `QuantConfig` and layer roles, then the tensors loaded strictl
 from __future__ import annotations
 
 import glob
-import hashlib
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qvgen import quant
-from qvgen.core import Frozen, atomic_dir
+from qvgen.core import Frozen, atomic_dir, file_sha256
 from qvgen.models.registry import FAMILIES, get_family
 from qvgen.models.spec import FamilyName
 from qvgen.quant import LayerRole, QuantConfig
@@ -45,6 +44,7 @@ class StudentManifest(Frozen):
         if value not in FAMILIES:
             raise ValueError(f"unknown model family {value!r}; known families: {', '.join(sorted(FAMILIES))}")
         return value
+
     checkpoint: str
     """Absolute path of the base diffusers folder (VAE, text encoder, tokenizer, scheduler, fp transformer)."""
     quant: QuantConfig
@@ -110,18 +110,10 @@ def save_student(
 
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / STUDENT_TENSORS), metadata={"format": "pt"})
-        final = manifest.model_copy(update={"tensors_sha256": _sha256(tmp / STUDENT_TENSORS)})
+        final = manifest.model_copy(update={"tensors_sha256": file_sha256(tmp / STUDENT_TENSORS)})
         (tmp / STUDENT_MANIFEST).write_text(final.model_dump_json(indent=2) + "\n")
 
     return atomic_dir(Path(out_dir).expanduser().resolve(), write)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_student_manifest(directory: str | Path) -> StudentManifest:
@@ -170,7 +162,7 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
             f"(differences, e.g. {diff}); is `checkpoint` the student's base model?"
         )
     tensors_path = d / STUDENT_TENSORS
-    if tensors_path.is_file() and _sha256(tensors_path) != manifest.tensors_sha256:
+    if tensors_path.is_file() and file_sha256(tensors_path) != manifest.tensors_sha256:
         raise ValueError(
             f"{tensors_path}: sha256 does not match the one recorded in {path}: the file is corrupted or "
             "was replaced; export the student again"

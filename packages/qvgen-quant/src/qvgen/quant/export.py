@@ -8,7 +8,6 @@ against the manifest before touching the model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -21,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qvgen.core import atomic_write
+from qvgen.core import atomic_write, file_sha256
 from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
@@ -74,15 +73,6 @@ def convert_(model: nn.Module, *, target: DeployTarget = "w4a4") -> dict[str, De
     for name, deploy in converted.items():
         _set_submodule(model, name, deploy)
     return converted
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 4 MiB chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _layer_entry(name: str, layer: DeployLinear) -> DeployLayer:
