@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qvgen.core import atomic_write, file_sha256
+from qvgen.core import atomic_dir, file_sha256
 from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
@@ -114,27 +114,31 @@ def save_quantized(
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     entries = tuple(_layer_entry(name, layer) for name, layer in layers.items())
     check_deploy_tensors(f"save_quantized({out})", entries, tensors)  # exactly what load_quantized checks
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / MANIFEST_FILE
-    manifest_path.unlink(missing_ok=True)  # never leave an old manifest beside new tensors
-    tensors_path = out / TENSORS_FILE
-    atomic_write(tensors_path, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
     context = timestep_context(model)
-    manifest = DeployManifest(
-        tensors_bytes=tensors_path.stat().st_size,
-        tensors_sha256=file_sha256(tensors_path),
-        num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
-        source=SourceModel(
-            class_name=type(model).__name__,
-            module=type(model).__module__,
-            identity=identity,
-            config=jsonable_config(getattr(model, "config", None)),
-        ),
-        layers=entries,
-    )
-    text = manifest.model_dump_json(indent=2)
-    atomic_write(manifest_path, lambda p: p.write_text(text + "\n"))
-    return manifest
+    written: list[DeployManifest] = []
+
+    def write(tmp: Path) -> None:
+        # the whole folder is built beside `out` and swapped in: a failed write (a full disk, ENOSPC)
+        # leaves the previous export complete and loadable, and no temp behind
+        tensors_path = tmp / TENSORS_FILE
+        save_file(tensors, str(tensors_path), metadata={"format": "pt"})
+        manifest = DeployManifest(
+            tensors_bytes=tensors_path.stat().st_size,
+            tensors_sha256=file_sha256(tensors_path),
+            num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
+            source=SourceModel(
+                class_name=type(model).__name__,
+                module=type(model).__module__,
+                identity=identity,
+                config=jsonable_config(getattr(model, "config", None)),
+            ),
+            layers=entries,
+        )
+        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        written.append(manifest)
+
+    atomic_dir(out, write)
+    return written[0]
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> DeployManifest:
