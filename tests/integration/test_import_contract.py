@@ -42,3 +42,19 @@ def test_a_private_module_import_and_an_upward_import_break_the_contracts(tmp_pa
     assert result.returncode == 1, result.stdout
     assert "qvgen.auxiliary is not allowed to import qvgen.quant.linear" in result.stdout
     assert "qvgen.quant.planted -> qvgen.train" in result.stdout
+
+
+def test_architecture_md_draws_the_layers_of_the_contract() -> None:
+    import configparser
+    import re
+
+    ini = configparser.ConfigParser()
+    ini.read(CONTRACT)
+    contract = [
+        {m.strip() for m in line.split("|")}
+        for line in ini["importlinter:contract:layers"]["layers"].strip().splitlines()
+    ]
+    text = (ROOT / "ARCHITECTURE.md").read_text(encoding="utf-8")
+    graph = text.split("```")[1]
+    drawn = [set(re.findall(r"\((qvgen\.\w+)\)", line)) for line in graph.strip().splitlines()]
+    assert drawn == contract
