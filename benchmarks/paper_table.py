@@ -166,12 +166,12 @@ def curve(losses: list[float], points: int = 60) -> tuple[tuple[int, float], ...
     return tuple((int(c[-1]) + 1, float(arr[c].mean())) for c in chunks if c.size)
 
 
-def teacher_snapshot(out: Path) -> tuple[Path, str]:
-    """A copy of the embedded teacher (the same weights for every method even if it is replaced meanwhile)."""
+def teacher_snapshot(source: Path, out: Path) -> tuple[Path, str]:
+    """A copy of the teacher (the same weights for every method even if it is replaced meanwhile)."""
     teacher = out / "teacher"
     if teacher.exists():
         shutil.rmtree(teacher)
-    shutil.copytree(DEFAULT_TEACHER_DIR, teacher)
+    shutil.copytree(source, teacher)
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors"))))
     return teacher, digest.hexdigest()[:12]
 
@@ -189,8 +189,9 @@ def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: Tra
         )  # fmt: skip
         key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
         marker = args.out / "runs" / f"{name}.trained.json"
-        if marker.is_file() and json.loads(marker.read_text())["config"] == key:
-            done = json.loads(marker.read_text())
+        previous = json.loads(marker.read_text()) if marker.is_file() else {}
+        if previous.get("config") == key and Path(previous["deploy_dir"]).is_dir():
+            done = previous
             print(f"{name}: reused ({marker})", flush=True)
         else:
             t = time.perf_counter()
@@ -208,6 +209,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="the 30-minute variant (see SETTINGS)")
     parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="teacher diffusers folder")
     parser.add_argument("--steps", type=int, help="training steps of every QAT method")
     parser.add_argument("--clips", type=int, help="procedural training clips")
     parser.add_argument(
@@ -226,6 +228,9 @@ def main() -> int:
         "--high-precision", nargs="*", default=[], metavar="ROLE",
         help="qvgen.quant layer roles left unquantized in every student (default: none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--report", default="report", help="report subfolder of --out (ablations: another name)"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -239,7 +244,7 @@ def main() -> int:
         two_object = n_prompts // 4
     sampling_seeds = args.sampling_seeds or base.sampling_seeds
     seeds = [args.seed + k for k in range(args.train_seeds or base.train_seeds)]
-    teacher, teacher_hash = teacher_snapshot(args.out)
+    teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
     budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
     shape = teacher_clip_shape(teacher)
     held_out = list(held_out_clips(n_prompts, shape, two_object=two_object))
@@ -257,7 +262,7 @@ def main() -> int:
     runs = train_all(args, teacher, shards, budget, seeds)
     t_eval = time.perf_counter()
     evaluation = evaluate(
-        teacher, [(name, Path(r[3]["deploy_dir"])) for name, r in runs.items()], prompts, args.out / "report",
+        teacher, [(name, Path(r[3]["deploy_dir"])) for name, r in runs.items()], prompts, args.out / args.report,
         seed=args.seed, sampling_steps=sampling_steps, guidance_scale=guidance, clip_shape=shape,
         videos_per_prompt=sampling_seeds, progress=False,
     )  # fmt: skip
@@ -265,7 +270,7 @@ def main() -> int:
     report: EvalReport = evaluation.report
     curves = {name: curve(r[3]["losses"]) for name, r in runs.items() if r[3]["losses"]}
     report = report.model_copy(update={"training_curves": curves})
-    write_report(report, args.out / "report")
+    write_report(report, args.out / args.report)
 
     by_name = {v.name: v for v in report.variants}
     fp = make_cell("full precision (teacher)", "FP32", [report.teacher])
@@ -336,7 +341,7 @@ def main() -> int:
     )
     train_s = sum(r[3]["train_s"] for r in runs.values() if "train_s" in r[3])
     print(table, "\n", "\n".join(diff_lines), "\n", "\n".join(loss_lines), sep="\n")
-    print(f"report: {(args.out / 'report' / 'report.html').resolve()} ({wall / 60:.1f} min; training "
+    print(f"report: {(args.out / args.report / 'report.html').resolve()} ({wall / 60:.1f} min; training "
           f"{train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)")  # fmt: skip
     if not args.no_write:
         period = decay_period(budget.initial_rank, steps)
@@ -346,10 +351,15 @@ def main() -> int:
             else "Every linear of the transformer is quantized (no layer stays high precision)."
         )
         command = "python " + " ".join(["benchmarks/paper_table.py", *sys.argv[1:]])
+        teacher_text = (
+            "the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`)"
+            if args.teacher.resolve() == DEFAULT_TEACHER_DIR.resolve()
+            else f"`{args.teacher}`"
+        )
         body = f"""Command: `{command}` (wall time {wall / 60:.1f} min: training {train_s / 60:.1f} min, sampling and
 scoring {eval_s / 60:.1f} min). Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread
 ({platform.machine()}, torch {torch.__version__}), niced and sharing the CPU with other jobs.
-Teacher: the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`), weights sha256 {teacher_hash}.
+Teacher: {teacher_text}, weights sha256 {teacher_hash} (all its safetensors, in path order).
 Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (latent weights,
 other), Φ lr {budget.phi_lr or budget.lr:g}, weight-qparam lr {budget.qparam_lr:g}, activation-clip lr
 {budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption dropout 0.1, {clips} procedural clips (world
@@ -372,7 +382,7 @@ passes colour {negative["colour"]:.3f} / shape {negative["shape"]:.3f} / motion 
 
 {chr(10).join(diff_lines)}
 
-Training loss (the curves are plotted in `{args.out}/report/report.html`):
+Training loss (the curves are plotted in `{args.out}/{args.report}/report.html`):
 
 {chr(10).join(loss_lines)}
 

@@ -266,7 +266,7 @@ def run_config(
         period = decay_period(budget.initial_rank, steps)
         aux = AuxConfig(decay=DecaySchedule(initial_rank=budget.initial_rank, period=period))
     lr = budget.lr
-    phi_lr = budget.phi_lr or lr
+    phi_lr = (budget.phi_lr or lr) if method == "qvgen" else lr  # LSQ has no Φ: keep its config unchanged
     return RunConfig(
         model=WanSpec(checkpoint=teacher, dtype="float32"),
         quant=quant,
