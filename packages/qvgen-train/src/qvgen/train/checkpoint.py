@@ -94,6 +94,31 @@ def save_checkpoint(
 ) -> Path:
     """Write `root/step-<N>` on every process (collective call); return its final path.
 
+    On any failure (a full disk, OSError 28, included) the unfinished `step-<N>.tmp` is removed, the
+    earlier checkpoints are untouched, and an OSError is raised again naming the checkpoint folder.
+    """
+    final = checkpoint_dir(root, state.step)
+    try:
+        return _save_checkpoint(accelerator, root, state, generators, keep_last, save_state)
+    except BaseException as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(final.with_name(final.name + TMP_SUFFIX), ignore_errors=True)
+        if isinstance(e, OSError) and type(e).__module__ == "builtins" and str(final) not in str(e):
+            message = f"cannot write the checkpoint {final}: {e.strerror or e}"
+            raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
+        raise
+
+
+def _save_checkpoint(
+    accelerator: Any,
+    root: Path,
+    state: TrainState,
+    generators: Mapping[str, torch.Generator],
+    keep_last: int,
+    save_state: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write `root/step-<N>` on every process (collective call); return its final path.
+
     `save_state(folder)` writes the model/optimizer/scheduler files (default: accelerate's `save_state`;
     the FSDP2 path passes `qvgen.train.sharding.save_sharded_state`)."""
     final = checkpoint_dir(root, state.step)
