@@ -276,6 +276,7 @@ def run(cfg: RunConfig) -> RunResult:
                 cfg.quant,
                 layer_roles=family.layer_roles,
                 keep_high_precision=family.keep_high_precision,
+                num_train_timesteps=family.num_train_timesteps,
             )
             final.load_state_dict(full, strict=True)
     if isinstance(cfg.method, EfficientDMMethod):

@@ -234,6 +234,7 @@ def import_reference(
         cfg,
         layer_roles={glob_escape(n): r for n, r in _roles(fam, names).items()},
         keep_high_precision=keep,
+        num_train_timesteps=fam.num_train_timesteps,
     )
 
     state = student.state_dict()
