@@ -353,11 +353,11 @@ def w4a4_linear(
         if k % config["BLOCK_K"]:
             raise ValueError(f"w4a4_linear: in_features={k} is not a multiple of BLOCK_K={config['BLOCK_K']}")
         tiles = (triton.cdiv(m, config["BLOCK_M"]) * triton.cdiv(n, config["BLOCK_N"]),)
-        _w4a4_gemm_kernel[tiles](*args, HAS_BIAS=has_bias, **config)
+        _w4a4_gemm_kernel[tiles](*args, HAS_BIAS=has_bias, enable_fp_fusion=False, **config)
     else:
 
         def grid(meta: dict[str, Any]) -> tuple[int]:
             return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
 
-        _gemm_autotuned()[grid](*args, HAS_BIAS=has_bias)
+        _gemm_autotuned()[grid](*args, HAS_BIAS=has_bias, enable_fp_fusion=False)
     return out
