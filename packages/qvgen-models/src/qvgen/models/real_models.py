@@ -12,18 +12,18 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
+from qvgen.core import Frozen
 from qvgen.models.cogvideox import COG_REAL_TRANSFORMER
 from qvgen.models.registry import get_family
+from qvgen.models.spec import FamilyName
 from qvgen.models.wan import WAN_REAL_TRANSFORMER
 
 
-class SamplingSettings(BaseModel):
+class SamplingSettings(Frozen):
     """How the paper samples a model (one prompt → one clip)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
     height: Annotated[int, Field(ge=16)]
     width: Annotated[int, Field(ge=16)]
@@ -32,19 +32,17 @@ class SamplingSettings(BaseModel):
     num_inference_steps: Annotated[int, Field(ge=1)] = 50
     guidance_scale: Annotated[float, Field(ge=1)]
     scheduler: Literal["UniPCMultistepScheduler", "CogVideoXDDIMScheduler", "CogVideoXDPMScheduler"]
-    scheduler_overrides: dict[str, Any] = {}
+    scheduler_overrides: dict[str, Any] = Field(default_factory=dict)
     """Keyword overrides applied to the checkpoint's scheduler config (`from_config(..., **overrides)`)."""
     use_dynamic_cfg: bool = False
     """CogVideoX's dynamic guidance (the reference passes True)."""
 
 
-class RealModel(BaseModel):
+class RealModel(Frozen):
     """One released model: its family, hub id, transformer config and sampling settings."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
     name: str
-    family: Literal["wan", "cogvideox"]
+    family: FamilyName
     hub_id: str
     transformer: dict[str, Any]
     sampling: SamplingSettings

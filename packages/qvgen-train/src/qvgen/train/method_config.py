@@ -17,9 +17,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight
+from qvgen.core import Frozen
+from qvgen.quant import MAX_WEIGHT_BITS, ClippedDynamicActivation, LSQPlusWeight
 
 if TYPE_CHECKING:
     from qvgen.train.config import RunConfig
@@ -28,21 +29,17 @@ SMALLEST_LINEAR: dict[str, int] = {"wan": 64, "cogvideox": 64}
 """min(in, out) over every Linear of a family, real and tiny configs: `proj_out` has out_channels (16)
 × patch (2×2) = 64 outputs in Wan 2.1, CogVideoX 1.0 and the tiny models. A branch rank above it cannot fit."""
 
-MAX_DEPLOY_WEIGHT_BITS = 4
-"""The deploy layers store weights in an int4 container."""
+MAX_DEPLOY_WEIGHT_BITS = MAX_WEIGHT_BITS
+"""The deploy layers store weights in an int4 container (quant's `MAX_WEIGHT_BITS`)."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class QATMethod(_Frozen):
+class QATMethod(Frozen):
     """QVGen (aux set), plain LSQ+ QAT (aux null) or RTN/min-max PTQ (max_steps 0)."""
 
     kind: Literal["qat"] = "qat"
 
 
-class EfficientDMMethod(_Frozen):
+class EfficientDMMethod(Frozen):
     """EfficientDM-style QALoRA: frozen latent weights, LoRA inside the weight quantizer, merged before export."""
 
     kind: Literal["efficientdm"] = "efficientdm"
@@ -54,7 +51,7 @@ class EfficientDMMethod(_Frozen):
     """Keep training the weight scale/zero point (the reference's QuantLoRALinear does; EfficientDM freezes them)."""
 
 
-class QDMMethod(_Frozen):
+class QDMMethod(Frozen):
     """Q-DM-style QAT: timestep-grouped activation ranges + noise-estimating mimicking (NeM)."""
 
     kind: Literal["qdm"] = "qdm"
@@ -64,7 +61,7 @@ class QDMMethod(_Frozen):
     """λ of MSE(student, full-precision teacher) on the same noisy input (the mimicking term)."""
 
 
-class SVDQuantMethod(_Frozen):
+class SVDQuantMethod(Frozen):
     """SVDQuant-style PTQ: smoothing into W, 16-bit low-rank branch kept (rank: `quant.kept_lowrank.rank`)."""
 
     kind: Literal["svdquant"] = "svdquant"
