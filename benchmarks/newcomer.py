@@ -4,8 +4,9 @@
 
 1. wheelhouse: every packages/* built into DIR/dist (`pip wheel --no-deps --no-build-isolation`, as
    `nox -s wheelhouse` does);
-2. a fresh venv installs `packages/qvgen-quant` alone; another installs `qvgen-eval` from the wheelhouse
-   (`--find-links dist`); each imports its package and holds exactly its declared qvgen closure;
+2. a fresh venv installs `qvgen-quant` alone, another `qvgen-eval`, each from the wheelhouse
+   (`--find-links dist`: a package's qvgen siblings, qvgen-core included, come from there); each imports its
+   package, holds exactly its declared qvgen closure, and the quant venv has no diffusers;
 3. in the eval venv: a W4A4 RTN deploy export of the embedded tiny teacher, then (under strace) the
    one-call `qvgen.models.load_pipeline(base, deploy)` + one sampled video, against the baseline two-step load
    (float skeleton from the base checkpoint + `load_quantized(skeleton, deploy)`): bytes of the base
@@ -181,10 +182,14 @@ def main() -> None:
 
         t0 = time.perf_counter()
         quant_py = fresh_venv(work / "venv-quant")
-        pip_install(quant_py, str(PACKAGES / "qvgen-quant"))
+        pip_install(quant_py, "--find-links", str(dist), "qvgen-quant")
         quant_ok = installed_qvgen(quant_py, "qvgen.quant") == declared_closure("qvgen-quant")
         no_diffusers = run([str(quant_py), "-c", "import diffusers"]).returncode != 0
-        step("install qvgen-quant alone", f"closure ok={quant_ok}, diffusers absent={no_diffusers}", t0)
+        step(
+            "install qvgen-quant alone from the wheelhouse",
+            f"closure ok={quant_ok}, diffusers absent={no_diffusers}",
+            t0,
+        )
 
         t0 = time.perf_counter()
         py = fresh_venv(work / "venv-eval")
