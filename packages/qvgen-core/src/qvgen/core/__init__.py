@@ -31,6 +31,7 @@ from qvgen.core.config import (
     validate_config,
 )
 from qvgen.core.frozen import Frozen
+from qvgen.core.quiet import silence_known_import_noise
 
 __all__ = [
     "ConfigError",
@@ -50,5 +51,6 @@ __all__ = [
     "remove_stale_temps",
     "schema_json",
     "set_dotted",
+    "silence_known_import_noise",
     "validate_config",
 ]

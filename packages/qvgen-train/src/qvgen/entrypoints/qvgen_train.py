@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from qvgen.core.quiet import silence_known_import_noise
+from qvgen.core import silence_known_import_noise
 
 
 def main() -> None:
