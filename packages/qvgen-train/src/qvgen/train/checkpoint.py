@@ -10,7 +10,6 @@ so a crash mid-save never leaves a folder that looks complete. Loading never unp
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from qvgen.core import Frozen, atomic_write_text
+from qvgen.core import Frozen, atomic_write_text, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,6 @@ class TrainState(Frozen):
 
 def checkpoint_dir(root: Path, step: int) -> Path:
     return root / f"{PREFIX}{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
@@ -136,7 +127,7 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_json_atomic(tmp / TRAIN_STATE, state.model_dump(mode="json"))
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         _write_json_atomic(tmp / CHECKSUMS, sums)
         if final.exists():
             shutil.rmtree(final)
@@ -177,7 +168,7 @@ def verify_checkpoint(path: Path) -> TrainState:
     if extra := sorted(present - set(sums)):
         raise CheckpointError(f"{path}: files not listed in {CHECKSUMS}: {extra}")
     for name, expected in sums.items():
-        if _sha256(path / name) != expected:
+        if file_sha256(path / name) != expected:
             raise CheckpointError(
                 f"{path / name}: sha256 mismatch, the file is corrupted; resume from another checkpoint"
             )

@@ -4,13 +4,13 @@ writer and the importer of the reference implementation's checkpoints."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 
 import yaml
 from pydantic import BaseModel
 
+from qvgen.core import add_override_argument, cli_main, schema_json
 from qvgen.train.config import ConfigError, RunConfig, load_config
 from qvgen.train.precompute import PrecomputeConfig, load_precompute_config, precompute
 
@@ -26,14 +26,7 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="train (or, with train.max_steps=0, only quantize) and export a student"
     )
     run_p.add_argument("config", help="run config YAML (see configs/ and `qvgen-train schema`)")
-    run_p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set train.max_steps=4 (value parsed as YAML)",
-    )
+    add_override_argument(run_p)
     run_p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     run_p.add_argument(
         "--progress",
@@ -93,21 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code: 2 for an invalid config, 1 for another user error (a bad file or
     sample, a refused checkpoint, a full disk: ValueError/OSError), printed as one message without a
     traceback. `--debug` (anywhere on the line) lets every error propagate with its traceback."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
-    try:
-        return _dispatch([a for a in args_list if a != "--debug"])
-    except (ValueError, OSError) as e:
-        if debug:
-            raise
-        print(f"qvgen-train: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+    return cli_main("qvgen-train", _dispatch, argv)
 
 
 def _dispatch(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
-        print(json.dumps(SCHEMAS[args.which].model_json_schema(), indent=2))
+        print(schema_json(SCHEMAS[args.which]))
         return 0
     if args.command == "import-reference":
         return _import_reference(args)
