@@ -174,11 +174,11 @@ def _w4a4_gemm_kernel(
         w_lo = (packed & 0x0F).to(tl.int8)
         w_hi = (packed >> 4).to(tl.int8)
         if SWAP_AB:
-            acc = tl.dot(w_lo, a_even, acc)
-            acc = tl.dot(w_hi, a_odd, acc)
+            acc = tl.dot(w_lo, a_even, acc, out_dtype=tl.int32)
+            acc = tl.dot(w_hi, a_odd, acc, out_dtype=tl.int32)
         else:
-            acc = tl.dot(a_even, w_lo, acc)
-            acc = tl.dot(a_odd, w_hi, acc)
+            acc = tl.dot(a_even, w_lo, acc, out_dtype=tl.int32)
+            acc = tl.dot(a_odd, w_hi, acc, out_dtype=tl.int32)
         a_tile += BKH
         b_tile += BKH
     m_ok = rm < M
