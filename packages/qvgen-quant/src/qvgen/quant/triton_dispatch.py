@@ -67,6 +67,7 @@ def use_fused_fake_quant(t: Tensor) -> bool:
     """Whether a fake quantizer should run the fused Triton kernels for ``t`` (CUDA, fp32/bf16/fp16 rows)."""
     return (
         _fake_quant_enabled
+        and type(t) in (torch.Tensor, torch.nn.Parameter)  # not DTensor or other subclasses
         and t.device.type == "cuda"
         and t.dtype in (torch.float32, *_HALF)
         and t.dim() >= 1
