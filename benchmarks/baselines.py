@@ -293,7 +293,7 @@ def write_subsection(text: str) -> None:
     section, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
     if SUBSECTION in section:
         section = section[: section.index("\n" + SUBSECTION)]
-    RESULTS.write_text(head + SECTION + section.rstrip("\n") + "\n" + text + "\n" + tail)
+    RESULTS.write_text(head + SECTION + section.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + tail)
 
 
 if __name__ == "__main__":
