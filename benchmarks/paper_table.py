@@ -84,7 +84,7 @@ class Setting:
 
 
 SETTINGS = {
-    "quick": Setting(steps=300, clips=512, prompts=32, two_object=8, sampling_seeds=2, train_seeds=2),
+    "quick": Setting(steps=300, clips=256, prompts=32, two_object=8, sampling_seeds=2, train_seeds=1),
     "full": Setting(steps=1500, clips=2048, prompts=64, two_object=16, sampling_seeds=2, train_seeds=3),
 }
 LABELS = {"rtn": "RTN (PTQ)", "lsq": "LSQ QAT (no Φ)", "qvgen": "QVGen (Φ + rank decay)"}
