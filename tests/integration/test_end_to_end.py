@@ -26,7 +26,7 @@ from qvgen.models.testing import tiny_checkpoint
 from qvgen.train.cli import main as train_main
 
 # Loss of each of the 4 training steps of the run below (torch 2.13 CPU, float32, 1 thread).
-GOLDEN_LOSSES: tuple[float, ...] | None = (0.0050665, 0.0050683, 0.0050263, 0.0054111)
+GOLDEN_LOSSES: tuple[float, ...] | None = (0.0051002, 0.0052289, 0.0049136, 0.0052867)
 
 
 def _write_yaml(path: Path, data: dict) -> Path:
