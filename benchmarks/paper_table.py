@@ -397,7 +397,13 @@ def write_section(body: str) -> None:
     """Replace (or append) the `## paper_table` section of RESULTS.md, leaving the others alone."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body.strip()}\n\n"
+    # --- issue 16: keep the `### baselines` subsection that benchmarks/baselines.py appends ---
+    old = pattern.search(text)
+    kept = ""
+    if old is not None and "\n### baselines\n" in old.group(0):
+        kept = old.group(0)[old.group(0).index("### baselines") :].strip() + "\n\n"
+    # --- end issue 16 ---
+    section = f"{SECTION}\n\n{body.strip()}\n\n{kept}"
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     atomic_write_text(RESULTS, text.rstrip() + "\n")
 
