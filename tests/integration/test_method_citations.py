@@ -39,5 +39,7 @@ def test_every_method_citation_resolves() -> None:
                 section, bug = ref
                 missing = section not in sections if section else bug not in bugs
                 if missing:
-                    bad.append(f"{path.relative_to(ROOT)}: docs/method.md {'§' + section if section else bug}")
+                    bad.append(
+                        f"{path.relative_to(ROOT)}: docs/method.md {'§' + section if section else bug}"
+                    )
     assert not bad, "\n".join(bad)

@@ -135,7 +135,9 @@ def test_student_manifest_records_the_timestep_range_and_the_loader_prepares_wit
     cfg = quant.QuantConfig(weight=quant.MinMaxWeight(bits=4))
     quant.prepare_(student, cfg, layer_roles=family.layer_roles, num_train_timesteps=500)
     quant.initialize_(student, progress=False)
-    out = save_student(student, tmp_path / "s", family=name, checkpoint=tiny_checkpoint(name), quant_config=cfg)
+    out = save_student(
+        student, tmp_path / "s", family=name, checkpoint=tiny_checkpoint(name), quant_config=cfg
+    )
     assert read_student_manifest(out).num_train_timesteps == 500
     context = quant.timestep_context(load_student(out))
     assert context is not None and context.num_train_timesteps == 500

@@ -60,7 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         help="convert a ModelTC/QVGen checkpoint (diffusers transformer folder) into a qvgen student manifest",
     )
     imp.add_argument("folder", help="the reference's transformer/ folder (config.json + safetensors)")
-    imp.add_argument("--base", required=True, help="full diffusers folder of the base model (VAE, text encoder, ...)")
+    imp.add_argument(
+        "--base", required=True, help="full diffusers folder of the base model (VAE, text encoder, ...)"
+    )
     imp.add_argument("--out", required=True, help="output folder of the student manifest")
     imp.add_argument("--family", choices=["wan", "cogvideox"], help="default: from config.json's _class_name")
     imp.add_argument("--weight-bits", type=int, default=4)
@@ -74,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         "--sampling-timesteps", default="",
         help="counter mode: the sampler's timesteps, comma separated (scheduler.timesteps after set_timesteps)",
     )  # fmt: skip
-    imp.add_argument("--calls-per-step", type=int, help="counter mode: transformer calls per step (Wan 2, CogVideoX 1)")
+    imp.add_argument(
+        "--calls-per-step", type=int, help="counter mode: transformer calls per step (Wan 2, CogVideoX 1)"
+    )
     imp.add_argument("--lora-scale", type=float, default=1.0, help="--qa_lora checkpoints: W + scale·B·A")
 
     schema_p = sub.add_parser("schema", help="print the JSON schema of a config file")
