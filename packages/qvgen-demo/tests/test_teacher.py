@@ -213,6 +213,22 @@ def test_cli_rejects_a_bad_setting_with_exit_code_2(capsys):
     assert "frames must be 4k+1" in capsys.readouterr().out
 
 
+def test_set_values_are_yaml_and_only_given_fields_count_as_set():
+    from qvgen.demo.cli import build_parser
+    from qvgen.demo.teacher_cli import config_from_args
+
+    argv = ["train-teacher", "--set", "guidance_sweep=[2, 4.5]", "--set", "vae_lr=0.002", "--steps", "7"]
+    argv += ["--set", "steps=99", "--set", "out=runs/t"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    assert cfg.guidance_sweep == (2.0, 4.5) and cfg.vae_lr == 0.002 and cfg.out == Path("runs/t")
+    assert cfg.steps == 7  # the named option wins over --set
+    assert cfg.model_fields_set == {"guidance_sweep", "vae_lr", "steps", "out"}
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        config_from_args(build_parser().parse_args(["train-teacher", "--set", "steps"]))
+    with pytest.raises(ValueError, match="guidance_sweep"):
+        config_from_args(build_parser().parse_args(["train-teacher", "--set", "guidance_sweep=[0.5]"]))
+
+
 def test_retrain_command_lists_only_changed_fields():
     default = retrain_command(json.loads(TeacherConfig().model_dump_json()))
     assert default == "qvgen train-teacher --out DIR"

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from typing import Any
 
 import torch
 
+from qvgen.core import atomic_dir, atomic_write_text
 from qvgen.data import read_manifest
 from qvgen.demo.evaluation import evaluate_teacher, sample_teacher
 from qvgen.demo.model_card import model_card, retrain_command
@@ -106,16 +106,12 @@ def _cached_vae(vae_class: Any, folder: Path) -> tuple[Any, dict[str, Any]] | No
 
 def _save_vae(vae: Any, log: dict[str, Any], folder: Path) -> None:
     """The VAE and its log into `folder`, atomically (the log marks the phase as finished)."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         vae.save_pretrained(tmp)
         (tmp / "vae_log.json").write_text(json.dumps(log))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    atomic_dir(folder, write)
 
 
 def _vae_phase(components: Components, cfg: TeacherConfig, work: Path, progress: bool) -> tuple[Any, dict]:
@@ -156,14 +152,12 @@ def _transformer_phase(
     stop = _deadline(cfg.minutes, 0.30 if stage == 1 else 0.10)
     log = train_transformer(components, cfg, shard_dir, stop, progress, stage=stage)
     transformer: Any = components.transformer
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=work))
-    try:
+
+    def write(tmp: Path) -> None:
         transformer.save_pretrained(tmp)
         (tmp / "transformer_log.json").write_text(json.dumps(log))
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+
+    atomic_dir(folder, write)
     return transformer, log
 
 
@@ -286,30 +280,18 @@ def reevaluate_teacher(folder: Path, **changes: Any) -> Path:
     report["timings_s"]["eval_s"] = round(time.monotonic() - started, 1)
     report["evaluated_separately"] = True
     for name, text in ((REPORT_NAME, json.dumps(report, indent=1) + "\n"), (CARD_NAME, model_card(report))):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+        atomic_write_text(folder / name, text)
     return folder
 
 
 def _save(components: Components, report: dict[str, Any], out: Path) -> Path:
     """Write the diffusers folder, the report and the card into a temp folder, then swap it in."""
     out = out.expanduser().resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         get_family("wan").pipeline(components).save_pretrained(tmp)
         (tmp / REPORT_NAME).write_text(json.dumps(report, indent=1) + "\n")
         if "quality" in report:
             (tmp / CARD_NAME).write_text(model_card(report))
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
+
+    return atomic_dir(out, write)

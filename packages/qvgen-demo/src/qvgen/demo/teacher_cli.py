@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from qvgen.core import add_override_argument, apply_overrides_to_tree, validate_config
 from qvgen.demo.teacher import reevaluate_teacher, train_teacher
 from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, EVAL_FIELDS, REPORT_NAME, TeacherConfig
 
@@ -16,6 +17,10 @@ def add_cli(subparsers: Any) -> None:
         "train-teacher",
         help="train the tiny Wan teacher on the procedural world (VAE, latent shards, transformer)",
         description="Train the tiny Wan teacher and write it as a diffusers folder with a model card.",
+        epilog=(
+            "--set takes any other TeacherConfig field, its value parsed as YAML, e.g. --set batch_size=16 "
+            "--set guidance_sweep=[2.0,4.0]."
+        ),
     )
     p.add_argument(
         "--out", type=Path, default=None,
@@ -39,30 +44,21 @@ def add_cli(subparsers: Any) -> None:
         help="re-run only the quality check of the teacher in --out (with --set evaluation settings)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="any other TeacherConfig field, e.g. --set batch_size=16 (repeatable; JSON values)",
-    )  # fmt: skip
+    add_override_argument(p)  # --set KEY=VALUE: any other TeacherConfig field (YAML values)
 
 
 def config_from_args(args: Any) -> TeacherConfig:
-    """`TeacherConfig` from parsed `train-teacher` arguments (``--set`` values are JSON or plain strings).
+    """`TeacherConfig` from parsed `train-teacher` arguments (qvgen.core's ``--set`` grammar: YAML values).
 
-    Bad keys or values raise pydantic's `ValidationError`, naming the field.
+    Only the fields given are set (`--evaluate-only` reads `model_fields_set`); the named options win over
+    ``--set``. Bad keys or values raise `qvgen.core.ConfigError` (a ValueError) naming the field.
     """
-    values: dict[str, Any] = {}
-    for item in args.overrides:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        try:  # JSON where it parses (numbers, booleans, lists), else the plain string
-            values[key.strip()] = json.loads(raw)
-        except ValueError:
-            values[key.strip()] = raw.strip()
+    values = apply_overrides_to_tree({}, args.overrides)
     for key in ("out", "work_dir", "minutes", "steps", "vae_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
-    return TeacherConfig.model_validate(values)
+    source = "train-teacher" + "".join(f" --set {item}" for item in args.overrides)
+    return validate_config(TeacherConfig, values, source)
 
 
 def writes_embedded(cfg: TeacherConfig) -> bool:

@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from qvgen.core import Frozen
 
 DEFAULT_TEACHER_DIR = Path(__file__).parent / "assets" / "tiny_wan_teacher"
 """The committed teacher (a diffusers folder)."""
@@ -15,11 +17,7 @@ REPORT_NAME = "training_report.json"
 CARD_NAME = "MODEL_CARD.md"
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
-
-
-class TeacherConfig(_Frozen):
+class TeacherConfig(Frozen):
     """Everything that defines a teacher training run."""
 
     out: Path = DEFAULT_TEACHER_DIR
