@@ -133,13 +133,16 @@ def _small_compare_config(tmp_path, **extra):
     return cfg
 
 
-def test_compare_with_vbench_fails_on_missing_weights_before_sampling(tmp_path):
+def test_compare_with_vbench_fails_on_missing_weights_before_sampling(tmp_path, capsys):
     cfg = _small_compare_config(
         tmp_path, vbench={"dimensions": ["dynamic_degree"], "cache_dir": str(tmp_path)}
     )
-    with pytest.raises(FileNotFoundError, match=r"raft-things\.pth"):
-        main(["compare", str(cfg)])
+    assert main(["compare", str(cfg)]) == 1  # a user error: one message, no traceback
+    err = capsys.readouterr().err
+    assert "raft-things.pth" in err and "Traceback" not in err
     assert not (tmp_path / "out" / "teacher").exists()
+    with pytest.raises(FileNotFoundError, match=r"raft-things\.pth"):
+        main(["compare", str(cfg), "--debug"])
 
 
 def test_compare_refuses_vbench_dimensions_that_need_its_prompt_suite(tmp_path, capsys):
