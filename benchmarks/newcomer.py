@@ -247,6 +247,7 @@ def main() -> None:
             "out_dir": str(work / "compare"),
             "sampling": SAMPLE,
             "device": "cpu",
+            "adherence": True,
         }
         (work / "compare.json").write_text(json.dumps(cfg))
         compared = run([str(work / "venv-eval" / "bin" / "qvgen-eval"), "compare", str(work / "compare.json"),

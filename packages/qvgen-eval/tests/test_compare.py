@@ -166,3 +166,23 @@ def test_compare_scores_every_model_with_the_real_vbench(tmp_path):
     for m in (report.teacher, *report.variants):
         vb = report.vbench[m.name].dimensions["temporal_flickering"]
         assert vb.score == pytest.approx(m.samples[0].video.temporal_flickering, abs=1e-6)
+
+
+def test_compare_refuses_adherence_on_prompts_outside_the_world(tmp_path, capsys):
+    cfg = _small_compare_config(tmp_path, adherence=True)  # "a red kite" is not a world caption
+    assert main(["compare", str(cfg)]) == 2
+    assert "a red kite" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_with_adherence_records_it_per_video_and_per_model(tmp_path):
+    cfg = _small_compare_config(tmp_path, adherence=True)
+    data = yaml.safe_load(cfg.read_text())
+    data["prompts"] = {"prompts": ["a red square moves left"]}
+    cfg.write_text(yaml.safe_dump(data))
+    assert main(["compare", str(cfg)]) == 0
+    report = load_report(tmp_path / "out" / "report.json")
+    for model in (report.teacher, *report.variants):
+        assert set(model.summary.scores) == {"adherence"}
+        assert model.summary.scores["adherence"].num_videos == 1
+        assert all("adherence" in s.scores for s in model.samples)

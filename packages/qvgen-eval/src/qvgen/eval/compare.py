@@ -36,7 +36,7 @@ from qvgen.eval.report import (
     write_report,
 )
 from qvgen.eval.sample import DEFAULT_FPS, Generated, generate, pipeline_kwargs, resolve_prompts
-from qvgen.eval.scorer import VideoScorer
+from qvgen.eval.scorer import AdherenceScorer, VideoScorer
 from qvgen.eval.vbench import VBenchConfig, check_weights, default_cache_dir, run_vbench
 from qvgen.eval.video import read_video, write_video
 
@@ -322,6 +322,7 @@ def compare(cfg: CompareConfig) -> EvalReport:
         cfg.sampling,
         cfg.out_dir,
         embed_videos=cfg.embed_videos,
+        scorers=(AdherenceScorer(),) if cfg.adherence else (),
     )
     if cfg.vbench is None:
         return report

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, model_validator
 
 from qvgen.core import Frozen
+from qvgen.data import parse_caption
 from qvgen.eval.vbench import VBenchDimension
 from qvgen.eval.vbench import constants as vbench_constants
 from qvgen.models import FamilyName
@@ -160,10 +161,21 @@ class CompareConfig(Frozen):
     """Embed the mp4s in the HTML page (one self-contained file); False links them relatively."""
     vbench: VBenchSettings | None = None
     """Also score every model with VBench (custom prompts: VBench reads them from the file names)."""
+    adherence: bool = False
+    """Also score prompt adherence (colour, shape, motion) on every video; the prompts must be captions of
+    qvgen.data's procedural world (`qvgen.data.parse_caption`)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> CompareConfig:
         _check_family_settings(self.family, self.sampling)
+        if self.adherence:
+            for prompt in self.prompts.prompts:
+                try:
+                    parse_caption(prompt)
+                except ValueError as err:
+                    raise ValueError(
+                        f"adherence: true needs procedural-world captions; prompt {prompt!r}: {err}"
+                    ) from err
         names = [v.name for v in self.variants]
         if "teacher" in names or len(set(names)) != len(names):
             raise ValueError(f"variants need unique names other than 'teacher', got {names}")
