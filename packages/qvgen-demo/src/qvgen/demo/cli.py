@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from qvgen.core import cli_main
 from qvgen.demo.flow import DemoConfig, run_demo
 from qvgen.demo.teacher_cli import add_cli as add_train_teacher_cli
 from qvgen.demo.teacher_cli import cli_main as train_teacher_main
@@ -94,15 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; a user error (ValueError/OSError: a bad folder, a full disk) is printed as one message
     with exit 1; `--debug` (anywhere on the line) lets every error propagate with its traceback."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args_list
-    try:
-        return _dispatch([a for a in args_list if a != "--debug"])
-    except (ValueError, OSError) as e:
-        if debug:
-            raise
-        print(f"qvgen: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+    return cli_main("qvgen", _dispatch, argv)
 
 
 def _dispatch(argv: Sequence[str]) -> int:
