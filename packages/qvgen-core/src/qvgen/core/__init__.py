@@ -31,7 +31,7 @@ from qvgen.core.config import (
     validate_config,
 )
 from qvgen.core.frozen import Frozen
-from qvgen.core.quiet import silence_known_import_noise
+from qvgen.core.quiet import run_quiet_cli, silence_known_import_noise
 
 __all__ = [
     "ConfigError",
@@ -49,6 +49,7 @@ __all__ = [
     "parse_override",
     "read_config_tree",
     "remove_stale_temps",
+    "run_quiet_cli",
     "schema_json",
     "set_dotted",
     "silence_known_import_noise",

@@ -11,9 +11,11 @@ anything heavy.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
-from typing import Final
+import sys
+from typing import Final, NoReturn
 
 KNOWN_IMPORT_NOISE: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ("torchao", re.compile(r"^Failed to load \S*/torchao/_C_(mxfp8|cutlass_90a)\.[^/\s]*\.so: ")),
@@ -49,3 +51,9 @@ def silence_known_import_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, KnownNoiseFilter) and f.pattern is pattern for f in logger.filters):
             logger.addFilter(KnownNoiseFilter(pattern))
+
+
+def run_quiet_cli(module: str) -> NoReturn:
+    """A console script's body: install the filters, then import `module` and exit with its `main()`."""
+    silence_known_import_noise()
+    sys.exit(importlib.import_module(module).main())

@@ -5,16 +5,11 @@ A module outside `qvgen.demo` so the filter is in place before that package impo
 
 from __future__ import annotations
 
-import sys
-
-from qvgen.core import silence_known_import_noise
+from qvgen.core import run_quiet_cli
 
 
 def main() -> None:
-    silence_known_import_noise()
-    from qvgen.demo.cli import main as cli_main
-
-    sys.exit(cli_main())
+    run_quiet_cli("qvgen.demo.cli")
 
 
 if __name__ == "__main__":

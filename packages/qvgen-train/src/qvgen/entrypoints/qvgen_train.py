@@ -6,16 +6,11 @@ Under accelerate: ``accelerate launch -m qvgen.entrypoints.qvgen_train run CONFI
 
 from __future__ import annotations
 
-import sys
-
-from qvgen.core import silence_known_import_noise
+from qvgen.core import run_quiet_cli
 
 
 def main() -> None:
-    silence_known_import_noise()
-    from qvgen.train.cli import main as cli_main
-
-    sys.exit(cli_main())
+    run_quiet_cli("qvgen.train.cli")
 
 
 if __name__ == "__main__":
