@@ -37,6 +37,7 @@ from qvgen.demo import (
     run_config,
     teacher_clip_shape,
     teacher_sampling,
+    teacher_world_style,
     train_variant,
 )
 from qvgen.train import RunConfig
@@ -200,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     import_ok = reference_import_check(teacher, args.out)
     print(f"models_with_roles={n_roles} reference_import_ok={str(import_ok).lower()}", flush=True)
     shape = teacher_clip_shape(teacher)
-    prompts = [c.caption for c in held_out_clips(args.prompts, shape, two_object=args.prompts // 4)]
+    style = teacher_world_style(teacher)
+    prompts = [
+        c.caption for c in held_out_clips(args.prompts, shape, two_object=args.prompts // 4, style=style)
+    ]
     sampling_steps, guidance = teacher_sampling(teacher)
     shards = build_shards(teacher, args.out, args.clips)
     budget = TrainBudget(steps=args.steps)

@@ -53,6 +53,7 @@ from qvgen.demo import (
     run_config,
     teacher_clip_shape,
     teacher_sampling,
+    teacher_world_style,
     train_variant,
 )
 from qvgen.eval import (
@@ -247,7 +248,9 @@ def main() -> int:
     teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
     budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
     shape = teacher_clip_shape(teacher)
-    held_out = list(held_out_clips(n_prompts, shape, two_object=two_object))
+    held_out = list(
+        held_out_clips(n_prompts, shape, two_object=two_object, style=teacher_world_style(teacher))
+    )
     prompts = [c.caption for c in held_out]
     sampling_steps, guidance = teacher_sampling(teacher)
     print(f"paper_table: {steps} steps, {clips} clips, {n_prompts} prompts ({two_object} two-object) × "

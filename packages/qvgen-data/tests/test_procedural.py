@@ -1,14 +1,17 @@
 import csv
 from pathlib import Path
 
+import pytest
 import torch
 
 from qvgen.data import (
     COLOURS,
     DIRECTIONS,
     MIN_GAP,
+    PLAIN_GREY,
     RADIUS_FRACTION,
     Bucket,
+    WorldStyle,
     make_clip,
     read_video,
     write_procedural_dataset,
@@ -68,6 +71,34 @@ def test_object_sizes_follow_the_radius_range_and_palette_colours_are_far_apart(
     assert float(distance.min()) >= 100.0
     blue, purple = (torch.tensor(COLOURS[c], dtype=torch.float32) for c in ("blue", "purple"))
     assert float((blue - purple).norm()) >= 150.0
+
+
+def test_plain_style_draws_large_objects_on_one_grey_and_still_fits_two_apart() -> None:
+    style = WorldStyle("plain", (0.16, 0.2))
+    clips = [make_clip(9, i, frames=9, height=64, width=64, num_objects=2, style=style) for i in range(20)]
+    for clip in clips:
+        assert all(0.16 * 64 <= o.radius <= 0.2 * 64 for o in clip.objects)
+        a, b = clip.objects
+        (al, ar, au, ad), (bl, br, bu, bd) = a.extents(), b.extents()
+        for (ax, ay), (bx, by) in zip(a.centroids.tolist(), b.centroids.tolist()):
+            assert (
+                max(bx - bl - (ax + ar), ax - al - (bx + br), by - bu - (ay + ad), ay - au - (by + bd))
+                >= MIN_GAP - 1e-4
+            )
+        # every pixel is either the grey or one of the two object colours
+        pixels = ((clip.frames + 1) / 2).permute(1, 2, 3, 0).reshape(-1, 3)
+        allowed = torch.tensor(
+            [[PLAIN_GREY] * 3] + [[c / 255 for c in COLOURS[o.colour]] for o in clip.objects]
+        )
+        assert float(torch.cdist(pixels, allowed).min(1).values.max()) < 1e-5
+    # the same seed and index under the default style give the default (textured) world
+    textured = make_clip(9, 0, frames=9, height=64, width=64, num_objects=2)
+    assert len(torch.unique(textured.frames[0, 0])) > 50
+
+
+def test_world_style_rejects_radii_outside_its_range() -> None:
+    with pytest.raises(ValueError, match="radius_fraction"):
+        WorldStyle("plain", (0.25, 0.4))
 
 
 def test_frames_show_the_top_object_colour_at_its_centroid() -> None:

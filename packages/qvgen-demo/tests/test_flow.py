@@ -11,7 +11,7 @@ import imageio_ffmpeg
 import pytest
 
 from qvgen import auxiliary, quant
-from qvgen.data import parse_caption, read_manifest
+from qvgen.data import DEFAULT_STYLE, WorldStyle, parse_caption, read_manifest
 from qvgen.demo import (
     DATA_WORLD_SEED,
     DEFAULT_TEACHER_DIR,
@@ -24,6 +24,7 @@ from qvgen.demo import (
     run_demo,
     teacher_clip_shape,
     teacher_fingerprint,
+    teacher_world_style,
 )
 from qvgen.eval import load_report
 from qvgen.models import get_family
@@ -84,6 +85,21 @@ def test_held_out_prompts_are_distinct_and_from_another_world_than_the_training_
     assert len(set(prompts)) == 6
     assert held_out_prompts(6, shape) == prompts
     assert held_out_prompts(6, shape, seed=DATA_WORLD_SEED) != prompts
+
+
+def test_teacher_world_style_comes_from_the_report_and_defaults_for_old_teachers(tmp_path: Path) -> None:
+    report = json.loads((DEFAULT_TEACHER_DIR / "training_report.json").read_text())
+    cfg = report["config"]
+    expected = (
+        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"])) if "background" in cfg else DEFAULT_STYLE
+    )
+    assert teacher_world_style(DEFAULT_TEACHER_DIR) == expected
+    old = {k: v for k, v in cfg.items() if k not in {"background", "radius_fraction"}}
+    (tmp_path / "training_report.json").write_text(json.dumps({"config": old}))
+    assert teacher_world_style(tmp_path) == DEFAULT_STYLE
+    (tmp_path / "training_report.json").write_text(json.dumps({"config": {**old, "background": "plain"}}))
+    with pytest.raises(ValueError, match=r"training_report\.json"):
+        teacher_world_style(tmp_path)
 
 
 def test_held_out_prompts_put_the_two_object_captions_last():

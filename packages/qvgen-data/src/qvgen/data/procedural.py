@@ -47,6 +47,31 @@ TRAVEL_FRACTION: Final[tuple[float, float]] = (0.35, 0.5)
 """Centroid travel over a clip, as a fraction of the room left along the direction of motion."""
 MIN_GAP: Final = 2.0
 """Pixels kept free between the bounding boxes of two objects on every frame."""
+RESTARTS: Final = 50
+"""Times `sample_objects` starts a set of objects afresh when the last one finds no room."""
+PLAIN_GREY: Final = 0.3
+"""Level (0..1, all three channels) of the plain background: far from every palette colour."""
+Background = Literal["textured", "plain"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorldStyle:
+    """How a world looks: its background and the size of its objects (the default: textured, small)."""
+
+    background: Background = "textured"
+    radius_fraction: tuple[float, float] = RADIUS_FRACTION
+    """Object radius range as a fraction of min(H, W)."""
+
+    def __post_init__(self) -> None:
+        lo, hi = self.radius_fraction
+        if not 0.02 <= lo <= hi <= 0.3:
+            raise ValueError(
+                f"WorldStyle.radius_fraction must satisfy 0.02 <= lo <= hi <= 0.3; got {(lo, hi)}"
+            )
+
+
+DEFAULT_STYLE: Final = WorldStyle()
+"""The default world's look: textured background, radii `RADIUS_FRACTION`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,13 +120,15 @@ def _apart(a: MovingShape, b: MovingShape) -> bool:
     return bool((torch.maximum(gap_x, gap_y) >= MIN_GAP).all())
 
 
-def _draw_object(rng: np.random.Generator, frames: int, height: int, width: int) -> MovingShape:
+def _draw_object(
+    rng: np.random.Generator, frames: int, height: int, width: int, radius_fraction: tuple[float, float]
+) -> MovingShape:
     shape = SHAPES[rng.integers(len(SHAPES))]
     colours = list(COLOURS)
     colour = colours[rng.integers(len(colours))]
     directions = list(DIRECTIONS)
     direction = directions[rng.integers(len(directions))]
-    radius = float(rng.uniform(*RADIUS_FRACTION) * min(height, width))
+    radius = float(rng.uniform(*radius_fraction) * min(height, width))
     left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
     dx, dy = DIRECTIONS[direction]
     room = width - left - right if dx else height - up - down
@@ -115,22 +142,31 @@ def _draw_object(rng: np.random.Generator, frames: int, height: int, width: int)
 
 
 def sample_objects(
-    rng: np.random.Generator, *, count: int, frames: int, height: int, width: int, max_tries: int = 1000
+    rng: np.random.Generator,
+    *,
+    count: int,
+    frames: int,
+    height: int,
+    width: int,
+    max_tries: int = 200,
+    radius_fraction: tuple[float, float] = RADIUS_FRACTION,
 ) -> tuple[MovingShape, ...]:
     """Draw `count` objects of distinct colours whose whole path stays inside the frame and whose bounding
     boxes never come closer than `MIN_GAP` pixels (rejection sampling, deterministic for a given `rng`)."""
     if count > len(COLOURS):
         raise ValueError(f"at most {len(COLOURS)} objects of distinct colours fit the palette; got {count}")
-    objects: list[MovingShape] = []
-    for _ in range(max_tries):
+    # Large objects can leave no room for the next one: then the whole set is drawn again (`RESTARTS` times).
+    for _ in range(RESTARTS + 1):
+        objects: list[MovingShape] = []
+        for _ in range(max_tries):
+            if len(objects) == count:
+                break
+            obj = _draw_object(rng, frames, height, width, radius_fraction)
+            if all(obj.colour != o.colour and _apart(obj, o) for o in objects):
+                objects.append(obj)
         if len(objects) == count:
-            break
-        obj = _draw_object(rng, frames, height, width)
-        if all(obj.colour != o.colour and _apart(obj, o) for o in objects):
-            objects.append(obj)
-    if len(objects) < count:
-        raise ValueError(f"cannot place {count} separate objects in a {height}×{width} frame")
-    return tuple(objects)
+            return tuple(objects)
+    raise ValueError(f"cannot place {count} separate objects in a {height}×{width} frame")
 
 
 def textured_background(rng: np.random.Generator, height: int, width: int) -> Tensor:
@@ -180,9 +216,10 @@ def make_clip(
     width: int = 64,
     max_objects: int = 2,
     num_objects: int | None = None,
+    style: WorldStyle = DEFAULT_STYLE,
 ) -> ProceduralClip:
-    """Clip `index` of the world `seed`: 1..max_objects objects (or exactly `num_objects`) on a textured
-    background, deterministic."""
+    """Clip `index` of the world `seed`: 1..max_objects objects (or exactly `num_objects`) on the background
+    of `style`, deterministic."""
     if frames < 2 or height < 16 or width < 16 or max_objects < 1 or (num_objects or 1) < 1:
         raise ValueError(
             f"make_clip needs frames >= 2, height/width >= 16, max_objects >= 1, num_objects >= 1; "
@@ -192,8 +229,14 @@ def make_clip(
     rng = np.random.default_rng([seed, index])
     drawn = int(rng.integers(1, max_objects + 1))
     count = drawn if num_objects is None else num_objects
-    objects = sample_objects(rng, count=count, frames=frames, height=height, width=width)
-    frames_t = render(objects, textured_background(rng, height, width))
+    objects = sample_objects(
+        rng, count=count, frames=frames, height=height, width=width, radius_fraction=style.radius_fraction
+    )
+    if style.background == "plain":
+        background = torch.full((3, height, width), PLAIN_GREY)
+    else:
+        background = textured_background(rng, height, width)
+    frames_t = render(objects, background)
     return ProceduralClip(objects=objects, caption=caption_for(objects), frames=frames_t)
 
 

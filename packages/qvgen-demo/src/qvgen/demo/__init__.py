@@ -55,6 +55,7 @@ from qvgen.demo.flow import (
     teacher_clip_shape,
     teacher_fingerprint,
     teacher_sampling,
+    teacher_world_style,
     train_variant,
 )
 from qvgen.demo.table import Evaluation, Row, evaluate, format_table
@@ -80,5 +81,6 @@ __all__ += [
     "teacher_clip_shape",
     "teacher_fingerprint",
     "teacher_sampling",
+    "teacher_world_style",
     "train_variant",
 ]

@@ -26,6 +26,7 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from qvgen.core import Frozen
+from qvgen.data import DEFAULT_STYLE, WorldStyle
 from qvgen.demo.table import Row, evaluate, format_table
 from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, REPORT_NAME
 
@@ -147,6 +148,21 @@ def teacher_clip_shape(teacher: Path) -> tuple[int, int, int]:
     return int(frames), int(height), int(width)
 
 
+def teacher_world_style(teacher: Path) -> WorldStyle:
+    """How the teacher's world looks (background, object sizes), from its `training_report.json`; a teacher
+    trained before the style was configurable saw qvgen.data's default world."""
+    path = Path(teacher) / REPORT_NAME
+    try:
+        cfg = json.loads(path.read_text())["config"]
+        if "background" not in cfg:
+            return DEFAULT_STYLE
+        return WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]))
+    except (OSError, KeyError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"{path}: cannot read the teacher's world (config.background/radius_fraction): {e}"
+        ) from e
+
+
 def teacher_sampling(teacher: Path) -> tuple[int, float]:
     """(denoising steps, CFG scale) the teacher's model card evaluates it with."""
     steps, guidance = _teacher_setting(teacher, ("num_inference_steps", "guidance_scale"))
@@ -167,7 +183,12 @@ def teacher_fingerprint(teacher: Path) -> str:
 
 
 def held_out_clips(
-    n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED, *, two_object: int = 0
+    n: int,
+    shape: tuple[int, int, int],
+    seed: int = PROMPT_WORLD_SEED,
+    *,
+    two_object: int = 0,
+    style: WorldStyle = DEFAULT_STYLE,
 ) -> tuple[ProceduralClip, ...]:
     """`n - two_object` one-object clips then `two_object` two-object clips of procedural world `seed` (no
     training set uses it), each with a caption not used by an earlier one."""
@@ -182,7 +203,7 @@ def held_out_clips(
         i = 0
         while len(found) < count:
             clip = make_clip(seed, 10_000 * objects + i, frames=frames, height=height, width=width,
-                             num_objects=objects)  # fmt: skip
+                             num_objects=objects, style=style)  # fmt: skip
             found.setdefault(clip.caption, clip)
             i += 1
             if i > 100 * count + 1000:
@@ -192,10 +213,15 @@ def held_out_clips(
 
 
 def held_out_prompts(
-    n: int, shape: tuple[int, int, int], seed: int = PROMPT_WORLD_SEED, *, two_object: int = 0
+    n: int,
+    shape: tuple[int, int, int],
+    seed: int = PROMPT_WORLD_SEED,
+    *,
+    two_object: int = 0,
+    style: WorldStyle = DEFAULT_STYLE,
 ) -> tuple[str, ...]:
     """The captions of `held_out_clips` (one-object ones first)."""
-    return tuple(c.caption for c in held_out_clips(n, shape, seed, two_object=two_object))
+    return tuple(c.caption for c in held_out_clips(n, shape, seed, two_object=two_object, style=style))
 
 
 def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DATA_WORLD_SEED) -> Path:
@@ -218,7 +244,7 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
     max_objects = int(json.loads((Path(teacher) / REPORT_NAME).read_text())["config"].get("max_objects", 1))
     components = get_family("wan").load(teacher, dtype="float32")
     write_world_shards(
-        components, seed, num_clips, ClipShape(frames, height, width), shard_dir,
+        components, seed, num_clips, ClipShape(frames, height, width, teacher_world_style(teacher)), shard_dir,
         max_objects=max_objects, progress=False,
     )  # fmt: skip
     return shard_dir
@@ -318,7 +344,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     out.mkdir(parents=True, exist_ok=True)
     shape = teacher_clip_shape(cfg.teacher)
     default_steps, default_guidance = teacher_sampling(cfg.teacher)
-    prompts = held_out_prompts(cfg.prompts, shape, two_object=cfg.prompts // 4)
+    prompts = held_out_prompts(
+        cfg.prompts, shape, two_object=cfg.prompts // 4, style=teacher_world_style(cfg.teacher)
+    )
     stages = tqdm(total=4, desc="qvgen demo", unit="stage", disable=not cfg.progress)
     stages.set_postfix_str(f"procedural clips + latent shards ({cfg.num_clips} clips)")
     shards = build_shards(cfg.teacher, out, cfg.num_clips)

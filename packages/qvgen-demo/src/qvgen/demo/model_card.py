@@ -61,11 +61,12 @@ def model_card(report: dict[str, Any]) -> str:
 A diffusers folder for `WanPipeline` (WanTransformer3DModel, AutoencoderKLWan, UMT5EncoderModel, the
 offline T5 tokenizer, UniPC flow scheduler) trained on {cfg["frames"]}-frame {cfg["height"]}×{cfg["width"]}
 clips of qvgen.data's procedural world: one or two shapes (circle, square, triangle) in {len(COLOURS)}
-colours moving left, right, up or down over a textured background, captioned
+colours moving left, right, up or down over a {cfg.get("background", "textured")} background, captioned
 "a <colour> <shape> moves <direction> [and a …]". Load it with `qvgen.models.get_family("wan").load(path)`.
 
-Sizes: the transformer is qvgen.models' tiny Wan (hidden 128 = 2 heads × 64, 2 blocks, FFN 256, text
-dim 64) with spatial patch {cfg["patch_size"]}; the VAE is an `AutoencoderKLWan(base_dim=8, z_dim=16,
+Sizes: the transformer is qvgen.models' tiny Wan (hidden 128 = 2 heads × 64, text dim 64) with
+{cfg.get("num_layers", 2)} blocks, FFN {cfg.get("ffn_dim", 256)} and spatial patch {cfg["patch_size"]}; objects have radii of
+{cfg.get("radius_fraction", [0.12, 0.17])} × the frame size; the VAE is an `AutoencoderKLWan(base_dim=8, z_dim=16,
 dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True])` with 4× spatial and 4× temporal
 compression (a {cfg["frames"]}×{cfg["height"]}×{cfg["width"]} clip → a 16×3×{cfg["height"] // 4}×{cfg["width"] // 4}
 latent); the text encoder is a randomly initialised, frozen 2-layer UMT5.

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from qvgen.core import Frozen
+from qvgen.data import Background, WorldStyle
 
 DEFAULT_TEACHER_DIR = Path(__file__).parent / "assets" / "tiny_wan_teacher"
 """The committed teacher (a diffusers folder)."""
@@ -35,6 +36,11 @@ class TeacherConfig(Frozen):
     width: Annotated[int, Field(ge=32)] = 64
     max_objects: Annotated[int, Field(ge=1, le=2)] = 2
     """Objects per training clip: 1..max_objects, drawn uniformly."""
+    background: Background = "plain"
+    """The world's background: a plain grey (what the tiny models can afford) or the textured one."""
+    radius_fraction: tuple[float, float] = (0.16, 0.2)
+    """Object radius range as a fraction of min(H, W) (64×64: 10–13 px, squares 20–26 px wide; qvgen.data's
+    default world draws 8–11 px)."""
 
     vae_image_steps: Annotated[int, Field(ge=0)] = 1500
     """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
@@ -69,6 +75,10 @@ class TeacherConfig(Frozen):
     patch_size: Literal[2, 4] = 4
     """Spatial patch of the transformer (on the 4× VAE's latents 4 gives the same 48 tokens per 9×64×64
     clip that the tiny factory's 8× VAE with patch 2 gives)."""
+    num_layers: Annotated[int, Field(ge=1)] = 2
+    """Transformer blocks (the tiny Wan factory's: 2)."""
+    ffn_dim: Annotated[int, Field(ge=16)] = 256
+    """Hidden width of each block's feed-forward layer (the tiny Wan factory's: 256, twice the model width)."""
     steps: Annotated[int, Field(ge=0)] = 8000
     """Transformer optimiser steps."""
     batch_size: Annotated[int, Field(ge=1)] = 32
@@ -116,12 +126,14 @@ class TeacherConfig(Frozen):
             raise ValueError(
                 f"vae_crop must be a multiple of 16 no larger than height/width; got {self.vae_crop}"
             )
+        WorldStyle(self.background, self.radius_fraction)  # its own range check
         if self.eval_one_object + self.eval_two_object == 0:
             raise ValueError("eval_one_object + eval_two_object must be at least 1")
         return self
 
 
-VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "vae_image_steps",
+VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "background",
+              "radius_fraction", "vae_image_steps",
               "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
               "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 """Fields that define the VAE phase (its identity in `work_dir`)."""
@@ -129,7 +141,7 @@ VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
 """Fields that define the fine-tuned VAE."""
 SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "num_clips")
 """Fields that define the latent shards."""
-TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "steps", "batch_size", "lr", "warmup_steps",
+TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
 """Fields that define the trained transformer (stage 1)."""
 FINETUNE_FIELDS = (*TRANSFORMER_FIELDS, "finetune_steps", "finetune_lr", "finetune_flow_shift")

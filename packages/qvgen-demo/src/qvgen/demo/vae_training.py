@@ -19,6 +19,7 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from qvgen.data import WorldStyle
 from qvgen.demo.teacher_config import TeacherConfig
 from qvgen.demo.world import ClipPool, ClipShape, clip_pool, heldout_clips, unit_frames
 from qvgen.models import Components, get_family
@@ -32,22 +33,24 @@ time, 178 k parameters (the real Wan 2.1 VAE: base_dim 96, dim_mult [1, 2, 4, 4]
 
 
 def clip_shape(cfg: TeacherConfig) -> ClipShape:
-    return ClipShape(cfg.frames, cfg.height, cfg.width)
+    """The clips of the teacher's world."""
+    return ClipShape(cfg.frames, cfg.height, cfg.width, WorldStyle(cfg.background, cfg.radius_fraction))
 
 
-def build_teacher_components(seed: int, patch_size: int) -> Components:
-    """The tiny Wan factory's UMT5, tokenizer, scheduler and transformer (spatial patch `patch_size`), with
-    the 4× `TEACHER_VAE`; every model freshly initialised from `seed`."""
+def build_teacher_components(
+    seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256
+) -> Components:
+    """The tiny Wan factory's UMT5, tokenizer, scheduler and transformer (spatial patch `patch_size`,
+    `num_layers` blocks with feed-forward width `ffn_dim`), with the 4× `TEACHER_VAE`; every model freshly
+    initialised from `seed`."""
     family = get_family("wan")
     base = family.build_tiny_components(seed=seed)
     torch.manual_seed(seed)
     vae: Any = AutoencoderKLWan(**TEACHER_VAE)
     vae.eval()
-    transformer: Any = base.transformer
-    if patch_size != transformer.config.patch_size[1]:
-        config = {**transformer.config, "patch_size": (1, patch_size, patch_size)}
-        torch.manual_seed(seed)
-        transformer = WanTransformer3DModel.from_config(config).eval()
+    sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim}
+    torch.manual_seed(seed)
+    transformer: Any = WanTransformer3DModel.from_config({**base.transformer.config, **sizes}).eval()
     return Components(transformer, vae, base.text_encoder, base.tokenizer, base.scheduler)
 
 

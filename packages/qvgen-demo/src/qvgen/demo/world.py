@@ -17,10 +17,12 @@ from tqdm.auto import tqdm
 
 from qvgen.data import (
     COLOURS,
+    DEFAULT_STYLE,
     DIRECTIONS,
     SHAPES,
     EncodedSample,
     ProceduralClip,
+    WorldStyle,
     WriterConfig,
     make_clip,
     render,
@@ -31,11 +33,12 @@ from qvgen.models import Components, get_family
 
 @dataclass(frozen=True)
 class ClipShape:
-    """Frames, height and width of the world's clips."""
+    """Frames, height and width of the world's clips, and how the world looks."""
 
     frames: int = 9
     height: int = 64
     width: int = 64
+    style: WorldStyle = DEFAULT_STYLE
 
 
 def world_clip(seed: int, index: int, shape: ClipShape, *, max_objects: int = 2,
@@ -43,7 +46,7 @@ def world_clip(seed: int, index: int, shape: ClipShape, *, max_objects: int = 2,
     """Clip `index` of world `seed` at `shape`."""
     return make_clip(
         seed, index, frames=shape.frames, height=shape.height, width=shape.width,
-        max_objects=max_objects, num_objects=num_objects,
+        max_objects=max_objects, num_objects=num_objects, style=shape.style,
     )  # fmt: skip
 
 
