@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from qvgen.models import FAMILIES, CogVideoXSpec, load_components
-from qvgen.models.cogvideox import COG_SCALING_FACTOR, COG_TINY_TRANSFORMER
+from qvgen.models.cogvideox import COG_SCALING_FACTOR
 from qvgen.models.testing import tiny_spec
 
 COG = FAMILIES["cogvideox"]
@@ -57,13 +57,3 @@ def test_spec_text_length_must_match_the_transformer(comps):
     assert COG.max_text_length(comps) == 16
     with pytest.raises(ValueError, match="differs from the transformer's max_text_seq_length=16"):
         COG.max_text_length(comps, CogVideoXSpec(max_text_length=226))
-
-
-def test_rotary_variants_are_refused_on_load(tmp_path):
-    from diffusers import CogVideoXTransformer3DModel
-
-    CogVideoXTransformer3DModel(
-        **{**COG_TINY_TRANSFORMER, "use_rotary_positional_embeddings": True}
-    ).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="not supported"):
-        COG.load_transformer(tmp_path)

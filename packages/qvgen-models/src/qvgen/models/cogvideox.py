@@ -1,4 +1,6 @@
-"""CogVideoX 1.0 (2B): v-prediction on a zero-terminal-SNR DDPM schedule, frames-first (B, F, C, H, W)."""
+"""CogVideoX 1.0 (2B, 5B) and 1.5 (5B): v-prediction on a zero-terminal-SNR DDPM schedule, frames-first
+(B, F, C, H, W). 5B and 1.5 use 3D rotary embeddings, 1.5 also temporal patches (`patch_size_t`): `predict`
+builds both inputs exactly as diffusers' CogVideoXPipeline does."""
 
 from __future__ import annotations
 
@@ -6,12 +8,13 @@ import functools
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_cogvideox import AutoencoderKLCogVideoX
+from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.models.transformers.cogvideox_transformer_3d import CogVideoXTransformer3DModel
-from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline
+from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline, get_resize_crop_region_for_grid
 from diffusers.schedulers.scheduling_ddim_cogvideox import CogVideoXDDIMScheduler
 from torch import Tensor, nn
 from transformers import T5Config, T5EncoderModel
@@ -87,6 +90,21 @@ COG_TINY_TRANSFORMER: Final[Mapping[str, Any]] = MappingProxyType(
         "max_text_seq_length": 16,
     }
 )
+CogTinyVariant = Literal["2b", "5b", "1.5"]
+"""Tiny CogVideoX shaped like 2B (sincos positions), 5B (3D RoPE) or 1.5 (RoPE + temporal patches of 2)."""
+COG_TINY_VARIANTS: Final[Mapping[str, Mapping[str, Any]]] = MappingProxyType(
+    {
+        "2b": COG_TINY_TRANSFORMER,
+        "5b": {**COG_TINY_TRANSFORMER, "use_rotary_positional_embeddings": True},
+        # As CogVideoX1.5-5B: no patch bias; sample_height/width (8 → RoPE max grid 4×4) bound the size.
+        "1.5": {
+            **COG_TINY_TRANSFORMER,
+            "use_rotary_positional_embeddings": True,
+            "patch_size_t": 2,
+            "patch_bias": False,
+        },
+    }
+)
 # Real CogVideoX-2B VAE: block_out_channels (128, 256, 256, 512), layers_per_block 3, 32 groups.
 COG_TINY_VAE: Final[Mapping[str, Any]] = MappingProxyType(
     {
@@ -131,12 +149,62 @@ def _train_scheduler() -> CogVideoXDDIMScheduler:
 
 
 def _check_supported(config: Mapping[str, Any], where: object) -> None:
-    """Only CogVideoX 1.0 without RoPE (2B) is wired up: RoPE/1.5 need extra transformer inputs."""
-    if config.get("use_rotary_positional_embeddings") or config.get("patch_size_t") is not None:
+    """Text-to-video CogVideoX only: image-to-video checkpoints need inputs the T2V pipeline lacks."""
+    if config.get("ofs_embed_dim") is not None:
         raise ValueError(
-            f"{where}: CogVideoX with rotary embeddings or temporal patches (5B / 1.5) is not supported; "
-            "qvgen.models supports CogVideoX-2B (use_rotary_positional_embeddings=False)"
+            f"{where}: ofs_embed_dim={config['ofs_embed_dim']} marks CogVideoX1.5 image-to-video, which needs "
+            "an `ofs` input; qvgen.models supports text-to-video CogVideoX (2B, 5B, 1.5-5B)"
         )
+    if config.get("in_channels") != config.get("out_channels"):
+        raise ValueError(
+            f"{where}: in_channels={config.get('in_channels')} != out_channels={config.get('out_channels')} "
+            "marks image-to-video CogVideoX (image latents concatenated); qvgen.models supports text-to-video"
+        )
+
+
+def frame_padding(config: Any, latent_frames: int) -> int:
+    """Latent frames CogVideoXPipeline prepends so that `patch_size_t` divides the frame count (1.5)."""
+    p_t = config.patch_size_t
+    return 0 if p_t is None or latent_frames % p_t == 0 else p_t - latent_frames % p_t
+
+
+def rotary_embeddings(
+    config: Any, latent_frames: int, latent_height: int, latent_width: int, device: torch.device | None = None
+) -> tuple[Tensor, Tensor] | None:
+    """(cos, sin) of CogVideoXPipeline._prepare_rotary_positional_embeddings for this latent grid (frames
+    already padded), or None without RoPE. The pipeline's pixel size // (VAE factor × patch) is the latent
+    size // patch, so the latent grid suffices."""
+    if not config.use_rotary_positional_embeddings:
+        return None
+    p, p_t = config.patch_size, config.patch_size_t
+    grid = (latent_height // p, latent_width // p)
+    base_width, base_height = config.sample_width // p, config.sample_height // p
+    if p_t is None:  # CogVideoX 1.0 (5B)
+        crops = get_resize_crop_region_for_grid(grid, base_width, base_height)
+        cos, sin = get_3d_rotary_pos_embed(
+            embed_dim=config.attention_head_dim,
+            crops_coords=crops,
+            grid_size=grid,
+            temporal_size=latent_frames,
+            device=device,
+        )
+    else:  # CogVideoX 1.5
+        if grid[0] > base_height or grid[1] > base_width:
+            raise ValueError(
+                f"cogvideox: a latent grid of {grid[0]}×{grid[1]} tokens exceeds this transformer's RoPE "
+                f"table of {base_height}×{base_width} (sample_height={config.sample_height}, "
+                f"sample_width={config.sample_width} latent pixels, patch_size={p})"
+            )
+        cos, sin = get_3d_rotary_pos_embed(
+            embed_dim=config.attention_head_dim,
+            crops_coords=None,
+            grid_size=grid,
+            temporal_size=(latent_frames + p_t - 1) // p_t,
+            grid_type="slice",
+            max_size=(base_height, base_width),
+            device=device,
+        )
+    return cos, sin
 
 
 def _scaling_factor(vae_config: Mapping[str, Any] | None) -> float:
@@ -144,7 +212,8 @@ def _scaling_factor(vae_config: Mapping[str, Any] | None) -> float:
 
 
 class CogVideoXFamily:
-    """CogVideoX 1.0 (2B): CogVideoXTransformer3DModel, AutoencoderKLCogVideoX, T5 v1.1, v-prediction."""
+    """CogVideoX 1.0 / 1.5 text-to-video: CogVideoXTransformer3DModel, AutoencoderKLCogVideoX, T5 v1.1,
+    v-prediction."""
 
     name: Final = "cogvideox"
     num_train_timesteps: Final = int(COG_SCHEDULER_CONFIG["num_train_timesteps"])
@@ -235,7 +304,12 @@ class CogVideoXFamily:
         text_lengths: Tensor | None = None,
     ) -> Tensor:
         """v-prediction (B, F, C, H, W). Text is used as the pipeline uses it (`text_lengths` unused:
-        CogVideoX attends to the T5 outputs of pad tokens too) and must be max_text_seq_length long."""
+        CogVideoX attends to the T5 outputs of pad tokens too) and must be max_text_seq_length long.
+
+        With RoPE (5B, 1.5) the pipeline's 3D rotary embeddings are passed. With temporal patches (1.5)
+        and F not divisible by patch_size_t, the missing frames are filled in front (where the pipeline puts
+        its padding frames) with copies of the first noised frame and their outputs are dropped again, so
+        the result always has F frames."""
         config: Any = transformer.config
         expected = config.max_text_seq_length
         if text_embeddings.shape[1] != expected:
@@ -243,13 +317,24 @@ class CogVideoXFamily:
                 f"cogvideox text embeddings have {text_embeddings.shape[1]} tokens; this transformer "
                 f"needs exactly max_text_seq_length={expected}"
             )
+        hidden = x.hidden_states
+        height, width = hidden.shape[-2:]
+        if height % config.patch_size or width % config.patch_size:
+            raise ValueError(
+                f"cogvideox latents of {height}×{width} are not divisible by the transformer's "
+                f"patch_size={config.patch_size}"
+            )
+        pad = frame_padding(config, hidden.shape[1])
+        if pad:
+            hidden = torch.cat([hidden[:, :1].expand(-1, pad, -1, -1, -1), hidden], dim=1)
         out = transformer(
-            hidden_states=x.hidden_states,
+            hidden_states=hidden,
             timestep=x.timestep,
             encoder_hidden_states=text_embeddings,
+            image_rotary_emb=rotary_embeddings(config, hidden.shape[1], height, width, hidden.device),
             return_dict=False,
         )
-        return out[0]
+        return out[0][:, pad:]
 
     # -- sampling --------------------------------------------------------------------------------------
     def pipeline(self, components: Components, spec: ModelSpec | None = None) -> CogVideoXPipeline:
@@ -259,7 +344,8 @@ class CogVideoXFamily:
         return pipe
 
     def sample_kwargs(self, components: Components, **overrides: Any) -> dict[str, Any]:
-        """The transformer's native size (480×720, 49 frames for 2B), 50 steps, CFG 6 dynamic + `overrides`."""
+        """The transformer's sample size (480×720, 49 frames for 2B / 5B; as the pipeline, sample_height ×
+        VAE factor for 1.5, whose native 768×1360 must be passed), 50 steps, CFG 6 dynamic + `overrides`."""
         cfg: Any = components.transformer.config
         vae_config: Any = components.vae.config
         spatial = 2 ** (len(vae_config.block_out_channels) - 1)
@@ -278,25 +364,45 @@ class CogVideoXFamily:
                 f"CogVideoX max_sequence_length must equal transformer.config.max_text_seq_length="
                 f"{cfg.max_text_seq_length}; got {merged['max_sequence_length']}"
             )
+        unit = spatial * cfg.patch_size
+        for key, limit in (("height", cfg.sample_height), ("width", cfg.sample_width)):
+            size = merged[key]
+            if size is None:
+                continue
+            if size % unit:
+                raise ValueError(
+                    f"CogVideoX {key}={size} must be a multiple of {unit} (VAE {spatial} × patch)"
+                )
+            if cfg.patch_size_t is not None and size > limit * spatial:
+                raise ValueError(
+                    f"CogVideoX 1.5 {key}={size} exceeds the RoPE table: at most sample_{key}={limit} "
+                    f"× VAE {spatial} = {limit * spatial}"
+                )
         return merged
 
     # -- tiny and real configs -------------------------------------------------------------------------
-    def build_tiny_components(self, seed: int = 0) -> Components:
-        """Hidden 128 (2×64), 2 blocks, time/text dim 64, FFN 512; T5 2×64; in-process tokenizer; DDIM."""
+    def build_tiny_components(self, seed: int = 0, variant: CogTinyVariant = "2b") -> Components:
+        """Hidden 128 (2×64), 2 blocks, time/text dim 64, FFN 512; T5 2×64; in-process tokenizer; DDIM.
+        `variant` "5b" adds 3D RoPE, "1.5" RoPE and temporal patches of 2 (COG_TINY_VARIANTS)."""
+        if variant not in COG_TINY_VARIANTS:
+            raise ValueError(
+                f"unknown tiny CogVideoX variant {variant!r}; known: {', '.join(COG_TINY_VARIANTS)}"
+            )
         text_length = int(COG_TINY_TRANSFORMER["max_text_seq_length"])
         tokenizer = make_t5_tokenizer(model_max_length=text_length, seed=seed)
         text_config = T5Config(vocab_size=len(tokenizer), **COG_TINY_TEXT_ENCODER)
         torch.manual_seed(seed)
         text_encoder = T5EncoderModel(text_config).eval()
         torch.manual_seed(seed)
-        transformer = CogVideoXTransformer3DModel(**COG_TINY_TRANSFORMER).eval()
+        transformer = CogVideoXTransformer3DModel(**COG_TINY_VARIANTS[variant]).eval()
         torch.manual_seed(seed)
         vae = AutoencoderKLCogVideoX(**COG_TINY_VAE).eval()
         scheduler = CogVideoXDDIMScheduler(**COG_SCHEDULER_CONFIG)
         return Components(transformer, vae, text_encoder, tokenizer, scheduler)
 
-    def save_tiny(self, out_dir: str | Path, seed: int = 0) -> Path:
-        return ckpt.save_pipeline_atomic(self.pipeline(self.build_tiny_components(seed)), out_dir)
+    def save_tiny(self, out_dir: str | Path, seed: int = 0, variant: CogTinyVariant = "2b") -> Path:
+        components = self.build_tiny_components(seed, variant)
+        return ckpt.save_pipeline_atomic(self.pipeline(components), out_dir)
 
     def real_transformer_config(self) -> dict[str, Any]:
         """CogVideoX-2B transformer constructor arguments."""

@@ -47,7 +47,7 @@ class RealModel(Frozen):
     transformer: dict[str, Any]
     sampling: SamplingSettings
     trainable: bool
-    """Whether the family can load and train it today (CogVideoX with RoPE / temporal patches cannot yet)."""
+    """Whether its family can load, train and sample it (all five can; CogVideoX image-to-video could not)."""
 
 
 _WAN_14B = {**WAN_REAL_TRANSFORMER, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
@@ -97,13 +97,13 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
             ),
             RealModel(
                 name="cogvideox-5b", family="cogvideox", hub_id="THUDM/CogVideoX-5b",
-                transformer=_COG_5B, trainable=False,
+                transformer=_COG_5B, trainable=True,
                 sampling=SamplingSettings(height=480, width=720, num_frames=49, fps=8,
                                           scheduler="CogVideoXDDIMScheduler", **_COG_SAMPLING),
             ),
             RealModel(
                 name="cogvideox1.5-5b", family="cogvideox", hub_id="THUDM/CogVideoX1.5-5B",
-                transformer=_COG15_5B, trainable=False,
+                transformer=_COG15_5B, trainable=True,
                 sampling=SamplingSettings(height=768, width=1360, num_frames=81, fps=16,
                                           scheduler="CogVideoXDPMScheduler", **_COG_SAMPLING),
             ),

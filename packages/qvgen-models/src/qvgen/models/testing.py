@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
+from qvgen.models.cogvideox import CogTinyVariant, CogVideoXFamily
 from qvgen.models.registry import get_family
 from qvgen.models.spec import ModelSpec
 
@@ -28,6 +29,13 @@ def _cache_root() -> Path:
 def tiny_checkpoint(family: str, seed: int = 0) -> Path:
     """The tiny `family` checkpoint as a diffusers folder, built on first use and cached for the process."""
     return get_family(family).save_tiny(_cache_root() / f"{family}-seed{seed}", seed=seed)
+
+
+@functools.cache
+def tiny_cogvideox_checkpoint(variant: CogTinyVariant, seed: int = 0) -> Path:
+    """A tiny CogVideoX shaped like 2B, 5B (RoPE) or 1.5 (RoPE + temporal patches), cached like the others."""
+    out = _cache_root() / f"cogvideox-{variant}-seed{seed}"
+    return CogVideoXFamily().save_tiny(out, seed=seed, variant=variant)
 
 
 def tiny_spec(family: str, **overrides: Any) -> ModelSpec:
