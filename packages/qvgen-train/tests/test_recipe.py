@@ -129,3 +129,45 @@ def test_tensorboard_without_the_package_is_a_clear_error(run_dict, wan_shards, 
     )
     with pytest.raises(ValueError, match="pip install tensorboard"):
         run(_cfg(run_dict, "wan", wan_shards, tmp_path / "out", logging={"tensorboard": True}))
+
+
+@pytest.mark.parametrize("variant", ["5b", "1.5"])
+def test_tiny_rope_cogvideox_trains_resumes_exports_and_samples(variant, run_dict, cog_shards, tmp_path):
+    # 5B: 3D RoPE; 1.5: RoPE + temporal patches (the shards' 3 latent frames are padded to 4 in predict).
+    from qvgen.models.testing import tiny_cogvideox_checkpoint
+    from qvgen.train.export import export_student
+
+    base = tiny_cogvideox_checkpoint(variant)
+
+    def cfg(out, **sections):
+        sections = {"aux": {"decay": {"initial_rank": 1, "period": 1}},
+                    "train": {"max_steps": 2, "caption_dropout": 0.3},
+                    "export": {"fake_quant": False, "deploy": False}, **sections}  # fmt: skip
+        data = run_dict("cogvideox", cog_shards, out, **sections)
+        data["model"]["checkpoint"] = str(base)
+        return RunConfig.model_validate(data)
+
+    full = run(cfg(tmp_path / "a", checkpoint={"every_n_steps": 1, "keep_last": 2}))
+    assert len(full.losses) == 2 and all(0 < loss < float("inf") for loss in full.losses)
+    shutil.copytree(
+        tmp_path / "a" / "checkpoints" / "step-00000001", tmp_path / "b" / "checkpoints" / "step-00000001"
+    )
+    resumed = run(cfg(tmp_path / "b", checkpoint={"resume_from": "latest"}))
+    assert resumed.losses == full.losses[1:] and _states_equal(resumed.model, full.model)
+
+    fake_dir, deploy_dir = export_student(
+        resumed.model, cfg(tmp_path / "b", export={"fake_quant": True, "deploy": True})
+    )
+    assert fake_dir is not None and deploy_dir is not None
+    student = load_student(fake_dir)
+    assert student.config.use_rotary_positional_embeddings and set(quant.quantized_layers(student))
+    fam = get_family("cogvideox")
+    deploy = quant.load_quantized(fam.load_transformer(base), deploy_dir)
+    assert _states_equal(deploy, resumed.model)
+    components = dataclasses.replace(fam.load(base), transformer=deploy)
+    kwargs = fam.sample_kwargs(
+        components, prompt="a red square moves left", height=32, width=32, num_frames=9,
+        num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np",
+    )  # fmt: skip
+    frames = fam.pipeline(components)(**kwargs).frames
+    assert frames.shape[:2] == (1, 9) and bool(np.isfinite(frames).all())
