@@ -52,6 +52,13 @@ RESTARTS: Final = 50
 PLAIN_GREY: Final = 0.3
 """Level (0..1, all three channels) of the plain background: far from every palette colour."""
 Background = Literal["textured", "plain"]
+Layout = Literal["random", "lanes"]
+LANE_TRAVEL: Final[tuple[float, float]] = (0.6, 0.8)
+"""Centroid travel in the "lanes" layout, as a fraction of the room left along the direction of motion."""
+LANE_JITTER: Final = 0.05
+"""Largest offset of a "lanes" object from its anchor, as a fraction of min(H, W)."""
+LANE_SHRINK: Final = 0.75
+"""Radius factor of the objects of a two-object clip in the "lanes" layout (two lanes share the frame)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,11 @@ class WorldStyle:
     background: Background = "textured"
     radius_fraction: tuple[float, float] = RADIUS_FRACTION
     """Object radius range as a fraction of min(H, W)."""
+    layout: Layout = "random"
+    """Where objects go. "random": anywhere their path fits (rejection sampling keeps two apart). "lanes":
+    the i-th of n objects lives in the i-th of n horizontal bands of the frame (first clause on top), starts
+    at the back of its motion and sits across it near the band's middle (offsets up to `LANE_JITTER`), and
+    travels `LANE_TRAVEL` of its room; a caption then fixes its clip up to small offsets and sizes."""
 
     def __post_init__(self) -> None:
         lo, hi = self.radius_fraction
@@ -139,6 +151,56 @@ def _draw_object(
     steps = torch.linspace(0.0, 1.0, frames, dtype=torch.float32)[:, None]
     centroids = start + steps * travel * torch.tensor([dx, dy], dtype=torch.float32)
     return MovingShape(shape, colour, direction, radius, centroids)
+
+
+def _lane_object(
+    rng: np.random.Generator, frames: int, width: int, band: tuple[float, float], radius: float,
+    taken: set[str],
+) -> MovingShape:  # fmt: skip
+    """One object of the "lanes" layout inside the horizontal band (top, bottom) pixels."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colours = [c for c in COLOURS if c not in taken]
+    colour = colours[rng.integers(len(colours))]
+    directions = list(DIRECTIONS)
+    direction = directions[rng.integers(len(directions))]
+    left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
+    top, bottom = band
+    dx, dy = DIRECTIONS[direction]
+    jitter = LANE_JITTER * min(width, bottom - top)
+    # along the motion: from the back of the room; across it: the middle of the band or of the width
+    lo_along, hi_along = (left, width - right) if dx else (top + up, bottom - down)
+    lo_across, hi_across = (top + up, bottom - down) if dx else (left, width - right)
+    if hi_along <= lo_along or hi_across < lo_across:
+        raise ValueError(f"an object of radius {radius:.1f} px does not fit a band of {bottom - top:.1f} px")
+    room = hi_along - lo_along
+    travel = float(rng.uniform(*LANE_TRAVEL)) * room
+    back = float(rng.uniform(0.0, min(jitter, room - travel)))
+    start_along = lo_along + back if (dx or dy) > 0 else hi_along - back
+    middle = (lo_across + hi_across) / 2.0
+    across = min(max(middle + float(rng.uniform(-jitter, jitter)), lo_across), hi_across)
+    start = torch.tensor([start_along, across] if dx else [across, start_along], dtype=torch.float32)
+    steps = torch.linspace(0.0, 1.0, frames, dtype=torch.float32)[:, None]
+    centroids = start + steps * travel * torch.tensor([dx, dy], dtype=torch.float32)
+    return MovingShape(shape, colour, direction, radius, centroids)
+
+
+def lane_objects(
+    rng: np.random.Generator, *, count: int, frames: int, height: int, width: int,
+    radius_fraction: tuple[float, float],
+) -> tuple[MovingShape, ...]:  # fmt: skip
+    """`count` objects of distinct colours in the "lanes" layout (see `WorldStyle.layout`); never touching."""
+    if count > len(COLOURS):
+        raise ValueError(f"at most {len(COLOURS)} objects of distinct colours fit the palette; got {count}")
+    shrink = 1.0 if count == 1 else LANE_SHRINK
+    band = (height - (count - 1) * MIN_GAP) / count
+    objects: list[MovingShape] = []
+    for i in range(count):
+        top = i * (band + MIN_GAP)
+        radius = float(rng.uniform(*radius_fraction)) * min(height, width) * shrink
+        objects.append(
+            _lane_object(rng, frames, width, (top, top + band), radius, {o.colour for o in objects})
+        )
+    return tuple(objects)
 
 
 def sample_objects(
@@ -229,7 +291,8 @@ def make_clip(
     rng = np.random.default_rng([seed, index])
     drawn = int(rng.integers(1, max_objects + 1))
     count = drawn if num_objects is None else num_objects
-    objects = sample_objects(
+    place = lane_objects if style.layout == "lanes" else sample_objects
+    objects = place(
         rng, count=count, frames=frames, height=height, width=width, radius_fraction=style.radius_fraction
     )
     if style.background == "plain":

@@ -156,7 +156,7 @@ def teacher_world_style(teacher: Path) -> WorldStyle:
         cfg = json.loads(path.read_text())["config"]
         if "background" not in cfg:
             return DEFAULT_STYLE
-        return WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]))
+        return WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg.get("layout", "random"))
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(
             f"{path}: cannot read the teacher's world (config.background/radius_fraction): {e}"

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from qvgen.core import Frozen
-from qvgen.data import Background, WorldStyle
+from qvgen.data import Background, Layout, WorldStyle
 
 DEFAULT_TEACHER_DIR = Path(__file__).parent / "assets" / "tiny_wan_teacher"
 """The committed teacher (a diffusers folder)."""
@@ -38,16 +38,19 @@ class TeacherConfig(Frozen):
     """Objects per training clip: 1..max_objects, drawn uniformly."""
     background: Background = "plain"
     """The world's background: a plain grey (what the tiny models can afford) or the textured one."""
+    layout: Layout = "lanes"
+    """Where objects go ("lanes": a caption fixes its clip up to small offsets, what a CPU-trained tiny
+    transformer can learn; "random": anywhere, qvgen.data's default world)."""
     radius_fraction: tuple[float, float] = (0.16, 0.2)
     """Object radius range as a fraction of min(H, W) (64×64: 10–13 px, squares 20–26 px wide; qvgen.data's
     default world draws 8–11 px)."""
 
-    vae_image_steps: Annotated[int, Field(ge=0)] = 1500
+    vae_image_steps: Annotated[int, Field(ge=0)] = 700
     """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
     vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
     vae_lr: Annotated[float, Field(gt=0)] = 4e-3
     """Peak one-cycle learning rate of the single-frame steps."""
-    vae_steps: Annotated[int, Field(ge=0)] = 1000
+    vae_steps: Annotated[int, Field(ge=0)] = 600
     """VAE steps on whole clips next (they teach the causal temporal path)."""
     vae_batch_size: Annotated[int, Field(ge=1)] = 4
     vae_clip_lr: Annotated[float, Field(gt=0)] = 2e-3
@@ -59,12 +62,12 @@ class TeacherConfig(Frozen):
     vae_shape_weight: Annotated[float, Field(ge=0)] = 4.0
     """Extra loss weight of the pixels covered by an object."""
     vae_kl_weight: Annotated[float, Field(ge=0)] = 1e-3
-    vae_finetune_steps: Annotated[int, Field(ge=0)] = 600
+    vae_finetune_steps: Annotated[int, Field(ge=0)] = 300
     """More whole-clip VAE steps after the first two stages, with a fresh optimizer and schedule (the
     temporal path is what the 4× VAE learns slowest)."""
     vae_finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
     """Peak one-cycle learning rate of the fine-tuning clip steps."""
-    vae_decoder_steps: Annotated[int, Field(ge=0)] = 1500
+    vae_decoder_steps: Annotated[int, Field(ge=0)] = 300
     """Whole-clip steps on the decoder alone at the end (the latents the transformer learns stay the same)."""
     vae_decoder_lr: Annotated[float, Field(gt=0)] = 5e-4
     vae_edge_weight: Annotated[float, Field(ge=0)] = 16.0
@@ -79,7 +82,7 @@ class TeacherConfig(Frozen):
     """Transformer blocks (the tiny Wan factory's: 2)."""
     ffn_dim: Annotated[int, Field(ge=16)] = 256
     """Hidden width of each block's feed-forward layer (the tiny Wan factory's: 256, twice the model width)."""
-    steps: Annotated[int, Field(ge=0)] = 8000
+    steps: Annotated[int, Field(ge=0)] = 7000
     """Transformer optimiser steps."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
@@ -90,7 +93,7 @@ class TeacherConfig(Frozen):
     train_flow_shift: Annotated[float, Field(gt=0)] = 1.0
     """Shift of the training sigmas (1.0: uniform σ, the official Wan recipe)."""
 
-    finetune_steps: Annotated[int, Field(ge=0)] = 4500
+    finetune_steps: Annotated[int, Field(ge=0)] = 4000
     """Second transformer stage: more steps from the stage-1 weights at `finetune_flow_shift`."""
     finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
     finetune_flow_shift: Annotated[float, Field(gt=0)] = 3.0
@@ -126,14 +129,14 @@ class TeacherConfig(Frozen):
             raise ValueError(
                 f"vae_crop must be a multiple of 16 no larger than height/width; got {self.vae_crop}"
             )
-        WorldStyle(self.background, self.radius_fraction)  # its own range check
+        WorldStyle(self.background, self.radius_fraction, self.layout)  # its own range check
         if self.eval_one_object + self.eval_two_object == 0:
             raise ValueError("eval_one_object + eval_two_object must be at least 1")
         return self
 
 
 VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "background",
-              "radius_fraction", "vae_image_steps",
+              "radius_fraction", "layout", "vae_image_steps",
               "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
               "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 """Fields that define the VAE phase (its identity in `work_dir`)."""
