@@ -96,6 +96,28 @@ def test_plain_style_draws_large_objects_on_one_grey_and_still_fits_two_apart() 
     assert len(torch.unique(textured.frames[0, 0])) > 50
 
 
+def test_lanes_layout_puts_the_first_clause_on_top_starts_at_the_back_and_keeps_objects_apart() -> None:
+    style = WorldStyle("plain", (0.16, 0.2), "lanes")
+    for i in range(30):
+        clip = make_clip(11, i, frames=9, height=64, width=64, style=style)
+        n = len(clip.objects)
+        band = (64 - (n - 1) * MIN_GAP) / n
+        for k, obj in enumerate(clip.objects):
+            left, right, up, down = obj.extents()
+            top = k * (band + MIN_GAP)
+            ys, xs = obj.centroids[:, 1], obj.centroids[:, 0]
+            assert bool((ys - up >= top - 1e-4).all() and (ys + down <= top + band + 1e-4).all())
+            assert bool((xs - left >= -1e-4).all() and (xs + right <= 64 + 1e-4).all())
+            dx, dy = DIRECTIONS[obj.direction]
+            along = xs if dx else ys
+            lo, hi = (left, 64 - right) if dx else (top + up, top + band - down)
+            start = float(along[0]) - lo if (dx or dy) > 0 else hi - float(along[0])
+            assert 0 <= start <= 0.05 * min(64, band) + 1e-4  # from the back of its room
+            assert float((along[-1] - along[0]).abs()) >= 0.6 * (hi - lo) - 1e-4
+        assert len({o.colour for o in clip.objects}) == n
+        assert clip.caption == " and ".join(o.phrase for o in clip.objects)
+
+
 def test_world_style_rejects_radii_outside_its_range() -> None:
     with pytest.raises(ValueError, match="radius_fraction"):
         WorldStyle("plain", (0.25, 0.4))
