@@ -188,7 +188,9 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
         else:
             work = cfg.work_dir
             work.mkdir(parents=True, exist_ok=True)
-        components = build_teacher_components(cfg.seed, cfg.patch_size, cfg.num_layers, cfg.ffn_dim)
+        components = build_teacher_components(
+            cfg.seed, cfg.patch_size, cfg.num_layers, cfg.ffn_dim, cfg.vae_z_dim
+        )
         components.text_encoder.requires_grad_(False)
         timings: dict[str, float] = {}
 

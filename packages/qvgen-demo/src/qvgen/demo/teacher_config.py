@@ -45,6 +45,10 @@ class TeacherConfig(Frozen):
     """Object radius range as a fraction of min(H, W) (64×64: 10–13 px, squares 20–26 px wide; qvgen.data's
     default world draws 8–11 px)."""
 
+    vae_z_dim: Literal[4, 8, 16] = 8
+    """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
+    latent into tokens of z_dim·p² values; at 8 × 4² = 128 that equals the transformer's width (128), so no
+    token is squeezed through a narrower layer (16 × 4² = 256 was: the loss stalled near 0.85)."""
     vae_image_steps: Annotated[int, Field(ge=0)] = 700
     """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
     vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
@@ -67,7 +71,7 @@ class TeacherConfig(Frozen):
     temporal path is what the 4× VAE learns slowest)."""
     vae_finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
     """Peak one-cycle learning rate of the fine-tuning clip steps."""
-    vae_decoder_steps: Annotated[int, Field(ge=0)] = 300
+    vae_decoder_steps: Annotated[int, Field(ge=0)] = 600
     """Whole-clip steps on the decoder alone at the end (the latents the transformer learns stay the same)."""
     vae_decoder_lr: Annotated[float, Field(gt=0)] = 5e-4
     vae_edge_weight: Annotated[float, Field(ge=0)] = 16.0
@@ -136,7 +140,7 @@ class TeacherConfig(Frozen):
 
 
 VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "background",
-              "radius_fraction", "layout", "vae_image_steps",
+              "radius_fraction", "layout", "vae_z_dim", "vae_image_steps",
               "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
               "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 """Fields that define the VAE phase (its identity in `work_dir`)."""

@@ -40,17 +40,18 @@ def clip_shape(cfg: TeacherConfig) -> ClipShape:
 
 
 def build_teacher_components(
-    seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256
+    seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256, z_dim: int = 16
 ) -> Components:
     """The tiny Wan factory's UMT5, tokenizer, scheduler and transformer (spatial patch `patch_size`,
-    `num_layers` blocks with feed-forward width `ffn_dim`), with the 4× `TEACHER_VAE`; every model freshly
-    initialised from `seed`."""
+    `num_layers` blocks with feed-forward width `ffn_dim`), with the 4× `TEACHER_VAE` at `z_dim` latent
+    channels (the transformer's in/out channels); every model freshly initialised from `seed`."""
     family = get_family("wan")
     base = family.build_tiny_components(seed=seed)
     torch.manual_seed(seed)
-    vae: Any = AutoencoderKLWan(**TEACHER_VAE)
+    vae: Any = AutoencoderKLWan(**{**TEACHER_VAE, "z_dim": z_dim})
     vae.eval()
-    sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim}
+    sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim,
+             "in_channels": z_dim, "out_channels": z_dim}  # fmt: skip
     torch.manual_seed(seed)
     transformer: Any = WanTransformer3DModel.from_config({**base.transformer.config, **sizes}).eval()
     return Components(transformer, vae, base.text_encoder, base.tokenizer, base.scheduler)
