@@ -21,10 +21,12 @@ from qvgen.demo import (
     reevaluate_teacher,
     sample_teacher,
     train_teacher,
+    world_clip,
     write_world_shards,
 )
 from qvgen.demo.cli import main
 from qvgen.demo.model_card import model_card, retrain_command
+from qvgen.demo.vae_training import clip_shape
 from qvgen.models import get_family
 
 MICRO = {
@@ -79,18 +81,18 @@ def test_two_step_run_writes_a_loadable_diffusers_folder_with_report_and_card(mi
     components = family.load(micro_teacher)
     # The latent statistics written into the VAE config normalise its latents of the training clips.
     cfg = TeacherConfig(**MICRO)
-    clips = torch.stack([make_clip(cfg.world_seed, i, frames=9).frames for i in range(2)])
+    clips = torch.stack([world_clip(cfg.world_seed, i, clip_shape(cfg)).frames for i in range(2)])
     with torch.no_grad():
         z = family.normalize_latents(components.vae.encode(clips).latent_dist.mean, components.vae.config)
-    assert z.shape == (2, 16, 3, 16, 16)
+    assert z.shape == (2, cfg.vae_z_dim, 3, 16, 16)
     assert z.mean(dim=(0, 2, 3, 4)).abs().max() < 1e-4
-    assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(16), atol=1e-4)
+    assert torch.allclose(z.std(dim=(0, 2, 3, 4)), torch.ones(cfg.vae_z_dim), atol=1e-4)
     videos = sample_teacher(components, ["a red square moves left"], cfg, seed=0)
     assert videos.shape == (1, 9, 64, 64, 3) and np.isfinite(videos).all()
 
 
 def test_wan_pipeline_samples_the_4x_latent_size_of_the_teacher_vae():
-    components = build_teacher_components(seed=0, patch_size=4)
+    components = build_teacher_components(seed=0, patch_size=4, z_dim=8)
     family = get_family("wan")
     pipe = family.pipeline(components)
     kwargs = family.sample_kwargs(
@@ -98,7 +100,7 @@ def test_wan_pipeline_samples_the_4x_latent_size_of_the_teacher_vae():
     )
     generator = torch.Generator().manual_seed(0)
     latents = pipe(prompt=["a red square moves left"], generator=generator, output_type="latent", **kwargs)
-    assert tuple(latents.frames.shape) == (1, 16, 3, 16, 16)  # 4× spatial, 4× temporal
+    assert tuple(latents.frames.shape) == (1, 8, 3, 16, 16)  # 4× spatial, 4× temporal, z_dim channels
     assert components.transformer.config.patch_size == (1, 4, 4)
     frames = pipe(prompt=["a red square moves left"], output_type="np", **kwargs).frames
     assert frames.shape == (1, 9, 64, 64, 3)
@@ -181,8 +183,8 @@ def test_heldout_captions_come_one_object_first_then_two_objects_from_the_eval_w
     cfg = TeacherConfig(eval_one_object=3, eval_two_object=2)
     captions = heldout_captions(cfg)
     assert [c.count(" moves ") for c in captions] == [1, 1, 1, 2, 2]
-    training = {make_clip(cfg.world_seed, i, frames=9).caption for i in range(5)}
-    assert captions[0] == make_clip(cfg.eval_seed, 0, frames=9, num_objects=1).caption
+    training = {world_clip(cfg.world_seed, i, clip_shape(cfg)).caption for i in range(5)}
+    assert captions[0] == world_clip(cfg.eval_seed, 0, clip_shape(cfg), num_objects=1).caption
     assert training != set(captions)
 
 

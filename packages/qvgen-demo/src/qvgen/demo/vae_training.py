@@ -48,7 +48,9 @@ def build_teacher_components(
     family = get_family("wan")
     base = family.build_tiny_components(seed=seed)
     torch.manual_seed(seed)
-    vae: Any = AutoencoderKLWan(**{**TEACHER_VAE, "z_dim": z_dim})
+    # neutral latent statistics of the right length until the VAE phase measures them
+    stats = {"latents_mean": [0.0] * z_dim, "latents_std": [1.0] * z_dim}
+    vae: Any = AutoencoderKLWan(**{**TEACHER_VAE, "z_dim": z_dim, **stats})
     vae.eval()
     sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim,
              "in_channels": z_dim, "out_channels": z_dim}  # fmt: skip
