@@ -55,7 +55,8 @@ def build_teacher_components(
     sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim,
              "in_channels": z_dim, "out_channels": z_dim}  # fmt: skip
     torch.manual_seed(seed)
-    transformer: Any = WanTransformer3DModel.from_config({**base.transformer.config, **sizes}).eval()
+    base_config: Any = base.transformer.config
+    transformer: Any = WanTransformer3DModel.from_config({**base_config, **sizes}).eval()
     return Components(transformer, vae, base.text_encoder, base.tokenizer, base.scheduler)
 
 
