@@ -26,6 +26,7 @@ from qvgen.demo import (
 )
 from qvgen.demo.cli import main
 from qvgen.demo.model_card import model_card, retrain_command
+from qvgen.demo.teacher_config import LEGACY_VALUES, report_config
 from qvgen.demo.vae_training import clip_shape
 from qvgen.models import get_family
 
@@ -238,6 +239,14 @@ def test_retrain_command_lists_only_changed_fields():
     assert (
         retrain_command(changed) == "qvgen train-teacher --out DIR --set steps=10 --set guidance_sweep=[2.0]"
     )
+    # a report written before the world and size fields existed: they are filled in with what it used
+    legacy = {
+        k: v for k, v in json.loads(TeacherConfig().model_dump_json()).items() if k not in LEGACY_VALUES
+    }
+    command = retrain_command(legacy)
+    assert '--set background="textured"' in command and "--set vae_z_dim=16" in command
+    assert '--set layout="random"' in command and "--set radius_fraction=[0.12,0.17]" in command
+    assert TeacherConfig.model_validate(report_config(legacy)).vae_z_dim == 16
 
 
 committed = pytest.mark.skipif(
@@ -262,7 +271,7 @@ def test_committed_teacher_draws_the_stated_colour_above_chance():
 
     components = get_family("wan").load(DEFAULT_TEACHER_DIR)
     report = json.loads((DEFAULT_TEACHER_DIR / REPORT_NAME).read_text())
-    cfg = TeacherConfig.model_validate({**report["config"], "out": DEFAULT_TEACHER_DIR})
+    cfg = TeacherConfig.model_validate({**report_config(report["config"]), "out": DEFAULT_TEACHER_DIR})
     prompts = balanced_captions(8)
     videos = sample_teacher(components, prompts, cfg, seed=cfg.eval_seed)
     scores = score_videos(list(videos), prompts)

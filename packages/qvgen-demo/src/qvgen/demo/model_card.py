@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from qvgen.data import COLOURS
-from qvgen.demo.teacher_config import REPORT_NAME, TeacherConfig
+from qvgen.demo.teacher_config import REPORT_NAME, TeacherConfig, report_config
 
 _ROW_KEYS = ("colour", "shape", "motion", "overall")
 
@@ -15,7 +15,7 @@ def retrain_command(cfg: dict[str, Any]) -> str:
     """The `qvgen train-teacher` command line that reproduces a run of config `cfg` (a JSON dump)."""
     defaults = json.loads(TeacherConfig().model_dump_json())
     args = []
-    for key, value in cfg.items():
+    for key, value in report_config(cfg).items():
         if key in {"out", "work_dir"} or value == defaults[key]:
             continue
         args.append(f"--set {key}={json.dumps(value, separators=(',', ':'))}")

@@ -46,6 +46,7 @@ from qvgen.demo.teacher_config import (
     VAE_FINETUNE_FIELDS,
     TeacherConfig,
     digest,
+    report_config,
 )
 from qvgen.demo.transformer_training import train_transformer
 from qvgen.demo.vae_training import (
@@ -273,7 +274,7 @@ def reevaluate_teacher(folder: Path, **changes: Any) -> Path:
         report = json.loads(report_path.read_text())
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"{report_path}: no readable teacher training report: {e}") from e
-    cfg = TeacherConfig.model_validate({**report["config"], **changes})
+    cfg = TeacherConfig.model_validate({**report_config(report["config"]), **changes})
     started = time.monotonic()
     with deterministic_cpu():
         quality = evaluate_teacher(get_family("wan").load(folder), cfg)

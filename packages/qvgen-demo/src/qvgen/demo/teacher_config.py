@@ -162,6 +162,18 @@ EVAL_FIELDS = frozenset(
 """Fields that only the quality check reads (what `reevaluate_teacher` may change)."""
 
 
+LEGACY_VALUES: dict[str, object] = {
+    "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
+    "num_layers": 2, "ffn_dim": 256,
+}  # fmt: skip
+"""What a teacher trained before these fields existed used (its report's config lacks them)."""
+
+
+def report_config(config: dict[str, object]) -> dict[str, object]:
+    """A training report's config with the fields it predates filled in with the values it was trained with."""
+    return {**LEGACY_VALUES, **config}
+
+
 def digest(cfg: TeacherConfig, fields: tuple[str, ...]) -> str:
     """Short hash of some config fields: the identity of a phase's output in `work_dir`."""
     values = json.loads(cfg.model_dump_json(include=set(fields)))
