@@ -239,14 +239,15 @@ def test_retrain_command_lists_only_changed_fields():
     assert (
         retrain_command(changed) == "qvgen train-teacher --out DIR --set steps=10 --set guidance_sweep=[2.0]"
     )
-    # a report written before the world and size fields existed: they are filled in with what it used
+    # a report written before the world and size fields existed is read with the values it was trained with
     legacy = {
         k: v for k, v in json.loads(TeacherConfig().model_dump_json()).items() if k not in LEGACY_VALUES
     }
-    command = retrain_command(legacy)
-    assert '--set background="textured"' in command and "--set vae_z_dim=16" in command
-    assert '--set layout="random"' in command and "--set radius_fraction=[0.12,0.17]" in command
-    assert TeacherConfig.model_validate(report_config(legacy)).vae_z_dim == 16
+    filled = report_config(legacy)
+    assert {k: filled[k] for k in LEGACY_VALUES} == LEGACY_VALUES
+    assert TeacherConfig.model_validate(filled).vae_z_dim == 16 and filled["steps"] == legacy["steps"]
+    lanes = json.loads(TeacherConfig(layout="lanes", vae_z_dim=8).model_dump_json())
+    assert retrain_command(lanes) == 'qvgen train-teacher --out DIR --set layout="lanes" --set vae_z_dim=8'
 
 
 committed = pytest.mark.skipif(

@@ -210,7 +210,7 @@ def sample_objects(
     frames: int,
     height: int,
     width: int,
-    max_tries: int = 200,
+    max_tries: int = 1000,
     radius_fraction: tuple[float, float] = RADIUS_FRACTION,
 ) -> tuple[MovingShape, ...]:
     """Draw `count` objects of distinct colours whose whole path stays inside the frame and whose bounding

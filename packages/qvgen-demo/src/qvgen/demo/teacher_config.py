@@ -36,25 +36,25 @@ class TeacherConfig(Frozen):
     width: Annotated[int, Field(ge=32)] = 64
     max_objects: Annotated[int, Field(ge=1, le=2)] = 2
     """Objects per training clip: 1..max_objects, drawn uniformly."""
-    background: Background = "plain"
-    """The world's background: a plain grey (what the tiny models can afford) or the textured one."""
-    layout: Layout = "lanes"
-    """Where objects go ("lanes": a caption fixes its clip up to small offsets, what a CPU-trained tiny
-    transformer can learn; "random": anywhere, qvgen.data's default world)."""
-    radius_fraction: tuple[float, float] = (0.16, 0.2)
-    """Object radius range as a fraction of min(H, W) (64×64: 10–13 px, squares 20–26 px wide; qvgen.data's
-    default world draws 8–11 px)."""
+    background: Background = "textured"
+    """The world's background: textured (qvgen.data's default world, the committed teacher's) or plain grey."""
+    layout: Layout = "random"
+    """Where objects go ("random": anywhere, qvgen.data's default world; "lanes": a caption fixes its clip up
+    to small offsets)."""
+    radius_fraction: tuple[float, float] = (0.12, 0.17)
+    """Object radius range as a fraction of min(H, W) (64×64: 8–11 px; (0.16, 0.2): 10–13 px)."""
 
-    vae_z_dim: Literal[4, 8, 16] = 8
+    vae_z_dim: Literal[4, 8, 16] = 16
     """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
-    latent into tokens of z_dim·p² values; at 8 × 4² = 128 that equals the transformer's width (128), so no
-    token is squeezed through a narrower layer (16 × 4² = 256 was: the loss stalled near 0.85)."""
-    vae_image_steps: Annotated[int, Field(ge=0)] = 700
+    latent into tokens of z_dim·p² values: 16 × 4² = 256 squeezes every token through the transformer's
+    width of 128 (its loss stalls near 0.83–0.89); 8 × 4² = 128 does not (loss 0.33), but the 8-channel VAE
+    loses colours (benchmarks/RESULTS.md, "teacher probes")."""
+    vae_image_steps: Annotated[int, Field(ge=0)] = 1500
     """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
     vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
     vae_lr: Annotated[float, Field(gt=0)] = 4e-3
     """Peak one-cycle learning rate of the single-frame steps."""
-    vae_steps: Annotated[int, Field(ge=0)] = 600
+    vae_steps: Annotated[int, Field(ge=0)] = 1000
     """VAE steps on whole clips next (they teach the causal temporal path)."""
     vae_batch_size: Annotated[int, Field(ge=1)] = 4
     vae_clip_lr: Annotated[float, Field(gt=0)] = 2e-3
@@ -66,12 +66,12 @@ class TeacherConfig(Frozen):
     vae_shape_weight: Annotated[float, Field(ge=0)] = 4.0
     """Extra loss weight of the pixels covered by an object."""
     vae_kl_weight: Annotated[float, Field(ge=0)] = 1e-3
-    vae_finetune_steps: Annotated[int, Field(ge=0)] = 300
+    vae_finetune_steps: Annotated[int, Field(ge=0)] = 600
     """More whole-clip VAE steps after the first two stages, with a fresh optimizer and schedule (the
     temporal path is what the 4× VAE learns slowest)."""
     vae_finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
     """Peak one-cycle learning rate of the fine-tuning clip steps."""
-    vae_decoder_steps: Annotated[int, Field(ge=0)] = 600
+    vae_decoder_steps: Annotated[int, Field(ge=0)] = 1500
     """Whole-clip steps on the decoder alone at the end (the latents the transformer learns stay the same)."""
     vae_decoder_lr: Annotated[float, Field(gt=0)] = 5e-4
     vae_edge_weight: Annotated[float, Field(ge=0)] = 16.0
@@ -86,7 +86,7 @@ class TeacherConfig(Frozen):
     """Transformer blocks (the tiny Wan factory's: 2)."""
     ffn_dim: Annotated[int, Field(ge=16)] = 256
     """Hidden width of each block's feed-forward layer (the tiny Wan factory's: 256, twice the model width)."""
-    steps: Annotated[int, Field(ge=0)] = 7000
+    steps: Annotated[int, Field(ge=0)] = 8000
     """Transformer optimiser steps."""
     batch_size: Annotated[int, Field(ge=1)] = 32
     lr: Annotated[float, Field(gt=0)] = 1e-3
@@ -97,7 +97,7 @@ class TeacherConfig(Frozen):
     train_flow_shift: Annotated[float, Field(gt=0)] = 1.0
     """Shift of the training sigmas (1.0: uniform σ, the official Wan recipe)."""
 
-    finetune_steps: Annotated[int, Field(ge=0)] = 4000
+    finetune_steps: Annotated[int, Field(ge=0)] = 4500
     """Second transformer stage: more steps from the stage-1 weights at `finetune_flow_shift`."""
     finetune_lr: Annotated[float, Field(gt=0)] = 5e-4
     finetune_flow_shift: Annotated[float, Field(gt=0)] = 3.0
