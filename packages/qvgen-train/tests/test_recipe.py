@@ -41,10 +41,15 @@ def test_tiny_run_trains_decays_phi_to_rank_zero_and_exports_a_loadable_student(
 
     student = load_student(result.fake_quant_dir)
     assert set(quant.quantized_layers(student)) and not auxiliary.lowrank_parameters(student)
+    _assert_deploy_matches_and_samples(family, cfg.model.checkpoint, result.deploy_dir, result.model)
+
+
+def _assert_deploy_matches_and_samples(family: str, base, deploy_dir, trained) -> None:
+    """The deploy export reloads onto the base checkpoint equal to the trained model and samples 9 frames."""
     fam = get_family(family)
-    deploy = quant.load_quantized(fam.load_transformer(cfg.model.checkpoint), result.deploy_dir)
-    assert _states_equal(deploy, result.model)
-    components = dataclasses.replace(fam.load(cfg.model.checkpoint), transformer=deploy)
+    deploy = quant.load_quantized(fam.load_transformer(base), deploy_dir)
+    assert _states_equal(deploy, trained)
+    components = dataclasses.replace(fam.load(base), transformer=deploy)
     kwargs = fam.sample_kwargs(
         components, prompt="a red square moves left", height=32, width=32, num_frames=9,
         num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np",
@@ -161,13 +166,4 @@ def test_tiny_rope_cogvideox_trains_resumes_exports_and_samples(variant, run_dic
     assert fake_dir is not None and deploy_dir is not None
     student = load_student(fake_dir)
     assert student.config.use_rotary_positional_embeddings and set(quant.quantized_layers(student))
-    fam = get_family("cogvideox")
-    deploy = quant.load_quantized(fam.load_transformer(base), deploy_dir)
-    assert _states_equal(deploy, resumed.model)
-    components = dataclasses.replace(fam.load(base), transformer=deploy)
-    kwargs = fam.sample_kwargs(
-        components, prompt="a red square moves left", height=32, width=32, num_frames=9,
-        num_inference_steps=2, guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np",
-    )  # fmt: skip
-    frames = fam.pipeline(components)(**kwargs).frames
-    assert frames.shape[:2] == (1, 9) and bool(np.isfinite(frames).all())
+    _assert_deploy_matches_and_samples("cogvideox", base, deploy_dir, resumed.model)
