@@ -39,9 +39,10 @@ nox.options.sessions = [
     "typecheck",
 ]
 TEST_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-INSTALL_ENV = {"PIP_NO_COMPILE": "1"}
-"""pip skips byte-compiling what it installs (torch alone: 92 s → 34 s per venv here); Python compiles the
-modules a session imports, and only those, when it first imports them."""
+NO_COMPILE = "--no-compile"
+"""pip skips byte-compiling what it installs (torch + diffusers + transformers: 92 s → 34 s per venv here);
+Python compiles the modules a session imports, and only those, when it first imports them. (A flag, not
+PIP_NO_COMPILE: pip reads that variable inverted, "1" keeps compiling.)"""
 
 
 def declared_qvgen_deps(short: str) -> list[str]:
@@ -62,7 +63,7 @@ def install_local(session: nox.Session, shorts: list[str], extras: tuple[str, ..
     paths: list[str] = []
     for short in shorts:
         paths += ["-e", str(PACKAGES / f"qvgen-{short}")]
-    session.install(*CONSTRAINTS, "pytest", *extras, *paths, env=INSTALL_ENV)
+    session.install(NO_COMPILE, *CONSTRAINTS, "pytest", *extras, *paths)
 
 
 @nox.session(python=PYTHON)
@@ -94,7 +95,7 @@ def integration(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff check + format check, no qvgen/__init__.py (the namespace is PEP 420), the import contracts."""
-    session.install(*CONSTRAINTS, "-r", str(ROOT / "requirements-dev.txt"), env=INSTALL_ENV)
+    session.install(NO_COMPILE, *CONSTRAINTS, "-r", str(ROOT / "requirements-dev.txt"))
     stray = sorted(str(p.relative_to(ROOT)) for p in PACKAGES.glob("*/src/qvgen/__init__.py"))
     if stray:
         session.error(f"qvgen is a PEP 420 namespace; delete {stray}")
@@ -157,7 +158,7 @@ def wheelhouse(session: nox.Session) -> None:
     dist.mkdir(exist_ok=True)
     for stale in dist.glob("qvgen_*.whl"):
         stale.unlink()
-    session.install(*CONSTRAINTS, "hatchling", "pytest", env=INSTALL_ENV)
+    session.install(NO_COMPILE, *CONSTRAINTS, "hatchling", "pytest")
     projects = sorted(str(p.parent) for p in PACKAGES.glob("*/pyproject.toml"))
     session.run(
         "python", "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(dist), *projects
