@@ -82,7 +82,20 @@ def tests(session: nox.Session, package: str) -> None:
         "sys.exit(f'undeclared qvgen packages importable: {bad}' if bad else 0)",
     )
     session.run("python", "-c", f"import {SIBLING_MODULES[package]}")
-    session.run("pytest", str(PACKAGES / f"qvgen-{package}" / "tests"), *session.posargs, env=TEST_ENV)
+    # the multi-process tests (marked slow) run in `nox -s slow`, which keeps the default run under 30 min
+    tests_dir = str(PACKAGES / f"qvgen-{package}" / "tests")
+    session.run("pytest", tests_dir, "-m", "not slow", *session.posargs, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """The multi-process tests (DDP, FSDP2, two sampling processes: `@pytest.mark.slow`), every package
+    installed together. Not a default session: it takes 5–10 min on a 2-core CPU."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"])
+    for package in [*LIBRARY_PACKAGES, "demo"]:
+        tests_dir = str(PACKAGES / f"qvgen-{package}" / "tests")
+        # exit code 5: the package has no slow test
+        session.run("pytest", tests_dir, "-m", "slow", *session.posargs, env=TEST_ENV, success_codes=[0, 5])
 
 
 @nox.session(python=PYTHON)
