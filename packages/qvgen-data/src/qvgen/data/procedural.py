@@ -132,14 +132,18 @@ def _apart(a: MovingShape, b: MovingShape) -> bool:
     return bool((torch.maximum(gap_x, gap_y) >= MIN_GAP).all())
 
 
+def _draw_kind(rng: np.random.Generator, colours: list[str]) -> tuple[ShapeName, str, Direction]:
+    """What an object is (shape, one of `colours`, direction), drawn in that order."""
+    shape = SHAPES[rng.integers(len(SHAPES))]
+    colour = colours[rng.integers(len(colours))]
+    directions = list(DIRECTIONS)
+    return shape, colour, directions[rng.integers(len(directions))]
+
+
 def _draw_object(
     rng: np.random.Generator, frames: int, height: int, width: int, radius_fraction: tuple[float, float]
 ) -> MovingShape:
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colours = list(COLOURS)
-    colour = colours[rng.integers(len(colours))]
-    directions = list(DIRECTIONS)
-    direction = directions[rng.integers(len(directions))]
+    shape, colour, direction = _draw_kind(rng, list(COLOURS))
     radius = float(rng.uniform(*radius_fraction) * min(height, width))
     left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
     dx, dy = DIRECTIONS[direction]
@@ -158,11 +162,7 @@ def _lane_object(
     taken: set[str],
 ) -> MovingShape:  # fmt: skip
     """One object of the "lanes" layout inside the horizontal band (top, bottom) pixels."""
-    shape = SHAPES[rng.integers(len(SHAPES))]
-    colours = [c for c in COLOURS if c not in taken]
-    colour = colours[rng.integers(len(colours))]
-    directions = list(DIRECTIONS)
-    direction = directions[rng.integers(len(directions))]
+    shape, colour, direction = _draw_kind(rng, [c for c in COLOURS if c not in taken])
     left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
     top, bottom = band
     dx, dy = DIRECTIONS[direction]
