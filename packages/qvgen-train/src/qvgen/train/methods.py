@@ -72,7 +72,11 @@ def merge_lora_(model: nn.Module) -> int:
 
 
 def qdm_loss(pred: Tensor, data_target: Tensor, teacher_target: Tensor, method: QDMMethod) -> Tensor:
-    """Q-DM's objective: data_weight·MSE(pred, data target) + mimic_weight·MSE(pred, teacher), in float32."""
+    """Q-DM-style objective: data_weight·MSE(pred, data target) + mimic_weight·MSE(pred, teacher), in float32.
+
+    The mimicking term is qvgen's reading of Q-DM's NeM from its abstract; the paper's exact loss is
+    unverified (README, "Q-DM").
+    """
     loss = pred.new_zeros((), dtype=torch.float32)
     if method.data_weight:
         loss = loss + method.data_weight * distill_loss(pred, data_target.detach())
