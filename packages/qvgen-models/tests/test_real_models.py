@@ -68,3 +68,37 @@ def test_sampling_settings_are_data():
 def test_unknown_name_lists_the_known_ones():
     with pytest.raises(KeyError, match="cogvideox-5b"):
         get_real_model("mochi-10b")
+
+
+# The released transformer configs' values (sources: the comment above `_WAN_14B` in real_models.py), read
+# back from the built model so that a changed diffusers default would show up too.
+RELEASED = {
+    "wan2.1-t2v-14b": {
+        "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40,
+        "text_dim": 4096, "freq_dim": 256, "in_channels": 16, "out_channels": 16, "eps": 1e-6,
+        "qk_norm": "rms_norm_across_heads", "cross_attn_norm": True, "patch_size": (1, 2, 2),
+    },
+    "cogvideox-5b": {
+        "num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 42, "in_channels": 16,
+        "max_text_seq_length": 226, "text_embed_dim": 4096, "time_embed_dim": 512, "patch_size": 2,
+        "patch_size_t": None, "patch_bias": True, "sample_frames": 49, "sample_height": 60, "sample_width": 90,
+        "use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": False,
+        "ofs_embed_dim": None,
+    },
+    "cogvideox1.5-5b": {
+        "num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 42, "in_channels": 16,
+        "max_text_seq_length": 226, "text_embed_dim": 4096, "time_embed_dim": 512, "patch_size": 2,
+        "patch_size_t": 2, "patch_bias": False, "sample_frames": 81, "sample_height": 300, "sample_width": 300,
+        "use_rotary_positional_embeddings": True, "use_learned_positional_embeddings": False,
+        "ofs_embed_dim": None,
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(RELEASED))
+def test_built_config_matches_the_released_config(name):
+    config = build_real_on_meta(name).config
+    got = {key: config[key] for key in RELEASED[name]}
+    if "patch_size" in got and isinstance(got["patch_size"], list):
+        got["patch_size"] = tuple(got["patch_size"])
+    assert got == RELEASED[name]

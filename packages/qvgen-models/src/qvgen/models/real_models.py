@@ -50,6 +50,17 @@ class RealModel(Frozen):
     """Whether its family can load, train and sample it (all five can; CogVideoX image-to-video could not)."""
 
 
+# Checked 2026-11-27 against copies of the released transformer configs (the hub files themselves were not
+# reachable here); test_real_models.py pins every field below on the built model's config.
+# - Wan2.1-T2V-14B: 40 heads × 128 = dim 5120, ffn 13824, 40 layers, text 4096, freq 256, eps 1e-6 (Wan's own
+#   t2v-14B config as copied in public loaders; diffusers `convert_wan_to_diffusers.py` "Wan-T2V-14B").
+# - CogVideoX-5b: 48 heads, 42 layers, RoPE, patch_bias true, no patch_size_t, 49/60/90, max_text_seq_length
+#   226 (THUDM/CogVideoX-5b transformer/config.json, copied in thu-ml/CogVideoX-RIFLEx-diffusers).
+# - CogVideoX1.5-5B: as 5b plus patch_size_t 2, patch_bias false, sample 81/300/300, max_text_seq_length 226.
+#   300×300 is the RoPE table that 1.5 slices (diffusers maintainer, huggingface/finetrainers#121). 226: every
+#   public copy of the 1.5 T2V/I2V config found has it, svg-project/Sparse-VideoGen#2 reads it off the hub
+#   config ("for CogVideoX1.5, 226 is the max length for text input"), and diffusers' CogVideoXPipeline pads to
+#   226. The diffusers PR adding 1.5 (huggingface/diffusers#9877) asked "226 or 224?"; 226 is what shipped.
 _WAN_14B = {**WAN_REAL_TRANSFORMER, "num_attention_heads": 40, "ffn_dim": 13824, "num_layers": 40}
 _COG_5B = {
     **COG_REAL_TRANSFORMER,
