@@ -6,6 +6,12 @@ branch kept (W4A6, W4A4). Every student runs as its real low-bit deploy export o
 scored with `qvgen.eval.AdherenceScorer` (mean of colour / shape / motion), PSNR and latent MSE vs the
 teacher (via `qvgen.demo.evaluate`, the paper table's evaluation).
 
+Statistics are paper_table's own (imported from `benchmarks/paper_table.py`, not re-implemented): the same
+settings (`--quick` or the full table: held-out prompts × sampling seeds, training seeds), every method
+trained once per training seed (SVDQuant calibrated once per seed), each cell the mean ± 95 % t interval
+over videos of the per-video values averaged over the training seeds (`paper_table.make_cell`), the
+per-seed means beside, and every baseline − LSQ as a paired difference over the same videos.
+
 Memory: bytes of the deploy state dict of the real Wan2.1-T2V-1.3B built on the meta device (no weights),
 SVDQuant rank 32 vs plain W4A4 (`kept_branch_mem_ratio`), and the same for the tiny runs' exported files.
 Time: CPU seconds of the tiny deploy students' forward, SVDQuant vs plain W4A4, on one batch.
@@ -13,7 +19,8 @@ Time: CPU seconds of the tiny deploy students' forward, SVDQuant vs plain W4A4, 
 Appends a `### baselines` subsection to the `## paper_table` section of benchmarks/RESULTS.md (unless
 --no-write); its last line is
 `baselines efficientdm_w4a4_adherence=… qdm_w4a4_adherence=… svdquant_w4a6_adherence=… …`.
-Usage: python benchmarks/baselines.py [--steps N] [--clips N] [--prompts N] [--out DIR] [--no-write]
+Usage: python benchmarks/baselines.py [--quick] [--steps N] [--clips N] [--prompts N] [--sampling-seeds N]
+[--train-seeds N] [--out DIR] [--no-write]
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
+from paper_table import SETTINGS, Cell, make_cell, teacher_snapshot  # benchmarks/ is sys.path[0] as a script
+from paper_table import _fmt as fmt_ci
 
 from qvgen.demo import (
     DEFAULT_TEACHER_DIR,
@@ -40,6 +49,7 @@ from qvgen.demo import (
     teacher_world_style,
     train_variant,
 )
+from qvgen.eval import paired_diff_ci
 from qvgen.train import RunConfig
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -47,10 +57,10 @@ SECTION = "## paper_table"
 SUBSECTION = "### baselines"
 
 
-def method_config(base: RunConfig, method: str, act_bits: int, rank: int) -> RunConfig:
-    """The LSQ run config of the demo turned into a baseline method (validated again)."""
+def method_config(base: RunConfig, method: str, act_bits: int, rank: int, name: str) -> RunConfig:
+    """The LSQ run config of the demo turned into a baseline method (validated again), run in `name`."""
     data = base.model_dump(mode="json")
-    data["output_dir"] = str(Path(data["output_dir"]).with_name(f"{method}-w4a{act_bits}"))
+    data["output_dir"] = str(Path(data["output_dir"]).with_name(name))
     data["quant"]["activation"]["bits"] = act_bits
     if method == "efficientdm":
         data["method"] = {"kind": "efficientdm", "lora_rank": rank, "lora_alpha": float(rank)}
@@ -171,13 +181,79 @@ def forward_seconds(deploy_dir: Path, teacher: Path, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+ROWS: dict[str, tuple[str, str, int]] = {
+    "lsq-w4a4": ("LSQ QAT (reference row)", "lsq", 4),
+    "efficientdm-w4a4": ("EfficientDM (QALoRA)", "efficientdm", 4),
+    "qdm-w4a4": ("Q-DM (TaQ groups + NeM)", "qdm", 4),
+    "svdquant-w4a6": ("SVDQuant (PTQ, branch kept)", "svdquant", 6),
+    "svdquant-w4a4": ("SVDQuant (PTQ, branch kept)", "svdquant", 4),
+}
+"""Row key → (label, method, activation bits); the LSQ row is the reference of the paired differences."""
+REFERENCE = "lsq-w4a4"
+
+
+def tables(fp: Cell, cells: dict[str, Cell]) -> tuple[str, str]:
+    """The cell table (paper_table's columns) and the baseline − LSQ paired differences."""
+    lines = [
+        "| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE "
+        "| denoiser rel. MSE | per-seed adherence | unscorable |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for cell in (fp, *cells.values()):
+
+        def get(key: str, digits: int = 3, cell: Cell = cell) -> str:
+            return fmt_ci(cell.ci(key), digits) if key in cell.videos else "—"
+
+        spread = ", ".join(f"{x:.3f}" for x in cell.seed_means["overall"])
+        lines.append(
+            f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
+            f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
+            f"| {cell.unscorable}/{cell.num_videos} |"
+        )
+    ref = cells[REFERENCE]
+    diffs = [
+        "| model | bits | adherence − LSQ | PSNR − LSQ (dB) | latent MSE − LSQ |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for key, cell in cells.items():
+        if key == REFERENCE:
+            continue
+        parts = [
+            fmt_ci(paired_diff_ci(cell.videos[m], ref.videos[m]), digits)
+            for m, digits in (("overall", 3), ("psnr_db", 2), ("latent_mse", 4))
+        ]
+        diffs.append(f"| {cell.label} | {cell.bits} | " + " | ".join(parts) + " |")
+    return "\n".join(lines), "\n".join(diffs)
+
+
+def key_line(cells: dict[str, Cell], mem_ratio: float, n_roles: int, import_ok: bool) -> str:
+    """The section's last line: each baseline cell's mean adherence and the checks."""
+
+    def adherence(key: str) -> str:
+        return f"{cells[key].ci('overall').mean:.3f}"
+
+    return (
+        f"baselines efficientdm_w4a4_adherence={adherence('efficientdm-w4a4')} "
+        f"qdm_w4a4_adherence={adherence('qdm-w4a4')} svdquant_w4a6_adherence={adherence('svdquant-w4a6')} "
+        f"svdquant_w4a4_adherence={adherence('svdquant-w4a4')} svdquant_kept_branch_mem_ratio={mem_ratio:.4f} "
+        f"models_with_roles={n_roles} reference_import_ok={str(import_ok).lower()}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="paper_table's quick setting (see its SETTINGS)")
     parser.add_argument("--out", type=Path, default=Path("outputs/baselines"))
     parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR)
-    parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--clips", type=int, default=512)
-    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--steps", type=int, help="training steps of every QAT method")
+    parser.add_argument("--clips", type=int, help="procedural training clips")
+    parser.add_argument(
+        "--prompts", type=int, help="held-out prompts (a quarter two-object unless --two-object)"
+    )
+    parser.add_argument("--two-object", type=int, help="how many of the prompts have two objects")
+    parser.add_argument("--sampling-seeds", type=int, help="videos per prompt (noise seeds)")
+    parser.add_argument("--train-seeds", type=int, help="training (SVDQuant: calibration) seeds of every row")
+    parser.add_argument("--seed", type=int, default=0, help="first training seed and the sampling seed")
     parser.add_argument("--tiny-rank", type=int, default=8, help="SVDQuant / LoRA rank on the tiny model")
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
@@ -190,81 +266,88 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     torch.set_num_threads(1)
+    base = SETTINGS["quick" if args.quick else "full"]
+    steps = base.steps if args.steps is None else args.steps
+    clips = args.clips or base.clips
+    n_prompts = args.prompts or base.prompts
+    two_object = base.two_object if args.two_object is None else args.two_object
+    if args.prompts and args.two_object is None:
+        two_object = n_prompts // 4
+    sampling_seeds = args.sampling_seeds or base.sampling_seeds
+    seeds = [args.seed + k for k in range(args.train_seeds or base.train_seeds)]
 
     plain, kept = real_model_memory(32)
     mem_ratio = kept / plain
     print(f"Wan2.1-T2V-1.3B deploy bytes: plain W4A4 {plain / 2**20:.1f} MiB, SVDQuant r=32 {kept / 2**20:.1f} MiB, "
           f"ratio {mem_ratio:.4f}", flush=True)  # fmt: skip
 
-    teacher = args.teacher
+    # a copy of the teacher: the same weights for every row even if it is replaced meanwhile (as paper_table)
+    teacher, teacher_hash = teacher_snapshot(args.teacher, args.out / "snapshot")
     n_roles = models_with_roles()
     import_ok = reference_import_check(teacher, args.out)
     print(f"models_with_roles={n_roles} reference_import_ok={str(import_ok).lower()}", flush=True)
     shape = teacher_clip_shape(teacher)
     style = teacher_world_style(teacher)
-    prompts = [
-        c.caption for c in held_out_clips(args.prompts, shape, two_object=args.prompts // 4, style=style)
-    ]
+    prompts = [c.caption for c in held_out_clips(n_prompts, shape, two_object=two_object, style=style)]
     sampling_steps, guidance = teacher_sampling(teacher)
-    shards = build_shards(teacher, args.out, args.clips)
-    budget = TrainBudget(steps=args.steps)
-    lsq = run_config("lsq", 4, teacher, shards, budget, args.out / "runs" / "lsq-w4a4", progress=False)
-    plan = {
-        "LSQ QAT (reference row)": (lsq, "W4A4"),
-        "EfficientDM (QALoRA)": (method_config(lsq, "efficientdm", 4, args.tiny_rank), "W4A4"),
-        "Q-DM (TaQ groups + NeM)": (method_config(lsq, "qdm", 4, args.tiny_rank), "W4A4"),
-        "SVDQuant (PTQ, branch kept)": (method_config(lsq, "svdquant", 6, args.tiny_rank), "W4A6"),
-        "SVDQuant (PTQ, branch kept) ": (method_config(lsq, "svdquant", 4, args.tiny_rank), "W4A4"),
-    }
+    print(f"baselines: {steps} steps, {clips} clips, {n_prompts} prompts ({two_object} two-object) × "
+          f"{sampling_seeds} seeds, training seeds {seeds}, teacher {teacher_hash}", flush=True)  # fmt: skip
+    shards = build_shards(teacher, args.out, clips)
     deploy: dict[str, Path] = {}
-    for name, (cfg, bits) in plan.items():
-        t0 = time.perf_counter()
-        deploy[name] = train_variant(cfg).deploy_dir
-        print(f"{name.strip()} {bits}: trained/exported in {time.perf_counter() - t0:.0f} s", flush=True)
+    for seed in seeds:
+        budget = TrainBudget(steps=steps, seed=seed)
+        lsq = run_config(
+            "lsq", 4, teacher, shards, budget, args.out / "runs" / f"lsq-w4a4-s{seed}", progress=False
+        )
+        for key, (label, method, bits) in ROWS.items():
+            name = f"{key}-s{seed}"
+            cfg = lsq if key == REFERENCE else method_config(lsq, method, bits, args.tiny_rank, name)
+            t0 = time.perf_counter()
+            deploy[name] = train_variant(cfg).deploy_dir
+            print(
+                f"{label} W4A{bits} seed {seed}: trained/exported in {time.perf_counter() - t0:.0f} s",
+                flush=True,
+            )
     evaluation = evaluate(
-        teacher, list(deploy.items()), prompts, args.out / "report", seed=0, sampling_steps=sampling_steps,
-        guidance_scale=guidance, clip_shape=shape, progress=False,
+        teacher, list(deploy.items()), prompts, args.out / "report", seed=args.seed, sampling_steps=sampling_steps,
+        guidance_scale=guidance, clip_shape=shape, videos_per_prompt=sampling_seeds, progress=False,
     )  # fmt: skip
-    rows = {row.name: row for row in evaluation.rows}
-    tiny_plain = sum(p.stat().st_size for p in deploy["LSQ QAT (reference row)"].iterdir())
-    tiny_kept = sum(p.stat().st_size for p in deploy["SVDQuant (PTQ, branch kept) "].iterdir())
-    t_plain = forward_seconds(deploy["LSQ QAT (reference row)"], teacher)
-    t_kept = forward_seconds(deploy["SVDQuant (PTQ, branch kept) "], teacher)
+    report = evaluation.report
+    by_name = {v.name: v for v in report.variants}
+    fp = make_cell("full precision (teacher)", "FP32", [report.teacher])
+    cells = {
+        key: make_cell(label, f"W4A{bits}", [by_name[f"{key}-s{seed}"] for seed in seeds])
+        for key, (label, _, bits) in ROWS.items()
+    }
+    first = seeds[0]
+    tiny_plain = sum(p.stat().st_size for p in deploy[f"lsq-w4a4-s{first}"].iterdir())
+    tiny_kept = sum(p.stat().st_size for p in deploy[f"svdquant-w4a4-s{first}"].iterdir())
+    t_plain = forward_seconds(deploy[f"lsq-w4a4-s{first}"], teacher)
+    t_kept = forward_seconds(deploy[f"svdquant-w4a4-s{first}"], teacher)
 
-    lines = [
-        "| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    teacher_row = evaluation.rows[0]
-    lines.append(f"| full precision (teacher) | FP32 | {teacher_row.adherence:.3f} | {teacher_row.colour:.3f} | "
-                 f"{teacher_row.shape:.3f} | {teacher_row.motion:.3f} | — | — |")  # fmt: skip
-    for name, (_, bits) in plan.items():
-        r = rows[name]
-        psnr = f"{r.psnr_db:.2f}" if r.psnr_db is not None else "—"
-        mse = f"{r.latent_mse:.4f}" if r.latent_mse is not None else "—"
-        lines.append(f"| {name.strip()} | {bits} | {r.adherence:.3f} | {r.colour:.3f} | {r.shape:.3f} | "
-                     f"{r.motion:.3f} | {psnr} | {mse} |")  # fmt: skip
-    key = (
-        f"baselines efficientdm_w4a4_adherence={rows['EfficientDM (QALoRA)'].adherence:.3f} "
-        f"qdm_w4a4_adherence={rows['Q-DM (TaQ groups + NeM)'].adherence:.3f} "
-        f"svdquant_w4a6_adherence={rows['SVDQuant (PTQ, branch kept)'].adherence:.3f} "
-        f"svdquant_w4a4_adherence={rows['SVDQuant (PTQ, branch kept) '].adherence:.3f} "
-        f"svdquant_kept_branch_mem_ratio={mem_ratio:.4f} models_with_roles={n_roles} "
-        f"reference_import_ok={str(import_ok).lower()}"
-    )
+    table, diff_table = tables(fp, cells)
+    key = key_line(cells, mem_ratio, n_roles, import_ok)
     wall = (time.perf_counter() - start) / 60
+    command = "python " + " ".join(["benchmarks/baselines.py", *(sys.argv[1:] if argv is None else argv)])
     text = "\n".join(
         [
             "",
             SUBSECTION,
             "",
-            f"Command: `python benchmarks/baselines.py --steps {args.steps} --clips {args.clips} --prompts {args.prompts}` "
-            f"(wall time {wall:.1f} min, shared 2-core CPU, 1 thread). Teacher: `{teacher}`. Budget of the QAT rows: "
-            f"{args.steps} steps, batch 8, the demo's learning rates (EfficientDM's LoRA at the `other` lr), "
-            f"{args.clips} clips; LoRA / SVDQuant rank {args.tiny_rank} on the tiny model. {len(prompts)} held-out prompts, "
-            f"one video each; students are their deploy exports.",
+            f"Command: `{command}` (wall time {wall:.1f} min, shared 2-core CPU, 1 thread). Teacher: `{args.teacher}`, "
+            f"weights sha256 {teacher_hash}. Budget of the QAT rows: {steps} steps, batch {TrainBudget().batch_size}, the demo's learning rates "
+            f"(EfficientDM's LoRA at the `other` lr), {clips} clips; LoRA / SVDQuant rank {args.tiny_rank} on the tiny "
+            f"model; training (SVDQuant: calibration) seeds {seeds}. Evaluation as paper_table: {n_prompts} held-out "
+            f"prompts (the last {two_object} two-object) × {sampling_seeds} sampling seeds = {n_prompts * sampling_seeds} "
+            "videos per model, students as their deploy exports. Cells: mean ± 95 % t interval over videos (each "
+            "video's value averaged over the training seeds first; `paper_table.make_cell`), per-seed adherence "
+            "beside; unscorable videos count 0.",
             "",
-            *lines,
+            table,
+            "",
+            "Paired differences against the LSQ row over the same videos (mean ± 95 % t interval):",
+            "",
+            diff_table,
             "",
             f"Real-model configs whose every Linear has a role (qvgen.models.REAL_MODELS, meta device): {n_roles} "
             "(Wan2.1-T2V-1.3B, Wan2.1-T2V-14B, CogVideoX-2B, CogVideoX-5B, CogVideoX1.5-5B). Reference import: the "

@@ -1,0 +1,62 @@
+"""benchmarks/baselines.py reports its rows with paper_table's statistics (cells with 95 % CIs, paired diffs)."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def baselines():
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
+    try:
+        yield importlib.import_module("baselines")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def _cell(paper_table, label: str, overall: list[float], psnr: list[float], seeds: list[float]):
+    videos = {"overall": overall, "colour": overall, "shape": overall, "motion": overall,
+              "psnr_db": psnr, "latent_mse": [0.1] * len(overall)}  # fmt: skip
+    return paper_table.Cell(label, "W4A4", videos, {"overall": seeds}, 1, len(overall))
+
+
+def test_rows_use_paper_tables_cells_and_pair_against_lsq(baselines):
+    import paper_table
+
+    from qvgen.eval import mean_ci
+
+    assert baselines.make_cell is paper_table.make_cell  # reused, not a copy
+    lsq = [0.0, 1.0, 0.0, 1.0]
+    cells = {key: _cell(paper_table, label, lsq, [20.0, 21.0, 20.0, 21.0], [0.5, 0.5])
+             for key, (label, _, _) in baselines.ROWS.items()}  # fmt: skip
+    cells["qdm-w4a4"] = _cell(
+        paper_table, "Q-DM", [x + 0.1 for x in lsq], [21.0, 22.0, 21.0, 22.0], [0.4, 0.8]
+    )
+    fp = _cell(paper_table, "teacher", [1.0, 1.0, 0.0, 1.0], [0.0] * 4, [0.75])
+    table, diffs = baselines.tables(fp, cells)
+
+    qdm_row = next(line for line in table.splitlines() if line.startswith("| Q-DM |"))
+    ci = mean_ci([x + 0.1 for x in lsq])
+    assert f"| {ci.mean:.3f} ± {ci.ci95:.3f} |" in qdm_row  # mean ± 95 % t interval over the 4 videos
+    assert "| 0.400, 0.800 | 1/4 |" in qdm_row  # per-seed means and unscorable count
+    # paired over the same videos: +0.1 on every video → no spread, although the unpaired spread is large
+    qdm_diff = next(line for line in diffs.splitlines() if line.startswith("| Q-DM |"))
+    assert "| 0.100 ± 0.000 | 1.00 ± 0.00 |" in qdm_diff
+    assert not any(line.startswith("| LSQ QAT") for line in diffs.splitlines())
+
+    line = baselines.key_line(cells, 1.1279, 5, True)
+    assert line.startswith("baselines efficientdm_w4a4_adherence=0.500 qdm_w4a4_adherence=0.600 ")
+    assert line.endswith("svdquant_kept_branch_mem_ratio=1.1279 models_with_roles=5 reference_import_ok=true")
+
+
+def test_quick_and_full_settings_are_paper_tables(baselines):
+    import paper_table
+
+    assert baselines.SETTINGS is paper_table.SETTINGS
+    assert paper_table.SETTINGS["full"].prompts >= 64 and paper_table.SETTINGS["full"].train_seeds >= 3
