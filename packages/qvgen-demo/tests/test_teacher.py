@@ -107,7 +107,24 @@ def test_wan_pipeline_samples_the_4x_latent_size_of_the_teacher_vae():
     assert frames.shape == (1, 9, 64, 64, 3)
 
 
+def test_text_length_32_holds_every_two_object_caption_and_16_does_not():
+    from itertools import product
+
+    from qvgen.data import COLOURS, DIRECTIONS, SHAPES, CaptionClause
+
+    clauses = [CaptionClause(c, s, d).phrase for c, s, d in product(COLOURS, SHAPES, DIRECTIONS)]
+    tokenizer = build_teacher_components(seed=0, patch_size=4, text_length=32).tokenizer
+    assert tokenizer.model_max_length == 32
+    lengths = {clause: len(tokenizer(clause).input_ids) for clause in clauses}  # each ends with </s>
+    longest = sorted(clauses, key=lengths.__getitem__)[-2:]
+    caption_tokens = len(tokenizer(" and ".join(longest)).input_ids)
+    assert 16 < caption_tokens <= 32
+    with pytest.raises(ValueError, match="text_length"):
+        TeacherConfig(text_length=4)
+
+
 def _tree_digest(folder: Path) -> str:
+
     digest = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         digest.update(f.relative_to(folder).as_posix().encode() + f.read_bytes())

@@ -69,7 +69,8 @@ Sizes: the transformer is qvgen.models' tiny Wan (hidden 128 = 2 heads × 64, te
 {cfg.get("radius_fraction", [0.12, 0.17])} × the frame size; the VAE is an `AutoencoderKLWan(base_dim=8, z_dim={cfg.get("vae_z_dim", 16)},
 dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True])` with 4× spatial and 4× temporal
 compression (a {cfg["frames"]}×{cfg["height"]}×{cfg["width"]} clip → a {cfg.get("vae_z_dim", 16)}×3×{cfg["height"] // 4}×{cfg["width"] // 4}
-latent); the text encoder is a randomly initialised, frozen 2-layer UMT5.
+latent); the text encoder is a randomly initialised, frozen 2-layer UMT5 reading prompts of
+{cfg.get("text_length", 16)} tokens.
 
 ## How it was trained (`qvgen.demo.teacher.train_teacher`)
 

@@ -77,6 +77,10 @@ class TeacherConfig(Frozen):
     vae_edge_weight: Annotated[float, Field(ge=0)] = 16.0
     """Extra loss weight of object-boundary pixels in the decoder steps (corners make squares squares)."""
 
+    text_length: Annotated[int, Field(ge=8, le=512)] = 16
+    """Prompt length in tokens (the tokenizer's model_max_length; the tiny factory's: 16). The offline
+    tokenizer spells "purple" and "orange" letter by letter, so a two-object caption takes up to 21 tokens
+    and 16 cuts the end off about a third of them (its last direction or shape); 32 holds every caption."""
     num_clips: Annotated[int, Field(ge=1)] = 4096
     """Training clips encoded into latent shards for the transformer."""
     patch_size: Literal[2, 4] = 4
@@ -146,7 +150,7 @@ VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", 
 """Fields that define the VAE phase (its identity in `work_dir`)."""
 VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
 """Fields that define the fine-tuned VAE."""
-SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "num_clips")
+SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "text_length", "num_clips")
 """Fields that define the latent shards."""
 TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
@@ -164,7 +168,7 @@ EVAL_FIELDS = frozenset(
 
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
-    "num_layers": 2, "ffn_dim": 256,
+    "num_layers": 2, "ffn_dim": 256, "text_length": 16,
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
 

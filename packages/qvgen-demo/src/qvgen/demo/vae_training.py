@@ -40,13 +40,16 @@ def clip_shape(cfg: TeacherConfig) -> ClipShape:
 
 
 def build_teacher_components(
-    seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256, z_dim: int = 16
-) -> Components:
-    """The tiny Wan factory's UMT5, tokenizer, scheduler and transformer (spatial patch `patch_size`,
-    `num_layers` blocks with feed-forward width `ffn_dim`), with the 4× `TEACHER_VAE` at `z_dim` latent
-    channels (the transformer's in/out channels); every model freshly initialised from `seed`."""
+    seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256, z_dim: int = 16,
+    text_length: int = 16,
+) -> Components:  # fmt: skip
+    """The tiny Wan factory's UMT5, tokenizer (prompts of `text_length` tokens), scheduler and transformer
+    (spatial patch `patch_size`, `num_layers` blocks with feed-forward width `ffn_dim`), with the 4×
+    `TEACHER_VAE` at `z_dim` latent channels (the transformer's in/out channels); every model freshly
+    initialised from `seed`."""
     family = get_family("wan")
     base = family.build_tiny_components(seed=seed)
+    base.tokenizer.model_max_length = text_length  # UMT5's relative positions take any length
     torch.manual_seed(seed)
     # neutral latent statistics of the right length until the VAE phase measures them
     stats = {"latents_mean": [0.0] * z_dim, "latents_std": [1.0] * z_dim}
