@@ -180,6 +180,34 @@ def test_rerun_in_the_same_work_dir_reuses_the_vae_and_shards(micro_teacher: Pat
     assert _same_weights(micro_teacher, again)
 
 
+def test_vae_from_takes_another_teachers_vae_as_is_and_names_it(micro_teacher: Path, tmp_path: Path):
+    cfg = TeacherConfig(out=tmp_path / "borrowed", work_dir=tmp_path / "work", vae_from=micro_teacher,
+                        **{**MICRO, "steps": 1, "finetune_steps": 0})  # fmt: skip
+    out = train_teacher(cfg, progress=False)
+    weights = "diffusion_pytorch_model.safetensors"
+    assert (out / "vae" / weights).read_bytes() == (micro_teacher / "vae" / weights).read_bytes()
+
+    def config(folder: Path) -> dict:
+        return {
+            k: v
+            for k, v in json.loads((folder / "vae/config.json").read_text()).items()
+            if k != "_name_or_path"
+        }
+
+    assert config(out) == config(micro_teacher)  # latent statistics included
+    report = json.loads((out / REPORT_NAME).read_text())
+    assert report["vae"]["from"] == str(micro_teacher) and report["vae"]["steps"] == 0
+    assert report["vae"]["decoder"] == {"steps": 0}
+    assert report["vae"]["source_retrain_command"].startswith("qvgen train-teacher")
+    card = (out / CARD_NAME).read_text()
+    assert f"the one of `{micro_teacher}`" in card and report["vae"]["sha256"][:12] in card
+    assert "vae_from" in card  # in the retrain command and the config
+    with pytest.raises(ValueError, match=r"vae/config.json: z_dim 16 differs .* vae_z_dim 8"):
+        train_teacher(cfg.model_copy(update={"vae_z_dim": 8, "out": tmp_path / "z8"}), progress=False)
+    with pytest.raises(FileNotFoundError, match="vae_from names no teacher folder"):
+        train_teacher(cfg.model_copy(update={"vae_from": tmp_path, "out": tmp_path / "none"}), progress=False)
+
+
 def test_train_teacher_refuses_to_overwrite_the_committed_teacher_without_the_flag(capsys):
     before = {p: p.stat().st_mtime_ns for p in DEFAULT_TEACHER_DIR.rglob("*")}
     assert main(["train-teacher", "--steps", "1"]) == 2

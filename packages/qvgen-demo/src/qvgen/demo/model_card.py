@@ -32,10 +32,37 @@ def _rows(name: str, scores: dict[str, Any]) -> list[str]:
     return out
 
 
+def _vae_steps(report: dict[str, Any]) -> tuple[str, str]:
+    """Steps 1 (VAE) and 4 (decoder) of the card's recipe: trained here, or taken from another teacher."""
+    cfg, vae = report["config"], report["vae"]
+    if "from" in vae:
+        command = vae.get("source_retrain_command", "(that folder has no training report)")
+        took = f", trained there in {vae['source_seconds']:.0f} s" if vae.get("source_seconds") else ""
+        return (
+            f"1. VAE: the one of `{vae['from']}` (vae/ files sha256 {vae['sha256'][:12]}{took}), used as it\n"
+            f"   is, its latent statistics included (`vae_from`); that teacher was trained by `{command}`.\n",
+            "4. No decoder phase: the borrowed VAE's decoder had its own.",
+        )
+    finetune = vae.get("clips_finetune", {"steps": 0})
+    decoder = vae.get("decoder", {"steps": 0})
+    return (
+        f"""1. VAE, AdamW with one one-cycle schedule per stage, {cfg["vae_crop"]}×{cfg["vae_crop"]} crops of
+   {cfg["vae_clips"]} clips (three in four centred near an object): {vae["images"]["steps"]} steps on
+   single frames (batch {cfg["vae_image_batch_size"]}, peak lr {cfg["vae_lr"]}), then {vae["clips"]["steps"]}
+   steps on whole clips (batch {cfg["vae_batch_size"]}, peak lr {cfg["vae_clip_lr"]}); loss L1 + L2 with
+   object pixels weighted ×{1 + cfg["vae_shape_weight"]:g}, KL weight {cfg["vae_kl_weight"]:g}; then
+   {finetune["steps"]} more whole-clip steps with a fresh optimizer (peak lr {cfg["vae_finetune_lr"]}). Its
+   per-channel latent mean/std were then written into `vae/config.json` (`latents_mean`, `latents_std`).
+""",
+        f"""4. The VAE decoder alone (encoder, latents and statistics unchanged): {decoder["steps"]} whole-clip steps,
+   peak lr {cfg["vae_decoder_lr"]}, object-boundary pixels weighted ×{1 + cfg["vae_edge_weight"]:g} on top.""",
+    )
+
+
 def model_card(report: dict[str, Any]) -> str:
     """MODEL_CARD.md text from a training report: recipe, wall time, retrain command, measured quality."""
     q, cfg, t = report["quality"], report["config"], report["timings_s"]
-    vae, tr = report["vae"], report["transformer"]
+    tr = report["transformer"]
     chance = q["chance"]
     quality = "\n".join(
         [*_rows("teacher samples", q["teacher"]), *_rows("ground truth", q["ground_truth"]),
@@ -48,8 +75,7 @@ def model_card(report: dict[str, Any]) -> str:
         for k in ("vae", "shards", "transformer", "decoder", "eval")
     }
     total_min = sum(secs.values()) / 60
-    finetune = vae.get("clips_finetune", {"steps": 0})
-    decoder = vae.get("decoder", {"steps": 0})
+    vae_step, decoder_step = _vae_steps(report)
     note = (
         " (the quality check re-run on the saved weights by `qvgen train-teacher --evaluate-only`)"
         if report.get("evaluated_separately")
@@ -74,14 +100,7 @@ latent); the text encoder is a randomly initialised, frozen 2-layer UMT5 reading
 
 ## How it was trained (`qvgen.demo.teacher.train_teacher`)
 
-1. VAE, AdamW with one one-cycle schedule per stage, {cfg["vae_crop"]}×{cfg["vae_crop"]} crops of
-   {cfg["vae_clips"]} clips (three in four centred near an object): {vae["images"]["steps"]} steps on
-   single frames (batch {cfg["vae_image_batch_size"]}, peak lr {cfg["vae_lr"]}), then {vae["clips"]["steps"]}
-   steps on whole clips (batch {cfg["vae_batch_size"]}, peak lr {cfg["vae_clip_lr"]}); loss L1 + L2 with
-   object pixels weighted ×{1 + cfg["vae_shape_weight"]:g}, KL weight {cfg["vae_kl_weight"]:g}; then
-   {finetune["steps"]} more whole-clip steps with a fresh optimizer (peak lr {cfg["vae_finetune_lr"]}). Its
-   per-channel latent mean/std were then written into `vae/config.json` (`latents_mean`, `latents_std`).
-2. The frozen VAE and UMT5 encoded {cfg["num_clips"]} clips of world seed {cfg["world_seed"]} (1 to
+{vae_step}2. The frozen VAE and UMT5 encoded {cfg["num_clips"]} clips of world seed {cfg["world_seed"]} (1 to
    {cfg["max_objects"]} objects each), rendered in memory, into qvgen.data latent shards (`{report["encoder"]}`).
 3. Transformer ({tr["steps"]} steps, batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, {cfg["warmup_steps"]}
    warm-up steps then cosine to 5 %): Wan flow matching, x_t = (1−σ)·x0 + σ·ε, target ε − x0, σ uniform
@@ -90,8 +109,7 @@ latent); the text encoder is a randomly initialised, frozen 2-layer UMT5 reading
    Then {tr.get("stage2", {"steps": 0})["steps"]} more steps from those weights (fresh AdamW at lr
    {cfg["finetune_lr"]}, fresh EMA and batch order) with σ drawn at shift {cfg["finetune_flow_shift"]:g}, the
    sampler's, so more of them at high noise, where a sample's layout and motion are decided.
-4. The VAE decoder alone (encoder, latents and statistics unchanged): {decoder["steps"]} whole-clip steps,
-   peak lr {cfg["vae_decoder_lr"]}, object-boundary pixels weighted ×{1 + cfg["vae_edge_weight"]:g} on top.
+{decoder_step}
 
 Wall time of each phase on the shared 2-core CPU (other jobs running beside it), 1 torch thread: VAE
 {secs["vae"]:.0f} s, shards {secs["shards"]:.0f} s, transformer {secs["transformer"]:.0f} s, decoder

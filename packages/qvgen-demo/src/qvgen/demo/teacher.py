@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import shutil
 import tempfile
@@ -115,9 +116,58 @@ def _save_vae(vae: Any, log: dict[str, Any], folder: Path) -> None:
     atomic_dir(folder, write)
 
 
+def _files_sha256(folder: Path) -> str:
+    """sha256 over the names and bytes of every file under `folder`."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, Any]]:
+    """The VAE of teacher folder `cfg.vae_from`, and a log naming it and the command that trained it."""
+    assert cfg.vae_from is not None
+    folder = Path(cfg.vae_from) / "vae"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: vae_from names no teacher folder with a vae/ (config.json)")
+    vae = vae_class.from_pretrained(folder).eval()
+    if vae.config.z_dim != cfg.vae_z_dim:
+        raise ValueError(
+            f"{folder / 'config.json'}: z_dim {vae.config.z_dim} differs from the config's vae_z_dim {cfg.vae_z_dim}"
+        )
+    log: dict[str, Any] = {
+        "from": str(cfg.vae_from),
+        "sha256": _files_sha256(folder),
+        "steps": 0,
+        "seconds": 0.0,
+    }
+    report = Path(cfg.vae_from) / REPORT_NAME
+    if report.is_file():
+        source = json.loads(report.read_text())
+        log["source_retrain_command"] = retrain_command(source["config"])
+        ph = source.get("phase_seconds") or {}
+        log["source_seconds"] = round(float(ph.get("vae") or 0.0) + float(ph.get("decoder") or 0.0), 1)
+    return vae, log
+
+
+def _identity(cfg: TeacherConfig, fields: tuple[str, ...], components: Components) -> str:
+    """A phase's folder name in `work_dir`: the digest of its fields, plus the borrowed VAE's hash (its
+    folder's content may change while its path stays)."""
+    if cfg.vae_from is None:
+        return digest(cfg, fields)
+    vae_hash = hashlib.sha256(json.dumps(dict(components.vae.config), sort_keys=True, default=str).encode())
+    for tensor in components.vae.state_dict().values():
+        vae_hash.update(tensor.numpy().tobytes())
+    return f"{digest(cfg, fields)}-{vae_hash.hexdigest()[:8]}"
+
+
 def _vae_phase(components: Components, cfg: TeacherConfig, work: Path, progress: bool) -> tuple[Any, dict]:
-    """Train (and fine-tune) the VAE, reusing what a run of the same VAE config left in `work`."""
+    """Train (and fine-tune) the VAE, reusing what a run of the same VAE config left in `work`; or take
+    `cfg.vae_from`'s."""
     vae_class: Any = type(components.vae)
+    if cfg.vae_from is not None:
+        return _borrowed_vae(vae_class, cfg)
     final_dir = work / f"vae-{digest(cfg, VAE_FINETUNE_FIELDS)}"
     cached = _cached_vae(vae_class, final_dir) if cfg.vae_finetune_steps else None
     if cached is not None:
@@ -144,7 +194,7 @@ def _transformer_phase(
 ) -> tuple[Any, dict[str, Any]]:
     """Train the transformer (stage 1 or 2), or reuse the one a run of the same settings left in `work`."""
     fields = TRANSFORMER_FIELDS if stage == 1 else FINETUNE_FIELDS
-    folder = work / f"transformer-{digest(cfg, fields)}"
+    folder = work / f"transformer-{_identity(cfg, fields, components)}"
     log_file = folder / "transformer_log.json"
     if log_file.is_file():
         log = {**json.loads(log_file.read_text()), "reused_from": str(folder)}
@@ -166,7 +216,7 @@ def _decoder_phase(
     components: Components, cfg: TeacherConfig, work: Path, progress: bool
 ) -> tuple[Any, dict[str, Any]]:
     """Fine-tune the VAE decoder (its latents unchanged), or reuse the one a run left in `work`."""
-    if not cfg.vae_decoder_steps:
+    if not cfg.vae_decoder_steps or cfg.vae_from is not None:
         return components.vae, {"steps": 0}
     folder = work / f"vae-{digest(cfg, DECODER_FIELDS)}"
     cached = _cached_vae(type(components.vae), folder)
@@ -202,7 +252,7 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
         timings["vae_s"] = time.monotonic() - t
 
         t = time.monotonic()
-        shard_dir = work / f"shards-{digest(cfg, SHARD_FIELDS)}"
+        shard_dir = work / f"shards-{_identity(cfg, SHARD_FIELDS, components)}"
         shard_log = shard_dir / SHARD_LOG
         if (shard_dir / "manifest.json").is_file():
             encoder_name = read_manifest(shard_dir).encoder

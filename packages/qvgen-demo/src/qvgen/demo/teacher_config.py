@@ -49,6 +49,10 @@ class TeacherConfig(Frozen):
     latent into tokens of z_dim·p² values: 16 × 4² = 256 squeezes every token through the transformer's
     width of 128 (its loss stalls near 0.83–0.89); 8 × 4² = 128 does not (loss 0.33), but the 8-channel VAE
     loses colours (benchmarks/RESULTS.md, "teacher probes")."""
+    vae_from: Path | None = None
+    """A teacher folder whose VAE is used as it is (its phases all done): the VAE, VAE fine-tuning and
+    decoder phases are skipped, and the card names that VAE, its sha256 and the command that trained it.
+    Its `z_dim` must equal `vae_z_dim`."""
     vae_image_steps: Annotated[int, Field(ge=0)] = 1500
     """VAE steps on single frames first (cheap: they teach the spatial path, colours and shapes)."""
     vae_image_batch_size: Annotated[int, Field(ge=1)] = 8
@@ -150,7 +154,7 @@ VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", 
 """Fields that define the VAE phase (its identity in `work_dir`)."""
 VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
 """Fields that define the fine-tuned VAE."""
-SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "text_length", "num_clips")
+SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "vae_from", "text_length", "num_clips")
 """Fields that define the latent shards."""
 TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
@@ -168,7 +172,7 @@ EVAL_FIELDS = frozenset(
 
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
-    "num_layers": 2, "ffn_dim": 256, "text_length": 16,
+    "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None,
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
 
