@@ -156,8 +156,9 @@ def _identity(cfg: TeacherConfig, fields: tuple[str, ...], components: Component
     folder's content may change while its path stays)."""
     if cfg.vae_from is None:
         return digest(cfg, fields)
-    vae_hash = hashlib.sha256(json.dumps(dict(components.vae.config), sort_keys=True, default=str).encode())
-    for tensor in components.vae.state_dict().values():
+    vae: Any = components.vae
+    vae_hash = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    for tensor in vae.state_dict().values():
         vae_hash.update(tensor.numpy().tobytes())
     return f"{digest(cfg, fields)}-{vae_hash.hexdigest()[:8]}"
 
