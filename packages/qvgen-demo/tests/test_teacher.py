@@ -2,6 +2,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -105,6 +106,16 @@ def test_wan_pipeline_samples_the_4x_latent_size_of_the_teacher_vae():
     assert components.transformer.config.patch_size == (1, 4, 4)
     frames = pipe(prompt=["a red square moves left"], output_type="np", **kwargs).frames
     assert frames.shape == (1, 9, 64, 64, 3)
+
+
+def test_num_heads_4_makes_a_256_wide_transformer_that_holds_a_whole_token():
+    components = build_teacher_components(seed=0, patch_size=4, num_heads=4)
+    transformer: Any = components.transformer
+    assert transformer.config.num_attention_heads * transformer.config.attention_head_dim == 256
+    assert transformer.proj_out.in_features == transformer.proj_out.out_features == 16 * 4 * 4
+    x = torch.randn(1, 16, 3, 16, 16)
+    out = transformer(x, torch.tensor([500.0]), torch.randn(1, 16, 64), return_dict=False)[0]
+    assert out.shape == x.shape
 
 
 def test_text_length_32_holds_every_two_object_caption_and_16_does_not():

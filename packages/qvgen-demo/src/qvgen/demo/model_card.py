@@ -90,7 +90,7 @@ clips of qvgen.data's procedural world: one or two shapes (circle, square, trian
 colours moving left, right, up or down over a {cfg.get("background", "textured")} background, captioned
 "a <colour> <shape> moves <direction> [and a …]". Load it with `qvgen.models.get_family("wan").load(path)`.
 
-Sizes: the transformer is qvgen.models' tiny Wan (hidden 128 = 2 heads × 64, text dim 64) with
+Sizes: the transformer is qvgen.models' tiny Wan (hidden {64 * cfg.get("num_heads", 2)} = {cfg.get("num_heads", 2)} heads × 64, text dim 64) with
 {cfg.get("num_layers", 2)} blocks, FFN {cfg.get("ffn_dim", 256)} and spatial patch {cfg["patch_size"]}; objects have radii of
 {cfg.get("radius_fraction", [0.12, 0.17])} × the frame size; the VAE is an `AutoencoderKLWan(base_dim=8, z_dim={cfg.get("vae_z_dim", 16)},
 dim_mult=[1, 2, 2], num_res_blocks=1, temperal_downsample=[True, True])` with 4× spatial and 4× temporal

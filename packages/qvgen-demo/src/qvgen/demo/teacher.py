@@ -241,7 +241,13 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
             work = cfg.work_dir
             work.mkdir(parents=True, exist_ok=True)
         components = build_teacher_components(
-            cfg.seed, cfg.patch_size, cfg.num_layers, cfg.ffn_dim, cfg.vae_z_dim, cfg.text_length
+            cfg.seed,
+            cfg.patch_size,
+            cfg.num_layers,
+            cfg.ffn_dim,
+            cfg.vae_z_dim,
+            cfg.text_length,
+            cfg.num_heads,
         )
         components.text_encoder.requires_grad_(False)
         timings: dict[str, float] = {}

@@ -90,6 +90,9 @@ class TeacherConfig(Frozen):
     patch_size: Literal[2, 4] = 4
     """Spatial patch of the transformer (on the 4× VAE's latents 4 gives the same 48 tokens per 9×64×64
     clip that the tiny factory's 8× VAE with patch 2 gives)."""
+    num_heads: Literal[2, 4] = 2
+    """Attention heads of 64 channels: the transformer's width is 64 × num_heads (the tiny Wan factory's:
+    2, width 128). 4 (width 256) holds a whole 16-channel 4×4-patch token (256 values)."""
     num_layers: Annotated[int, Field(ge=1)] = 2
     """Transformer blocks (the tiny Wan factory's: 2)."""
     ffn_dim: Annotated[int, Field(ge=16)] = 256
@@ -156,7 +159,7 @@ VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
 """Fields that define the fine-tuned VAE."""
 SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "vae_from", "text_length", "num_clips")
 """Fields that define the latent shards."""
-TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
+TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_heads", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
 """Fields that define the trained transformer (stage 1)."""
 FINETUNE_FIELDS = (*TRANSFORMER_FIELDS, "finetune_steps", "finetune_lr", "finetune_flow_shift")
@@ -172,7 +175,7 @@ EVAL_FIELDS = frozenset(
 
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
-    "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None,
+    "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None, "num_heads": 2,
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
 

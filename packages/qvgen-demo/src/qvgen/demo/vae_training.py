@@ -41,10 +41,10 @@ def clip_shape(cfg: TeacherConfig) -> ClipShape:
 
 def build_teacher_components(
     seed: int, patch_size: int, num_layers: int = 2, ffn_dim: int = 256, z_dim: int = 16,
-    text_length: int = 16,
+    text_length: int = 16, num_heads: int = 2,
 ) -> Components:  # fmt: skip
     """The tiny Wan factory's UMT5, tokenizer (prompts of `text_length` tokens), scheduler and transformer
-    (spatial patch `patch_size`, `num_layers` blocks with feed-forward width `ffn_dim`), with the 4×
+    (spatial patch `patch_size`, `num_heads` heads of 64 channels, `num_layers` blocks with feed-forward width `ffn_dim`), with the 4×
     `TEACHER_VAE` at `z_dim` latent channels (the transformer's in/out channels); every model freshly
     initialised from `seed`."""
     family = get_family("wan")
@@ -56,6 +56,7 @@ def build_teacher_components(
     vae: Any = AutoencoderKLWan(**{**TEACHER_VAE, "z_dim": z_dim, **stats})
     vae.eval()
     sizes = {"patch_size": (1, patch_size, patch_size), "num_layers": num_layers, "ffn_dim": ffn_dim,
+             "num_attention_heads": num_heads,
              "in_channels": z_dim, "out_channels": z_dim}  # fmt: skip
     torch.manual_seed(seed)
     base_config: Any = base.transformer.config
