@@ -52,13 +52,8 @@ class EfficientDMMethod(Frozen):
 
 
 class QDMMethod(Frozen):
-    """Q-DM-style QAT: timestep-grouped activation ranges + noise-estimating mimicking (NeM).
-
-    Source check (Li et al., "Q-DM: An Efficient Low-bit Quantized Diffusion Model", NeurIPS 2023): only the
-    abstract could be read here (it names TaQ against activation oscillation across timesteps and NeM
-    against accumulated error); the paper publishes no code. The TaQ and NeM formulas below are qvgen's
-    interpretation, NOT verified against the paper body. Details and sources: the package README, "Q-DM".
-    """
+    """Q-DM-style QAT: timestep-grouped activation ranges + NeM mimicking; the paper's TaQ/NeM formulas are
+    unverified (only its abstract was readable, no official code): see the qvgen-train README, "Q-DM"."""
 
     kind: Literal["qdm"] = "qdm"
     data_weight: Annotated[float, Field(ge=0)] = 1.0
