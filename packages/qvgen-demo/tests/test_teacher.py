@@ -219,6 +219,26 @@ def test_vae_from_takes_another_teachers_vae_as_is_and_names_it(micro_teacher: P
         train_teacher(cfg.model_copy(update={"vae_from": tmp_path, "out": tmp_path / "none"}), progress=False)
 
 
+def test_a_borrowed_vae_is_known_by_its_content_not_its_path(micro_teacher: Path, tmp_path: Path):
+    import dataclasses
+    import shutil
+
+    from qvgen.demo.teacher import _borrowed_vae, _identity
+    from qvgen.demo.teacher_config import SHARD_FIELDS
+
+    copy = shutil.copytree(micro_teacher, tmp_path / "copy")
+    components = build_teacher_components(seed=0, patch_size=4)
+    names = []
+    for folder in (micro_teacher, copy):
+        cfg = TeacherConfig(vae_from=folder, **MICRO)
+        vae, _ = _borrowed_vae(type(components.vae), cfg)
+        names.append(_identity(cfg, SHARD_FIELDS, dataclasses.replace(components, vae=vae)))
+    assert names[0] == names[1]
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(1.0)  # another VAE under the same path
+    assert _identity(cfg, SHARD_FIELDS, dataclasses.replace(components, vae=vae)) != names[1]
+
+
 def test_train_teacher_refuses_to_overwrite_the_committed_teacher_without_the_flag(capsys):
     before = {p: p.stat().st_mtime_ns for p in DEFAULT_TEACHER_DIR.rglob("*")}
     assert main(["train-teacher", "--steps", "1"]) == 2

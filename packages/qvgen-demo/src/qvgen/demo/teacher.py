@@ -152,12 +152,15 @@ def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, An
 
 
 def _identity(cfg: TeacherConfig, fields: tuple[str, ...], components: Components) -> str:
-    """A phase's folder name in `work_dir`: the digest of its fields, plus the borrowed VAE's hash (its
-    folder's content may change while its path stays)."""
+    """A phase's folder name in `work_dir`: the digest of its fields, or with a borrowed VAE the digest
+    of its fields but `vae_from` plus the VAE's own hash (the same VAE under another path is the same
+    phase; another VAE under the same path is not)."""
     if cfg.vae_from is None:
         return digest(cfg, fields)
+    fields = tuple(f for f in fields if f != "vae_from")
     vae: Any = components.vae
-    vae_hash = hashlib.sha256(json.dumps(dict(vae.config), sort_keys=True, default=str).encode())
+    config = {k: v for k, v in vae.config.items() if not k.startswith("_")}  # not its path or version
+    vae_hash = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode())
     for tensor in vae.state_dict().values():
         vae_hash.update(tensor.numpy().tobytes())
     return f"{digest(cfg, fields)}-{vae_hash.hexdigest()[:8]}"
