@@ -91,10 +91,12 @@ def test_teacher_world_style_comes_from_the_report_and_defaults_for_old_teachers
     report = json.loads((DEFAULT_TEACHER_DIR / "training_report.json").read_text())
     cfg = report["config"]
     expected = (
-        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"])) if "background" in cfg else DEFAULT_STYLE
+        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg["layout"])
+        if "background" in cfg
+        else DEFAULT_STYLE
     )
     assert teacher_world_style(DEFAULT_TEACHER_DIR) == expected
-    old = {k: v for k, v in cfg.items() if k not in {"background", "radius_fraction"}}
+    old = {k: v for k, v in cfg.items() if k not in {"background", "radius_fraction", "layout"}}
     (tmp_path / "training_report.json").write_text(json.dumps({"config": old}))
     assert teacher_world_style(tmp_path) == DEFAULT_STYLE
     (tmp_path / "training_report.json").write_text(json.dumps({"config": {**old, "background": "plain"}}))

@@ -76,6 +76,17 @@ def model_card(report: dict[str, Any]) -> str:
     }
     total_min = sum(secs.values()) / 60
     vae_step, decoder_step = _vae_steps(report)
+    stage2 = tr.get("stage2", {"steps": 0})["steps"]
+    stage2_step = (
+        f"""   Then {stage2} more steps from those weights (fresh AdamW at lr
+   {cfg["finetune_lr"]}, fresh EMA and batch order) with σ drawn at shift {cfg["finetune_flow_shift"]:g}, the
+   sampler's, so more of them at high noise, where a sample's layout and motion are decided.
+"""
+        if stage2
+        else ""
+    )
+    borrowed_s = float(report["vae"].get("source_seconds") or 0.0) if "from" in report["vae"] else 0.0
+    borrowed = f"; the borrowed VAE took another {borrowed_s / 60:.1f} min, once" if borrowed_s else ""
     note = (
         " (the quality check re-run on the saved weights by `qvgen train-teacher --evaluate-only`)"
         if report.get("evaluated_separately")
@@ -106,14 +117,11 @@ latent); the text encoder is a randomly initialised, frozen 2-layer UMT5 reading
    warm-up steps then cosine to 5 %): Wan flow matching, x_t = (1−σ)·x0 + σ·ε, target ε − x0, σ uniform
    over the 1000 training sigmas (shift {cfg["train_flow_shift"]:g}), posterior-sampled latents, captions
    dropped to the empty prompt with p = {cfg["caption_dropout"]}; the EMA ({cfg["ema_decay"]}) weights were kept.
-   Then {tr.get("stage2", {"steps": 0})["steps"]} more steps from those weights (fresh AdamW at lr
-   {cfg["finetune_lr"]}, fresh EMA and batch order) with σ drawn at shift {cfg["finetune_flow_shift"]:g}, the
-   sampler's, so more of them at high noise, where a sample's layout and motion are decided.
-{decoder_step}
+{stage2_step}{decoder_step}
 
 Wall time of each phase on the shared 2-core CPU (other jobs running beside it), 1 torch thread: VAE
 {secs["vae"]:.0f} s, shards {secs["shards"]:.0f} s, transformer {secs["transformer"]:.0f} s, decoder
-{secs["decoder"]:.0f} s, evaluation {secs["eval"]:.0f} s, total {total_min:.1f} min (torch
+{secs["decoder"]:.0f} s, evaluation {secs["eval"]:.0f} s, total {total_min:.1f} min{borrowed} (torch
 {report["versions"]["torch"]}). A run with these step counts is bitwise reproducible at 1 thread.
 
 Retrain (`--out` elsewhere; writing the embedded folder needs `--overwrite-embedded` instead):
