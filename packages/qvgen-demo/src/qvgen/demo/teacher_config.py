@@ -19,7 +19,10 @@ CARD_NAME = "MODEL_CARD.md"
 
 
 class TeacherConfig(Frozen):
-    """Everything that defines a teacher training run."""
+    """Everything that defines a teacher training run.
+
+    The defaults are the first teacher's recipe; the committed teacher's own command (different world,
+    width, prompt length, and that VAE reused) is in its MODEL_CARD.md."""
 
     out: Path = DEFAULT_TEACHER_DIR
     """Diffusers folder to write (replaced atomically)."""
@@ -37,7 +40,7 @@ class TeacherConfig(Frozen):
     max_objects: Annotated[int, Field(ge=1, le=2)] = 2
     """Objects per training clip: 1..max_objects, drawn uniformly."""
     background: Background = "textured"
-    """The world's background: textured (qvgen.data's default world, the committed teacher's) or plain grey."""
+    """The world's background: textured (qvgen.data's default world) or plain grey (the committed teacher's)."""
     layout: Layout = "random"
     """Where objects go ("random": anywhere, qvgen.data's default world; "lanes": a caption fixes its clip up
     to small offsets)."""
@@ -47,8 +50,8 @@ class TeacherConfig(Frozen):
     vae_z_dim: Literal[4, 8, 16] = 16
     """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
     latent into tokens of z_dim·p² values: 16 × 4² = 256 squeezes every token through the transformer's
-    width of 128 (its loss stalls near 0.83–0.89); 8 × 4² = 128 does not (loss 0.33), but the 8-channel VAE
-    loses colours (benchmarks/RESULTS.md, "teacher probes")."""
+    width of 128 (its loss stalls near 0.83–0.89) unless `num_heads` is 4; 8 × 4² = 128 does not (loss
+    0.33), but the 8-channel VAE loses colours (benchmarks/RESULTS.md, "teacher probes")."""
     vae_from: Path | None = None
     """A teacher folder whose VAE is used as it is (its phases all done): the VAE, VAE fine-tuning and
     decoder phases are skipped, and the card names that VAE, its sha256 and the command that trained it.
