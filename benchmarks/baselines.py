@@ -34,7 +34,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
-from paper_table import SETTINGS, Cell, make_cell, teacher_snapshot  # benchmarks/ is sys.path[0] as a script
+from paper_table import (  # benchmarks/ is sys.path[0] as a script
+    SETTINGS,
+    Cell,
+    cell_table,
+    make_cell,
+    teacher_snapshot,
+)
 from paper_table import _fmt as fmt_ci
 
 from qvgen.demo import (
@@ -194,22 +200,7 @@ REFERENCE = "lsq-w4a4"
 
 def tables(fp: Cell, cells: dict[str, Cell]) -> tuple[str, str]:
     """The cell table (paper_table's columns) and the baseline − LSQ paired differences."""
-    lines = [
-        "| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE "
-        "| denoiser rel. MSE | per-seed adherence | unscorable |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
-    ]
-    for cell in (fp, *cells.values()):
-
-        def get(key: str, digits: int = 3, cell: Cell = cell) -> str:
-            return fmt_ci(cell.ci(key), digits) if key in cell.videos else "—"
-
-        spread = ", ".join(f"{x:.3f}" for x in cell.seed_means["overall"])
-        lines.append(
-            f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
-            f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
-            f"| {cell.unscorable}/{cell.num_videos} |"
-        )
+    table = cell_table(fp, cells.values())
     ref = cells[REFERENCE]
     diffs = [
         "| model | bits | adherence − LSQ | PSNR − LSQ (dB) | latent MSE − LSQ |",
@@ -223,7 +214,7 @@ def tables(fp: Cell, cells: dict[str, Cell]) -> tuple[str, str]:
             for m, digits in (("overall", 3), ("psnr_db", 2), ("latent_mse", 4))
         ]
         diffs.append(f"| {cell.label} | {cell.bits} | " + " | ".join(parts) + " |")
-    return "\n".join(lines), "\n".join(diffs)
+    return table, "\n".join(diffs)
 
 
 def key_line(cells: dict[str, Cell], mem_ratio: float, n_roles: int, import_ok: bool) -> str:

@@ -34,6 +34,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,22 +287,7 @@ def main() -> int:
     two_fp = mean_ci(fp.videos["overall"][-n_two:]) if n_two else None
     one_fp = mean_ci(fp.videos["overall"][: len(fp.videos["overall"]) - n_two])
 
-    head = ("| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE "
-            "| denoiser rel. MSE | per-seed adherence | unscorable |\n"
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")  # fmt: skip
-    lines = [head]
-    for cell in (fp, *cells.values()):
-
-        def get(key: str, digits: int = 3, cell: Cell = cell) -> str:
-            return _fmt(cell.ci(key), digits) if key in cell.videos else "—"
-
-        spread = ", ".join(f"{x:.3f}" for x in cell.seed_means["overall"])
-        lines.append(
-            f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
-            f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
-            f"| {cell.unscorable}/{cell.num_videos} |"
-        )
-    table = "\n".join(lines)
+    table = cell_table(fp, cells.values())
     diffs = {}
     diff_lines = ["| bits | metric | QVGen − LSQ (paired, mean ± 95 % CI) |", "| --- | --- | ---: |"]
     if {"lsq", "qvgen"} <= set(args.methods):
@@ -394,6 +380,27 @@ Training loss (the curves are plotted in `{args.out}/{args.report}/report.html`)
         write_section(body)
     print(line)
     return 0
+
+
+def cell_table(fp: Cell, cells: Iterable[Cell]) -> str:
+    """The markdown table of the FP row and `cells`: mean ± 95 % CI of every metric, per-seed adherence."""
+    lines = [
+        "| model | bits | adherence | colour | shape | motion | PSNR vs teacher (dB) | latent MSE "
+        "| denoiser rel. MSE | per-seed adherence | unscorable |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
+    ]
+    for cell in (fp, *cells):
+
+        def get(key: str, digits: int = 3, cell: Cell = cell) -> str:
+            return _fmt(cell.ci(key), digits) if key in cell.videos else "—"
+
+        spread = ", ".join(f"{x:.3f}" for x in cell.seed_means["overall"])
+        lines.append(
+            f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
+            f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
+            f"| {cell.unscorable}/{cell.num_videos} |"
+        )
+    return "\n".join(lines)
 
 
 def write_section(body: str) -> None:
