@@ -35,10 +35,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 from paper_table import (  # benchmarks/ is sys.path[0] as a script
-    SETTINGS,
     Cell,
+    add_setting_arguments,
     cell_table,
     make_cell,
+    resolve_setting,
     teacher_snapshot,
 )
 from paper_table import _fmt as fmt_ci
@@ -236,13 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="paper_table's quick setting (see its SETTINGS)")
     parser.add_argument("--out", type=Path, default=Path("outputs/baselines"))
     parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR)
-    parser.add_argument("--steps", type=int, help="training steps of every QAT method")
-    parser.add_argument("--clips", type=int, help="procedural training clips")
-    parser.add_argument(
-        "--prompts", type=int, help="held-out prompts (a quarter two-object unless --two-object)"
-    )
-    parser.add_argument("--two-object", type=int, help="how many of the prompts have two objects")
-    parser.add_argument("--sampling-seeds", type=int, help="videos per prompt (noise seeds)")
+    add_setting_arguments(parser)
     parser.add_argument("--train-seeds", type=int, help="training (SVDQuant: calibration) seeds of every row")
     parser.add_argument("--seed", type=int, default=0, help="first training seed and the sampling seed")
     parser.add_argument("--tiny-rank", type=int, default=8, help="SVDQuant / LoRA rank on the tiny model")
@@ -257,15 +252,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     start = time.perf_counter()
     torch.set_num_threads(1)
-    base = SETTINGS["quick" if args.quick else "full"]
-    steps = base.steps if args.steps is None else args.steps
-    clips = args.clips or base.clips
-    n_prompts = args.prompts or base.prompts
-    two_object = base.two_object if args.two_object is None else args.two_object
-    if args.prompts and args.two_object is None:
-        two_object = n_prompts // 4
-    sampling_seeds = args.sampling_seeds or base.sampling_seeds
-    seeds = [args.seed + k for k in range(args.train_seeds or base.train_seeds)]
+    run = resolve_setting(args)
+    steps, clips, n_prompts, two_object = run.steps, run.clips, run.prompts, run.two_object
+    sampling_seeds = run.sampling_seeds
+    seeds = [args.seed + k for k in range(run.train_seeds)]
 
     plain, kept = real_model_memory(32)
     mem_ratio = kept / plain

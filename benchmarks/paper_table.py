@@ -207,11 +207,8 @@ def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: Tra
     return runs
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the 30-minute variant (see SETTINGS)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
-    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="teacher diffusers folder")
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that override a `Setting`'s counts (shared with benchmarks/baselines.py)."""
     parser.add_argument("--steps", type=int, help="training steps of every QAT method")
     parser.add_argument("--clips", type=int, help="procedural training clips")
     parser.add_argument(
@@ -219,6 +216,32 @@ def main() -> int:
     )
     parser.add_argument("--two-object", type=int, help="how many of the prompts have two objects")
     parser.add_argument("--sampling-seeds", type=int, help="videos per prompt (noise seeds)")
+
+
+def resolve_setting(args: argparse.Namespace) -> Setting:
+    """`--quick` or the full `Setting`, with the counts given on the command line put in (a custom
+    `--prompts` without `--two-object` makes a quarter of them two-object)."""
+    base = SETTINGS["quick" if args.quick else "full"]
+    prompts = args.prompts or base.prompts
+    two_object = base.two_object if args.two_object is None else args.two_object
+    if args.prompts and args.two_object is None:
+        two_object = prompts // 4
+    return Setting(
+        steps=base.steps if args.steps is None else args.steps,
+        clips=args.clips or base.clips,
+        prompts=prompts,
+        two_object=two_object,
+        sampling_seeds=args.sampling_seeds or base.sampling_seeds,
+        train_seeds=args.train_seeds or base.train_seeds,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the 30-minute variant (see SETTINGS)")
+    parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="teacher diffusers folder")
+    add_setting_arguments(parser)
     parser.add_argument("--train-seeds", type=int, help="training seeds of LSQ and QVGen")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3], choices=(3, 4))
     parser.add_argument("--methods", nargs="+", default=["lsq", "qvgen"], choices=("lsq", "qvgen"))
@@ -237,15 +260,10 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    base = SETTINGS["quick" if args.quick else "full"]
-    steps = args.steps or base.steps
-    clips = args.clips or base.clips
-    n_prompts = args.prompts or base.prompts
-    two_object = base.two_object if args.two_object is None else args.two_object
-    if args.prompts and args.two_object is None:
-        two_object = n_prompts // 4
-    sampling_seeds = args.sampling_seeds or base.sampling_seeds
-    seeds = [args.seed + k for k in range(args.train_seeds or base.train_seeds)]
+    run = resolve_setting(args)
+    steps, clips, n_prompts, two_object = run.steps, run.clips, run.prompts, run.two_object
+    sampling_seeds = run.sampling_seeds
+    seeds = [args.seed + k for k in range(run.train_seeds)]
     teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
     budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
     shape = teacher_clip_shape(teacher)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from pathlib import Path
@@ -58,5 +59,10 @@ def test_rows_use_paper_tables_cells_and_pair_against_lsq(baselines):
 def test_quick_and_full_settings_are_paper_tables(baselines):
     import paper_table
 
-    assert baselines.SETTINGS is paper_table.SETTINGS
+    assert baselines.resolve_setting is paper_table.resolve_setting
+    quick = argparse.Namespace(quick=True, steps=None, clips=None, prompts=None, two_object=None,
+                               sampling_seeds=None, train_seeds=None)  # fmt: skip
+    assert paper_table.resolve_setting(quick) == paper_table.SETTINGS["quick"]
+    custom = paper_table.resolve_setting(argparse.Namespace(**{**vars(quick), "prompts": 12, "steps": 0}))
+    assert (custom.prompts, custom.two_object, custom.steps) == (12, 3, 0)
     assert paper_table.SETTINGS["full"].prompts >= 64 and paper_table.SETTINGS["full"].train_seeds >= 3
