@@ -70,6 +70,7 @@ from qvgen.eval import (
     score_videos,
     write_report,
 )
+from qvgen.train import RunConfig
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 SECTION = "## paper_table"
@@ -189,22 +190,29 @@ def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: Tra
             method, bits, teacher, shards, budget.model_copy(update={"seed": seed}), args.out / "runs" / name,
             progress=False, high_precision_roles=args.high_precision,
         )  # fmt: skip
-        key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
-        marker = args.out / "runs" / f"{name}.trained.json"
-        previous = json.loads(marker.read_text()) if marker.is_file() else {}
-        if previous.get("config") == key and Path(previous["deploy_dir"]).is_dir():
-            done = previous
-            print(f"{name}: reused ({marker})", flush=True)
-        else:
-            t = time.perf_counter()
-            result = train_variant(cfg)
-            done = {"config": key, "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
-                    "losses": list(result.losses), "train_s": time.perf_counter() - t}  # fmt: skip
-            atomic_write_text(marker, json.dumps(done))
-            print(f"{name}: {cfg.train.max_steps} steps in {done['train_s']:.0f} s, Φ rank {result.phi_rank}",
-                  flush=True)  # fmt: skip
-        runs[name] = (method, bits, seed, done)
+        runs[name] = (method, bits, seed, train_cached(cfg, args.out / "runs" / f"{name}.trained.json"))
     return runs
+
+
+def train_cached(cfg: RunConfig, marker: Path) -> dict:
+    """Train `cfg` unless `marker` records a finished run of the same config (then reuse it); returns the
+    marker's record: config hash, deploy folder, Φ's final rank, losses and training seconds."""
+    name = marker.name.removesuffix(".trained.json")
+    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    previous = json.loads(marker.read_text()) if marker.is_file() else {}
+    if previous.get("config") == key and Path(previous["deploy_dir"]).is_dir():
+        print(f"{name}: reused ({marker})", flush=True)
+        return previous
+    t = time.perf_counter()
+    result = train_variant(cfg)
+    done = {"config": key, "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
+            "losses": list(result.losses), "train_s": time.perf_counter() - t}  # fmt: skip
+    atomic_write_text(marker, json.dumps(done))
+    print(
+        f"{name}: {cfg.train.max_steps} steps in {done['train_s']:.0f} s, Φ rank {result.phi_rank}",
+        flush=True,
+    )
+    return done
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ from qvgen.core import (
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    files_sha256,
     remove_stale_temps,
 )
 
@@ -176,3 +177,18 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     data = os.urandom((1 << 22) + 17)  # more than one read chunk
     path = atomic_write_bytes(tmp_path / "t.bin", data)
     assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_files_sha256_hashes_names_and_bytes_of_the_matching_files(tmp_path: Path) -> None:
+    import hashlib
+
+    (tmp_path / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "a" / "w.safetensors").write_bytes(b"weights")
+    (tmp_path / "a" / "sub" / "x.safetensors").write_bytes(b"more")
+    (tmp_path / "a" / "config.json").write_text('{"_name_or_path": "here"}')
+    expected = hashlib.sha256(b"a/sub/x.safetensorsmorea/w.safetensorsweights").hexdigest()
+    assert files_sha256([tmp_path / "a"], tmp_path, "*.safetensors") == expected
+    everything = files_sha256([tmp_path / "a"], tmp_path)
+    (tmp_path / "a" / "config.json").write_text('{"_name_or_path": "elsewhere"}')
+    assert files_sha256([tmp_path / "a"], tmp_path, "*.safetensors") == expected  # config not covered
+    assert files_sha256([tmp_path / "a"], tmp_path) != everything

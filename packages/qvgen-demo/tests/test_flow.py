@@ -17,10 +17,12 @@ from qvgen.demo import (
     DEFAULT_TEACHER_DIR,
     DemoConfig,
     DemoResult,
+    TrainBudget,
     build_shards,
     decay_period,
     held_out_clips,
     held_out_prompts,
+    run_config,
     run_demo,
     teacher_clip_shape,
     teacher_fingerprint,
@@ -136,3 +138,16 @@ def test_shards_are_reused_for_the_same_teacher_and_rebuilt_for_another(tmp_path
     assert teacher_fingerprint(other) != teacher_fingerprint(DEFAULT_TEACHER_DIR)
     second = build_shards(other, tmp_path, 4)
     assert second != first and read_manifest(second).num_samples == 4
+
+
+def test_decay_fraction_removes_phi_within_its_share_of_the_steps(tmp_path: Path) -> None:
+    def schedule(budget: TrainBudget) -> auxiliary.DecaySchedule:
+        cfg = run_config("qvgen", 4, DEFAULT_TEACHER_DIR, tmp_path, budget, tmp_path / "run", progress=False)
+        assert cfg.aux is not None
+        return cfg.aux.decay
+
+    half = schedule(TrainBudget(steps=100, decay_fraction=0.5))
+    assert auxiliary.rank_at(20, half).rank > 0 and auxiliary.rank_at(49, half).rank == 0
+    assert schedule(TrainBudget(steps=100)).period == decay_period(8, 100)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        TrainBudget(decay_fraction=0.0)

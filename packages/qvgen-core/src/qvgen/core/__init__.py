@@ -2,7 +2,7 @@
 
 - `Frozen`: the one frozen pydantic base (immutable, `extra="forbid"`, attribute docstrings as descriptions).
 - Atomic writes: `atomic_write`, `atomic_write_bytes`, `atomic_write_text` (files), `atomic_dir` (folders),
-  `remove_stale_temps` (what a killed writer left), `file_sha256` (the digest manifests record).
+  `remove_stale_temps` (what a killed writer left), `file_sha256` (the digest manifests record), `files_sha256` (a folder's).
 - Config loading: `load_config(cls, path, overrides)` with `--set KEY=VALUE` (YAML values), `ConfigError`,
   `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands, `cli_main` (user errors → one line, exit 1; `--debug`).
 
@@ -15,6 +15,7 @@ from qvgen.core.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    files_sha256,
     remove_stale_temps,
 )
 from qvgen.core.config import (
@@ -45,6 +46,7 @@ __all__ = [
     "atomic_write_text",
     "cli_main",
     "file_sha256",
+    "files_sha256",
     "load_config",
     "parse_override",
     "read_config_tree",

@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -121,6 +121,22 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def files_sha256(
+    folders: Iterable[str | os.PathLike[str]], base: str | os.PathLike[str], pattern: str = "*"
+) -> str:
+    """Hex sha256 over the files matching `pattern` under `folders`, in path order: each file's path
+    relative to `base`, then its bytes (a folder's digest; it moves with the folder's contents only)."""
+    h = hashlib.sha256()
+    base = Path(base)
+    for folder in folders:
+        for f in sorted(p for p in Path(folder).rglob(pattern) if p.is_file()):
+            h.update(f.relative_to(base).as_posix().encode())
+            with open(f, "rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
     return h.hexdigest()
 
 

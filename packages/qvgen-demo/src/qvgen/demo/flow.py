@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
-from qvgen.core import Frozen
+from qvgen.core import Frozen, files_sha256
 from qvgen.data import DEFAULT_STYLE, WorldStyle
 from qvgen.demo.table import Row, evaluate, format_table
 from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, REPORT_NAME
@@ -56,7 +55,10 @@ class TrainBudget(Frozen):
     act_clip_lr: Annotated[float, Field(gt=0)] = 1e-2
     """Learning rate of the activation clipping logits."""
     initial_rank: Annotated[int, Field(ge=1)] = 8
-    """QVGen's r0; the decay period is chosen so Φ is gone before the last step."""
+    """QVGen's r0; the decay period is chosen so Φ is gone before step `decay_fraction × steps`."""
+    decay_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    """Share of the steps over which Φ decays to rank 0 (1.0: gone just before the last step; 0.5: the
+    second half trains the plain quantized model)."""
     phi_lr: Annotated[float, Field(gt=0)] | None = None
     """Learning rate of Φ; None: `lr`."""
     seed: int = 0
@@ -133,6 +135,11 @@ def decay_period(initial_rank: int, steps: int) -> int:
     return period
 
 
+def decay_steps(budget: TrainBudget) -> int:
+    """The steps within which QVGen's Φ must be gone: `decay_fraction` of `steps`, at least 2."""
+    return max(2, round(budget.steps * budget.decay_fraction))
+
+
 def _teacher_setting(teacher: Path, keys: tuple[str, ...]) -> tuple[float, ...]:
     path = Path(teacher) / REPORT_NAME
     try:
@@ -171,15 +178,11 @@ def teacher_sampling(teacher: Path) -> tuple[int, float]:
 
 def teacher_fingerprint(teacher: Path) -> str:
     """A short hash of the teacher's VAE, text encoder and tokenizer files (what its latent shards depend on)."""
-    digest = hashlib.sha256()
-    for sub in ("vae", "text_encoder", "tokenizer"):
-        folder = Path(teacher) / sub
+    folders = [Path(teacher) / sub for sub in ("vae", "text_encoder", "tokenizer")]
+    for folder in folders:
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: the teacher has no {sub}/ folder")
-        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(f.relative_to(teacher).as_posix().encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
+            raise FileNotFoundError(f"{folder}: the teacher has no {folder.name}/ folder")
+    return files_sha256(folders, teacher)[:12]
 
 
 def held_out_clips(
@@ -289,7 +292,7 @@ def run_config(
     steps = 0 if method == "rtn" else budget.steps
     aux = None
     if method == "qvgen":
-        period = decay_period(budget.initial_rank, steps)
+        period = decay_period(budget.initial_rank, decay_steps(budget))
         aux = AuxConfig(decay=DecaySchedule(initial_rank=budget.initial_rank, period=period))
     lr = budget.lr
     phi_lr = (budget.phi_lr or lr) if method == "qvgen" else lr  # LSQ has no Φ: keep its config unchanged

@@ -39,7 +39,7 @@ def _vae_steps(report: dict[str, Any]) -> tuple[str, str]:
         command = vae.get("source_retrain_command", "(that folder has no training report)")
         took = f", trained there in {vae['source_seconds']:.0f} s" if vae.get("source_seconds") else ""
         return (
-            f"1. VAE: the one of `{vae['from']}` (vae/ files sha256 {vae['sha256'][:12]}{took}), used as it\n"
+            f"1. VAE: the one of `{vae['from']}` (vae/ weights sha256 {vae['sha256'][:12]}{took}), used as it\n"
             f"   is, its latent statistics included (`vae_from`); that teacher was trained by `{command}`.\n",
             "4. No decoder phase: the borrowed VAE's decoder had its own.",
         )

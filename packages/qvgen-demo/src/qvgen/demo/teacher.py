@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from qvgen.core import atomic_dir, atomic_write_text
+from qvgen.core import atomic_dir, atomic_write_text, files_sha256
 from qvgen.data import read_manifest
 from qvgen.demo.evaluation import evaluate_teacher, sample_teacher
 from qvgen.demo.model_card import model_card, retrain_command
@@ -116,15 +116,6 @@ def _save_vae(vae: Any, log: dict[str, Any], folder: Path) -> None:
     atomic_dir(folder, write)
 
 
-def _files_sha256(folder: Path) -> str:
-    """sha256 over the names and bytes of every file under `folder`."""
-    h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(f.relative_to(folder).as_posix().encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, Any]]:
     """The VAE of teacher folder `cfg.vae_from`, and a log naming it and the command that trained it."""
     assert cfg.vae_from is not None
@@ -138,7 +129,7 @@ def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, An
         )
     log: dict[str, Any] = {
         "from": str(cfg.vae_from),
-        "sha256": _files_sha256(folder),
+        "sha256": files_sha256([folder], folder, "*.safetensors"),  # weights: config.json names its path
         "steps": 0,
         "seconds": 0.0,
     }
