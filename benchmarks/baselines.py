@@ -45,7 +45,6 @@ from paper_table import (  # benchmarks/ is sys.path[0] as a script
 from paper_table import _fmt as fmt_ci
 
 from qvgen.demo import (
-    DEFAULT_TEACHER_DIR,
     TrainBudget,
     build_shards,
     evaluate,
@@ -234,10 +233,7 @@ def key_line(cells: dict[str, Cell], mem_ratio: float, n_roles: int, import_ok: 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="paper_table's quick setting (see its SETTINGS)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/baselines"))
-    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR)
-    add_setting_arguments(parser)
+    add_setting_arguments(parser, Path("outputs/baselines"))
     parser.add_argument("--train-seeds", type=int, help="training (SVDQuant: calibration) seeds of every row")
     parser.add_argument("--seed", type=int, default=0, help="first training seed and the sampling seed")
     parser.add_argument("--tiny-rank", type=int, default=8, help="SVDQuant / LoRA rank on the tiny model")

@@ -215,8 +215,12 @@ def train_cached(cfg: RunConfig, marker: Path) -> dict:
     return done
 
 
-def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options that override a `Setting`'s counts (shared with benchmarks/baselines.py)."""
+def add_setting_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
+    """`--quick`, `--out` (default `out`), `--teacher` and the options that override a `Setting`'s counts
+    (shared with benchmarks/baselines.py and benchmarks/qvgen_ablations.py)."""
+    parser.add_argument("--quick", action="store_true", help="the 30-minute variant (paper_table's SETTINGS)")
+    parser.add_argument("--out", type=Path, default=out, help="work folder")
+    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="teacher diffusers folder")
     parser.add_argument("--steps", type=int, help="training steps of every QAT method")
     parser.add_argument("--clips", type=int, help="procedural training clips")
     parser.add_argument(
@@ -246,10 +250,7 @@ def resolve_setting(args: argparse.Namespace) -> Setting:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the 30-minute variant (see SETTINGS)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/paper_table"), help="work folder")
-    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR, help="teacher diffusers folder")
-    add_setting_arguments(parser)
+    add_setting_arguments(parser, Path("outputs/paper_table"))
     parser.add_argument("--train-seeds", type=int, help="training seeds of LSQ and QVGen")
     parser.add_argument("--bits", type=int, nargs="+", default=[4, 3], choices=(3, 4))
     parser.add_argument("--methods", nargs="+", default=["lsq", "qvgen"], choices=("lsq", "qvgen"))
@@ -429,17 +430,18 @@ def cell_table(fp: Cell, cells: Iterable[Cell]) -> str:
     return "\n".join(lines)
 
 
-def write_section(body: str) -> None:
-    """Replace (or append) the `## paper_table` section of RESULTS.md, leaving the others alone."""
+def write_section(body: str, heading: str = SECTION) -> None:
+    """Replace (or append) the `heading` section of RESULTS.md (default `## paper_table`), leaving the
+    others alone."""
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
     # --- issue 16: keep the `### baselines` subsection that benchmarks/baselines.py appends ---
     old = pattern.search(text)
     kept = ""
     if old is not None and "\n### baselines\n" in old.group(0):
         kept = old.group(0)[old.group(0).index("### baselines") :].strip() + "\n\n"
     # --- end issue 16 ---
-    section = f"{SECTION}\n\n{body.strip()}\n\n{kept}"
+    section = f"{heading}\n\n{body.strip()}\n\n{kept}"
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
     atomic_write_text(RESULTS, text.rstrip() + "\n")
 

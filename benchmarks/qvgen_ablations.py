@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,6 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch
 from paper_table import (  # benchmarks/ is sys.path[0] as a script
-    RESULTS,
     Cell,
     add_setting_arguments,
     loss_windows,
@@ -44,12 +42,12 @@ from paper_table import (  # benchmarks/ is sys.path[0] as a script
     resolve_setting,
     teacher_snapshot,
     train_cached,
+    write_section,
 )
 from paper_table import _fmt as fmt_ci
 
 from qvgen.core import atomic_write_text
 from qvgen.demo import (
-    DEFAULT_TEACHER_DIR,
     TrainBudget,
     build_shards,
     decay_period,
@@ -150,10 +148,7 @@ def key_line(cells: dict[str, Cell], psnr: dict[str, MeanCI]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="paper_table's quick setting (see its SETTINGS)")
-    parser.add_argument("--out", type=Path, default=Path("outputs/qvgen_ablations"))
-    parser.add_argument("--teacher", type=Path, default=DEFAULT_TEACHER_DIR)
-    add_setting_arguments(parser)
+    add_setting_arguments(parser, Path("outputs/qvgen_ablations"))
     parser.add_argument("--bits", type=int, default=4, choices=(3, 4), help="weight and activation bits")
     parser.add_argument("--only", nargs="+", metavar="ROW", help="train and show only these rows (with LSQ)")
     parser.add_argument("--no-write", action="store_true")
@@ -223,17 +218,8 @@ of the same steps / seed / roles. These intervals leave out the training-seed sp
     print(body)
     atomic_write_text(args.out / "section.md", body)
     if not args.no_write and line:
-        write_section(body)
+        write_section(body, SECTION)
     return 0
-
-
-def write_section(body: str) -> None:
-    """Replace (or append) the `## qvgen_ablations` section of RESULTS.md, leaving the others alone."""
-    text = RESULTS.read_text()
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"{SECTION}\n\n{body.strip()}\n\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    atomic_write_text(RESULTS, text.rstrip() + "\n")
 
 
 if __name__ == "__main__":

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def baselines():
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
-    try:
-        yield importlib.import_module("baselines")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def baselines(import_benchmark):
+    return import_benchmark("baselines")
 
 
 def _cell(paper_table, label: str, overall: list[float], psnr: list[float], seeds: list[float]):

@@ -3,22 +3,14 @@ training-seed row out of the "best knob"."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
 
 @pytest.fixture(scope="module")
-def ablations():
-    sys.path.insert(0, str(BENCHMARKS))  # the scripts import each other as top-level modules
-    try:
-        yield importlib.import_module("qvgen_ablations")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def ablations(import_benchmark):
+    return import_benchmark("qvgen_ablations")
 
 
 def _cell(paper_table, psnr: list[float]):
@@ -54,3 +46,31 @@ def test_key_line_reports_the_best_knob_not_the_seed_row(ablations):
     line = ablations.key_line(cells, psnr)
     assert "best_variant=qvgen-r4 best_minus_lsq_psnr=+0.20" in line
     assert "base_minus_lsq_psnr=-0.30" in line and "seed_spread_psnr=1.20" in line
+
+
+def test_the_table_scripts_share_their_command_line(ablations):
+    import argparse
+
+    import paper_table
+
+    parser = argparse.ArgumentParser()
+    paper_table.add_setting_arguments(parser, Path("outputs/x"))
+    args = parser.parse_args(["--quick", "--prompts", "8"])
+    assert (args.quick, args.out, args.prompts) == (True, Path("outputs/x"), 8)
+    assert args.teacher == paper_table.DEFAULT_TEACHER_DIR
+    assert ablations.add_setting_arguments is paper_table.add_setting_arguments
+
+
+def test_its_section_replaces_only_itself_in_results(ablations, tmp_path, monkeypatch):
+    import paper_table
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text(
+        "# Benchmark results\n\n## paper_table\n\ntable\n\n### baselines\n\nrows\n\n## newcomer\n\nn\n"
+    )
+    monkeypatch.setattr(paper_table, "RESULTS", results)
+    paper_table.write_section("first\n\n`qvgen_ablations a=1`", ablations.SECTION)
+    paper_table.write_section("second\n\n`qvgen_ablations a=2`", ablations.SECTION)
+    text = results.read_text()
+    assert text.count("## qvgen_ablations") == 1 and "a=2" in text and "a=1" not in text
+    assert "## paper_table\n\ntable\n\n### baselines\n\nrows" in text and "## newcomer\n\nn" in text
