@@ -48,6 +48,7 @@ from paper_table import _fmt as fmt_ci
 
 from qvgen.core import atomic_write_text
 from qvgen.demo import (
+    Method,
     TrainBudget,
     build_shards,
     decay_period,
@@ -71,7 +72,7 @@ class Variant:
     """One ablation row: a method, what it changes in the budget, and the LSQ row it is compared with."""
 
     label: str
-    method: str
+    method: Method
     budget: dict[str, float | int] = field(default_factory=dict)
     high_precision: tuple[str, ...] = ()
     reference: str = "lsq"
