@@ -118,9 +118,22 @@ def test_lanes_layout_puts_the_first_clause_on_top_starts_at_the_back_and_keeps_
         assert clip.caption == " and ".join(o.phrase for o in clip.objects)
 
 
-def test_world_style_rejects_radii_outside_its_range() -> None:
+def test_lane_shrink_scales_only_the_objects_of_two_object_clips() -> None:
+    style = WorldStyle("plain", (0.24, 0.28), "lanes", lane_shrink=0.55)
+    radii = {1: [], 2: []}
+    for i in range(40):
+        clip = make_clip(12, i, frames=9, height=64, width=64, style=style)
+        radii[len(clip.objects)] += [o.radius for o in clip.objects]
+    assert radii[1] and radii[2]
+    assert all(0.24 * 64 - 1e-4 <= r <= 0.28 * 64 + 1e-4 for r in radii[1])
+    assert all(0.55 * 0.24 * 64 - 1e-4 <= r <= 0.55 * 0.28 * 64 + 1e-4 for r in radii[2])
+
+
+def test_world_style_rejects_radii_and_shrinks_outside_their_range() -> None:
     with pytest.raises(ValueError, match="radius_fraction"):
         WorldStyle("plain", (0.25, 0.4))
+    with pytest.raises(ValueError, match="lane_shrink"):
+        WorldStyle("plain", (0.16, 0.2), "lanes", lane_shrink=1.5)
 
 
 def test_frames_show_the_top_object_colour_at_its_centroid() -> None:

@@ -73,6 +73,9 @@ class WorldStyle:
     the i-th of n objects lives in the i-th of n horizontal bands of the frame (first clause on top), starts
     at the back of its motion and sits across it near the band's middle (offsets up to `LANE_JITTER`), and
     travels `LANE_TRAVEL` of its room; a caption then fixes its clip up to small offsets and sizes."""
+    lane_shrink: float = LANE_SHRINK
+    """Radius factor of the objects of a two-object "lanes" clip (two bands share the frame height, so large
+    objects must shrink to leave room for vertical motion)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.radius_fraction
@@ -80,6 +83,8 @@ class WorldStyle:
             raise ValueError(
                 f"WorldStyle.radius_fraction must satisfy 0.02 <= lo <= hi <= 0.3; got {(lo, hi)}"
             )
+        if not 0.25 <= self.lane_shrink <= 1.0:
+            raise ValueError(f"WorldStyle.lane_shrink must lie in [0.25, 1]; got {self.lane_shrink}")
 
 
 DEFAULT_STYLE: Final = WorldStyle()
@@ -186,12 +191,12 @@ def _lane_object(
 
 def lane_objects(
     rng: np.random.Generator, *, count: int, frames: int, height: int, width: int,
-    radius_fraction: tuple[float, float],
+    radius_fraction: tuple[float, float], lane_shrink: float = LANE_SHRINK,
 ) -> tuple[MovingShape, ...]:  # fmt: skip
     """`count` objects of distinct colours in the "lanes" layout (see `WorldStyle.layout`); never touching."""
     if count > len(COLOURS):
         raise ValueError(f"at most {len(COLOURS)} objects of distinct colours fit the palette; got {count}")
-    shrink = 1.0 if count == 1 else LANE_SHRINK
+    shrink = 1.0 if count == 1 else lane_shrink
     band = (height - (count - 1) * MIN_GAP) / count
     objects: list[MovingShape] = []
     for i in range(count):
@@ -291,10 +296,13 @@ def make_clip(
     rng = np.random.default_rng([seed, index])
     drawn = int(rng.integers(1, max_objects + 1))
     count = drawn if num_objects is None else num_objects
-    place = lane_objects if style.layout == "lanes" else sample_objects
-    objects = place(
-        rng, count=count, frames=frames, height=height, width=width, radius_fraction=style.radius_fraction
-    )
+    size = {"count": count, "frames": frames, "height": height, "width": width}
+    if style.layout == "lanes":
+        objects = lane_objects(
+            rng, **size, radius_fraction=style.radius_fraction, lane_shrink=style.lane_shrink
+        )
+    else:
+        objects = sample_objects(rng, **size, radius_fraction=style.radius_fraction)
     if style.background == "plain":
         background = torch.full((3, height, width), PLAIN_GREY)
     else:

@@ -163,7 +163,10 @@ def teacher_world_style(teacher: Path) -> WorldStyle:
         cfg = json.loads(path.read_text())["config"]
         if "background" not in cfg:
             return DEFAULT_STYLE
-        return WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg.get("layout", "random"))
+        return WorldStyle(
+            cfg["background"], tuple(cfg["radius_fraction"]), cfg.get("layout", "random"),
+            cfg.get("lane_shrink", DEFAULT_STYLE.lane_shrink),
+        )  # fmt: skip
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(
             f"{path}: cannot read the teacher's world (config.background/radius_fraction): {e}"

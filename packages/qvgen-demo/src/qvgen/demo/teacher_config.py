@@ -46,6 +46,8 @@ class TeacherConfig(Frozen):
     to small offsets)."""
     radius_fraction: tuple[float, float] = (0.12, 0.17)
     """Object radius range as a fraction of min(H, W) (64×64: 8–11 px; (0.16, 0.2): 10–13 px)."""
+    lane_shrink: Annotated[float, Field(ge=0.25, le=1.0)] = 0.75
+    """Radius factor of the objects of a two-object clip in the "lanes" layout (qvgen.data's `LANE_SHRINK`)."""
 
     vae_z_dim: Literal[4, 8, 16] = 16
     """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
@@ -147,14 +149,16 @@ class TeacherConfig(Frozen):
             raise ValueError(
                 f"vae_crop must be a multiple of 16 no larger than height/width; got {self.vae_crop}"
             )
-        WorldStyle(self.background, self.radius_fraction, self.layout)  # its own range check
+        WorldStyle(
+            self.background, self.radius_fraction, self.layout, self.lane_shrink
+        )  # its own range check
         if self.eval_one_object + self.eval_two_object == 0:
             raise ValueError("eval_one_object + eval_two_object must be at least 1")
         return self
 
 
 VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "background",
-              "radius_fraction", "layout", "vae_z_dim", "vae_image_steps",
+              "radius_fraction", "layout", "lane_shrink", "vae_z_dim", "vae_image_steps",
               "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
               "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 """Fields that define the VAE phase (its identity in `work_dir`)."""
@@ -178,7 +182,7 @@ EVAL_FIELDS = frozenset(
 
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
-    "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None, "num_heads": 2,
+    "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None, "num_heads": 2, "lane_shrink": 0.75,
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
 

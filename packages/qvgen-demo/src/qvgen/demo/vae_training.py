@@ -35,7 +35,10 @@ time, 178 k parameters (the real Wan 2.1 VAE: base_dim 96, dim_mult [1, 2, 4, 4]
 def clip_shape(cfg: TeacherConfig) -> ClipShape:
     """The clips of the teacher's world."""
     return ClipShape(
-        cfg.frames, cfg.height, cfg.width, WorldStyle(cfg.background, cfg.radius_fraction, cfg.layout)
+        cfg.frames,
+        cfg.height,
+        cfg.width,
+        WorldStyle(cfg.background, cfg.radius_fraction, cfg.layout, cfg.lane_shrink),
     )
 
 
