@@ -210,9 +210,15 @@ def test_vae_from_takes_another_teachers_vae_as_is_and_names_it(micro_teacher: P
     assert report["vae"]["from"] == str(micro_teacher) and report["vae"]["steps"] == 0
     assert report["vae"]["decoder"] == {"steps": 0}
     assert report["vae"]["source_retrain_command"].startswith("qvgen train-teacher")
+    assert report["vae"]["source_config"] == json.loads((micro_teacher / REPORT_NAME).read_text())["config"]
     card = (out / CARD_NAME).read_text()
     assert f"the one of `{micro_teacher}`" in card and report["vae"]["sha256"][:12] in card
     assert "vae_from" in card  # in the retrain command and the config
+    # borrowing from a teacher that borrowed credits the run that trained the VAE
+    again = train_teacher(cfg.model_copy(update={"vae_from": out, "out": tmp_path / "again"}), progress=False)
+    chained = json.loads((again / REPORT_NAME).read_text())["vae"]
+    assert chained["from"] == str(out) and chained["source_config"] == report["vae"]["source_config"]
+    assert chained["source_retrain_command"] == report["vae"]["source_retrain_command"]
     with pytest.raises(ValueError, match=r"vae/config.json: z_dim 16 differs .* vae_z_dim 8"):
         train_teacher(cfg.model_copy(update={"vae_z_dim": 8, "out": tmp_path / "z8"}), progress=False)
     with pytest.raises(FileNotFoundError, match="vae_from names no teacher folder"):

@@ -36,7 +36,10 @@ def _vae_steps(report: dict[str, Any]) -> tuple[str, str]:
     """Steps 1 (VAE) and 4 (decoder) of the card's recipe: trained here, or taken from another teacher."""
     cfg, vae = report["config"], report["vae"]
     if "from" in vae:
-        command = vae.get("source_retrain_command", "(that folder has no training report)")
+        if "source_config" in vae:  # recomputed: a stored command line would go stale when defaults change
+            command = retrain_command(vae["source_config"])
+        else:
+            command = vae.get("source_retrain_command", "(that folder has no training report)")
         took = f", trained there in {vae['source_seconds']:.0f} s" if vae.get("source_seconds") else ""
         return (
             f"1. VAE: the one of `{vae['from']}` (vae/ weights sha256 {vae['sha256'][:12]}{took}), used as it\n"

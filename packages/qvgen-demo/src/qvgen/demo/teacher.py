@@ -116,6 +116,10 @@ def _save_vae(vae: Any, log: dict[str, Any], folder: Path) -> None:
     atomic_dir(folder, write)
 
 
+VAE_PROVENANCE = ("source_config", "source_retrain_command", "source_seconds")
+"""What a borrowed VAE's log keeps of the run that trained it (a chain of borrowings keeps the first run)."""
+
+
 def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, Any]]:
     """The VAE of teacher folder `cfg.vae_from`, and a log naming it and the command that trained it."""
     assert cfg.vae_from is not None
@@ -136,9 +140,14 @@ def _borrowed_vae(vae_class: Any, cfg: TeacherConfig) -> tuple[Any, dict[str, An
     report = Path(cfg.vae_from) / REPORT_NAME
     if report.is_file():
         source = json.loads(report.read_text())
-        log["source_retrain_command"] = retrain_command(source["config"])
-        ph = source.get("phase_seconds") or {}
-        log["source_seconds"] = round(float(ph.get("vae") or 0.0) + float(ph.get("decoder") or 0.0), 1)
+        source_vae = source.get("vae") or {}
+        if "from" in source_vae:  # that teacher borrowed it too: credit the run that trained it
+            log.update({k: source_vae[k] for k in VAE_PROVENANCE if k in source_vae})
+        else:
+            ph = source.get("phase_seconds") or {}
+            log["source_config"] = source["config"]
+            log["source_retrain_command"] = retrain_command(source["config"])
+            log["source_seconds"] = round(float(ph.get("vae") or 0.0) + float(ph.get("decoder") or 0.0), 1)
     return vae, log
 
 
