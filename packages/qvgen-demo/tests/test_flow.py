@@ -93,14 +93,21 @@ def test_teacher_world_style_comes_from_the_report_and_defaults_for_old_teachers
     report = json.loads((DEFAULT_TEACHER_DIR / "training_report.json").read_text())
     cfg = report["config"]
     expected = (
-        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg["layout"])
+        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg["layout"], cfg["lane_shrink"])
         if "background" in cfg
         else DEFAULT_STYLE
     )
     assert teacher_world_style(DEFAULT_TEACHER_DIR) == expected
-    old = {k: v for k, v in cfg.items() if k not in {"background", "radius_fraction", "layout"}}
+    old = {
+        k: v for k, v in cfg.items() if k not in {"background", "radius_fraction", "layout", "lane_shrink"}
+    }
     (tmp_path / "training_report.json").write_text(json.dumps({"config": old}))
     assert teacher_world_style(tmp_path) == DEFAULT_STYLE
+    no_shrink = {**old, "background": "plain", "radius_fraction": [0.16, 0.2], "layout": "lanes"}
+    (tmp_path / "training_report.json").write_text(json.dumps({"config": no_shrink}))
+    assert teacher_world_style(tmp_path) == WorldStyle(
+        "plain", (0.16, 0.2), "lanes"
+    )  # before lane_shrink: 0.75
     (tmp_path / "training_report.json").write_text(json.dumps({"config": {**old, "background": "plain"}}))
     with pytest.raises(ValueError, match=r"training_report\.json"):
         teacher_world_style(tmp_path)
