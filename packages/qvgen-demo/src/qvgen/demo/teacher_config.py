@@ -46,8 +46,9 @@ class TeacherConfig(Frozen):
     to small offsets)."""
     radius_fraction: tuple[float, float] = (0.12, 0.17)
     """Object radius range as a fraction of min(H, W) (64×64: 8–11 px; (0.16, 0.2): 10–13 px)."""
-    lane_shrink: Annotated[float, Field(ge=0.25, le=1.0)] = 0.75
-    """Radius factor of the objects of a two-object clip in the "lanes" layout (qvgen.data's `LANE_SHRINK`)."""
+    lane_shrink: float = 0.75
+    """Radius factor of the objects of a two-object clip in the "lanes" layout (qvgen.data's `LANE_SHRINK`;
+    `WorldStyle` checks its range)."""
 
     vae_z_dim: Literal[4, 8, 16] = 16
     """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
