@@ -136,6 +136,11 @@ class TeacherConfig(Frozen):
     guidance_sweep: tuple[Annotated[float, Field(ge=1)], ...] = (2.0, 3.0, 5.0)
     """Guidance scales at which the quality check also samples the same captions and seeds."""
 
+    @property
+    def world_style(self) -> WorldStyle:
+        """The procedural world of the training and held-out clips."""
+        return WorldStyle(self.background, self.radius_fraction, self.layout, self.lane_shrink)
+
     @model_validator(mode="after")
     def _wan_shapes(self) -> TeacherConfig:
         if (self.frames - 1) % 4:
@@ -150,9 +155,7 @@ class TeacherConfig(Frozen):
             raise ValueError(
                 f"vae_crop must be a multiple of 16 no larger than height/width; got {self.vae_crop}"
             )
-        WorldStyle(
-            self.background, self.radius_fraction, self.layout, self.lane_shrink
-        )  # its own range check
+        self.world_style  # noqa: B018 -- WorldStyle checks its own ranges
         if self.eval_one_object + self.eval_two_object == 0:
             raise ValueError("eval_one_object + eval_two_object must be at least 1")
         return self

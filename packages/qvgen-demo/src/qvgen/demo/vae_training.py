@@ -19,7 +19,6 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from qvgen.data import WorldStyle
 from qvgen.demo.teacher_config import TeacherConfig
 from qvgen.demo.world import ClipPool, ClipShape, clip_pool, heldout_clips, unit_frames
 from qvgen.models import Components, get_family
@@ -34,12 +33,7 @@ time, 178 k parameters (the real Wan 2.1 VAE: base_dim 96, dim_mult [1, 2, 4, 4]
 
 def clip_shape(cfg: TeacherConfig) -> ClipShape:
     """The clips of the teacher's world."""
-    return ClipShape(
-        cfg.frames,
-        cfg.height,
-        cfg.width,
-        WorldStyle(cfg.background, cfg.radius_fraction, cfg.layout, cfg.lane_shrink),
-    )
+    return ClipShape(cfg.frames, cfg.height, cfg.width, cfg.world_style)
 
 
 def build_teacher_components(
