@@ -57,3 +57,19 @@ def test_quick_and_full_settings_are_paper_tables(baselines):
     custom = paper_table.resolve_setting(argparse.Namespace(**{**vars(quick), "prompts": 12, "steps": 0}))
     assert (custom.prompts, custom.two_object, custom.steps) == (12, 3, 0)
     assert paper_table.SETTINGS["full"].prompts >= 64 and paper_table.SETTINGS["full"].train_seeds >= 3
+
+
+def test_recount_redoes_only_the_static_checks(baselines):
+    saved = "\n".join([
+        "| row | 0.784 |",
+        baselines.static_checks_sentence(["a", "b"], True),
+        "",
+        "baselines efficientdm_w4a4_adherence=0.784 models_with_roles=2 reference_import_ok=true",
+    ])  # fmt: skip
+    text = baselines.recount(saved, ["a", "b", "c"], False)
+    assert text.splitlines()[0] == "| row | 0.784 |"  # the measured rows stay as they were
+    assert "has a role (qvgen.models.REAL_MODELS, meta device): 3 (a, b, c)." in text
+    assert "reference forward: False." in text
+    assert text.endswith("efficientdm_w4a4_adherence=0.784 models_with_roles=3 reference_import_ok=false")
+    with pytest.raises(SystemExit, match="no role/import sentence"):
+        baselines.recount("| row |", ["a"], True)

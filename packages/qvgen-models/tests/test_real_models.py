@@ -27,10 +27,16 @@ def _cog(blocks: int, temporal_patches: bool = False) -> dict[LayerRole, int]:
     return counts
 
 
-# Wan: 10 Linears per block + 6 outside; CogVideoX: 8 per block (2 adaLN) + 5 outside (+1 in 1.5).
+def _wan_i2v(blocks: int) -> dict[LayerRole, int]:
+    return {**_wan(blocks), R.image_k: blocks, R.image_v: blocks, R.image_proj: 2}
+
+
+# Wan: 10 Linears per block + 6 outside (I2V: +2 per block, +2 in the image embedder); CogVideoX: 8 per block
+# (2 adaLN) + 5 outside (+1 in 1.5).
 EXPECTED = {
     "wan2.1-t2v-1.3b": (306, _wan(30), 1.42e9),
     "wan2.1-t2v-14b": (406, _wan(40), 14.29e9),
+    "wan2.1-i2v-14b-480p": (488, _wan_i2v(40), 16.39e9),
     "cogvideox-2b": (245, _cog(30), 1.69e9),
     "cogvideox-5b": (341, _cog(42), 5.57e9),
     "cogvideox1.5-5b": (342, _cog(42, temporal_patches=True), 5.57e9),
@@ -102,3 +108,12 @@ def test_built_config_matches_the_released_config(name):
     if "patch_size" in got and isinstance(got["patch_size"], list):
         got["patch_size"] = tuple(got["patch_size"])
     assert got == RELEASED[name]
+
+
+def test_only_the_image_to_video_entry_is_not_trainable():
+    assert {n for n, m in REAL_MODELS.items() if not m.trainable} == {"wan2.1-i2v-14b-480p"}
+    i2v = get_real_model("wan2.1-i2v-14b-480p")
+    assert (i2v.sampling.height, i2v.sampling.width, i2v.sampling.num_frames) == (480, 832, 81)
+    built = build_real_on_meta("wan2.1-i2v-14b-480p").config
+    config = (built.in_channels, built.out_channels, built.image_dim, built.added_kv_proj_dim)
+    assert config == (36, 16, 1280, 5120)

@@ -7,7 +7,7 @@ import pytest
 from torch import nn
 
 from qvgen.models import FAMILIES, roles_of
-from qvgen.quant import LayerRole, QuantConfig, QuantLinear, prepare_
+from qvgen.quant import LayerRole, QuantConfig, QuantLinear, initialize_, prepare_
 
 R = LayerRole
 # Expected from the architectures (docs/method.md §2.2): every Linear is quantized in the official recipe.
@@ -70,8 +70,11 @@ def test_every_glob_of_the_table_matches_a_real_or_fused_module(real_meta):
     model_names += [f"{n}.to_qkv" for n in model_names if n.endswith("attn1")]
     model_names += [f"{n}.to_kv" for n in model_names if n.endswith("attn2")]
     unused = [g for g in fam.layer_roles if not any(fnmatchcase(n, g) for n in model_names)]
-    # ofs_embedding exists only in CogVideoX 1.5; every other glob must be live.
-    assert unused in ([], ["ofs_embedding.linear_*"])
+    # ofs_embedding exists only in CogVideoX 1.5, the image path only in Wan I2V (both tested elsewhere in
+    # this file or in test_real_models.py); every other glob must be live.
+    variant_only = {"ofs_embedding.linear_*", "blocks.*.attn2.add_k_proj", "blocks.*.attn2.add_v_proj",
+                    "blocks.*.attn2.to_added_kv", "condition_embedder.image_embedder.ff.net.*"}  # fmt: skip
+    assert set(unused) <= variant_only
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
@@ -103,3 +106,52 @@ def test_roles_of_accepts_a_family_object_or_name():
     assert roles_of(model, "wan") == roles_of(model, FAMILIES["wan"])
     with pytest.raises(KeyError, match="known families"):
         roles_of(model, "mochi")
+
+
+def _tiny_wan_i2v():
+    from diffusers import WanTransformer3DModel
+
+    from qvgen.models.wan import WAN_TINY_TRANSFORMER
+
+    # the tiny Wan plus Wan I2V's image path: image tokens of width 96 projected to the model width (128)
+    config = {**WAN_TINY_TRANSFORMER, "in_channels": 36, "image_dim": 96, "added_kv_proj_dim": 128}
+    return WanTransformer3DModel(**config).eval()
+
+
+def test_a_wan_image_to_video_transformer_quantizes_with_its_image_roles():
+    import torch
+
+    torch.manual_seed(0)
+    model = _tiny_wan_i2v()
+    roles = roles_of(model, "wan")
+    assert LayerRole.other not in roles.values()
+    assert roles["blocks.1.attn2.add_k_proj"] is LayerRole.image_k
+    assert roles["blocks.1.attn2.add_v_proj"] is LayerRole.image_v
+    assert roles["condition_embedder.image_embedder.ff.net.2"] is LayerRole.image_proj
+    inputs = {
+        "hidden_states": torch.randn(1, 36, 2, 8, 8),
+        "timestep": torch.tensor([500]),
+        "encoder_hidden_states": torch.randn(1, 16, 64),
+        "encoder_hidden_states_image": torch.randn(1, 4, 96),
+        "return_dict": False,
+    }
+    with torch.no_grad():
+        full = model(**inputs)[0]
+    fam = FAMILIES["wan"]
+    w8a8 = QuantConfig.model_validate({"weight": {"bits": 8}, "activation": {"bits": 8}})
+    prepare_(model, w8a8, layer_roles=fam.layer_roles, num_train_timesteps=fam.num_train_timesteps)
+    initialize_(model, progress=False)
+    assert {n: m.role for n, m in model.named_modules() if isinstance(m, QuantLinear)} == roles
+    with torch.no_grad():
+        quantized = model(**inputs)[0]
+    assert quantized.shape == full.shape == (1, 16, 2, 8, 8)
+    rel = ((quantized - full).norm() / full.norm()).item()
+    assert 0.0 < rel < 0.05  # every Linear, image path included, is quantized, and 8 bits stay close
+
+
+def test_the_fused_image_key_value_projection_keeps_a_role():
+    model = _tiny_wan_i2v()
+    model.fuse_qkv_projections()
+    roles = roles_of(model, "wan")
+    assert LayerRole.other not in roles.values()
+    assert roles["blocks.0.attn2.to_added_kv"] is LayerRole.image_kv

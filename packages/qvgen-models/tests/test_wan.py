@@ -95,3 +95,20 @@ def test_sample_kwargs_default_to_the_official_settings_and_take_overrides(comps
 def test_max_text_length_is_512_capped_by_the_tokenizer_unless_the_spec_says(comps):
     assert WAN.max_text_length(comps) == 16
     assert WAN.max_text_length(comps, WanSpec(max_text_length=32)) == 32
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [({"image_dim": 96, "added_kv_proj_dim": 128}, "image_dim=96, added_kv_proj_dim=128 mark Wan image-to-video"),
+     ({"in_channels": 36}, "in_channels=36 != out_channels=16")],
+)  # fmt: skip
+def test_image_to_video_transformers_are_refused_on_load_naming_the_field(tmp_path, overrides, match):
+    from diffusers import WanTransformer3DModel
+
+    from qvgen.models import get_family
+    from qvgen.models.wan import WAN_TINY_TRANSFORMER
+
+    WanTransformer3DModel(**{**WAN_TINY_TRANSFORMER, **overrides}).save_pretrained(tmp_path / "transformer")
+    with pytest.raises(ValueError, match=match) as info:
+        get_family("wan").load_transformer(tmp_path / "transformer")
+    assert str(tmp_path) in str(info.value)

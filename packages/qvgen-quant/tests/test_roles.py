@@ -27,5 +27,6 @@ def test_matches_any_is_case_sensitive_fnmatch() -> None:
 def test_layer_role_values_are_the_contract_names() -> None:
     assert [r.value for r in LayerRole] == [
         "attn_q", "attn_k", "attn_v", "attn_qkv", "attn_out", "cross_q", "cross_k", "cross_v", "cross_kv",
-        "cross_out", "ffn_up", "ffn_down", "time_embed", "modulation", "text_proj", "proj_out", "patch_embed", "other",
+        "cross_out", "ffn_up", "ffn_down", "time_embed", "modulation", "text_proj", "proj_out", "patch_embed",
+        "image_k", "image_v", "image_kv", "image_proj", "other",
     ]  # fmt: skip

@@ -47,7 +47,8 @@ class RealModel(Frozen):
     transformer: dict[str, Any]
     sampling: SamplingSettings
     trainable: bool
-    """Whether its family can load, train and sample it (all five can; CogVideoX image-to-video could not)."""
+    """Whether its family can load, train and sample it (the five text-to-video models can; Wan I2V's entry
+    is for roles, memory plans and PTQ of its transformer only: its family refuses the folder on load)."""
 
 
 # Checked 2026-11-27 against copies of the released transformer configs (the hub files themselves were not
@@ -76,6 +77,10 @@ _COG15_5B = {
     "sample_height": 300,
     "sample_width": 300,
 }
+# - Wan2.1-I2V-14B-480P: the 14B transformer plus image conditioning: in_channels 36 (16 noise + 4 mask + 16
+#   image latents), image_dim 1280 (CLIP ViT-H/14 features), added_kv_proj_dim 5120 (diffusers
+#   `convert_wan_to_diffusers.py` "Wan-I2V-14B-480p"; Wan's own i2v-14B config has the 14B's dim/ffn/heads/layers).
+_WAN_I2V_14B = {**_WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}
 _WAN_SAMPLING = {"num_frames": 81, "fps": 16, "guidance_scale": 5.0, "scheduler": "UniPCMultistepScheduler"}
 _UNIPC = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
 _COG_SAMPLING = {
@@ -101,6 +106,12 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
                                           scheduler_overrides={**_UNIPC, "flow_shift": 5.0}),
             ),
             RealModel(
+                name="wan2.1-i2v-14b-480p", family="wan", hub_id="Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+                transformer=_WAN_I2V_14B, trainable=False,
+                sampling=SamplingSettings(height=480, width=832, **_WAN_SAMPLING,
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 3.0}),
+            ),
+            RealModel(
                 name="cogvideox-2b", family="cogvideox", hub_id="THUDM/CogVideoX-2b",
                 transformer=dict(COG_REAL_TRANSFORMER), trainable=True,
                 sampling=SamplingSettings(height=480, width=720, num_frames=49, fps=8,
@@ -121,7 +132,8 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
         )
     }
 )  # fmt: skip
-"""The paper's models by name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, cogvideox-2b, cogvideox-5b, cogvideox1.5-5b)."""
+"""The paper's models by name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, cogvideox-2b, cogvideox-5b, cogvideox1.5-5b),
+and wan2.1-i2v-14b-480p (roles and memory plans; not trainable here)."""
 
 
 def get_real_model(name: str) -> RealModel:

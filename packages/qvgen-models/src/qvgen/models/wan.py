@@ -40,11 +40,31 @@ WAN_LAYER_ROLES: Final[Mapping[str, LayerRole]] = MappingProxyType(
         "blocks.*.attn2.to_v": LayerRole.cross_v,
         "blocks.*.attn2.to_kv": LayerRole.cross_kv,
         "blocks.*.attn2.to_out.0": LayerRole.cross_out,
+        "blocks.*.attn2.add_k_proj": LayerRole.image_k,
+        "blocks.*.attn2.add_v_proj": LayerRole.image_v,
+        "blocks.*.attn2.to_added_kv": LayerRole.image_kv,
+        "condition_embedder.image_embedder.ff.net.*": LayerRole.image_proj,
         "blocks.*.ffn.net.0.proj": LayerRole.ffn_up,
         "blocks.*.ffn.net.2": LayerRole.ffn_down,
         "proj_out": LayerRole.proj_out,
     }
 )
+
+
+def check_text_to_video(config: Mapping[str, Any], where: object) -> None:
+    """Text-to-video Wan only: an image-to-video transformer needs image tokens and concatenated image
+    latents that qvgen's text-to-video recipe and `WanPipeline` do not provide."""
+    if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
+        raise ValueError(
+            f"{where}: image_dim={config.get('image_dim')}, added_kv_proj_dim={config.get('added_kv_proj_dim')} "
+            "mark Wan image-to-video; qvgen.models trains and samples text-to-video Wan (1.3B, 14B)"
+        )
+    if config.get("in_channels") != config.get("out_channels"):
+        raise ValueError(
+            f"{where}: in_channels={config.get('in_channels')} != out_channels={config.get('out_channels')} "
+            "marks image-to-video Wan (image latents concatenated); qvgen.models supports text-to-video"
+        )
+
 
 # Wan2.1-T2V-1.3B (diffusers `scripts/convert_wan_to_diffusers.py`, "Wan-T2V-1.3B").
 WAN_REAL_TRANSFORMER: Final[Mapping[str, Any]] = MappingProxyType(
@@ -150,8 +170,10 @@ class WanFamily:
         """All five components; the VAE stays float32 (as in the official sampling code)."""
         root = ckpt.check_folder(path)
         torch_dtype = to_torch_dtype(dtype)
+        transformer = ckpt.load_model(WanTransformer3DModel, root, "transformer", torch_dtype)
+        check_text_to_video(transformer.config, root / "transformer")
         return Components(
-            transformer=ckpt.load_model(WanTransformer3DModel, root, "transformer", torch_dtype),
+            transformer=transformer,
             vae=ckpt.load_model(AutoencoderKLWan, root, "vae", torch.float32),
             text_encoder=ckpt.load_model(UMT5EncoderModel, root, "text_encoder", torch_dtype),
             tokenizer=ckpt.load_tokenizer(root),
@@ -161,6 +183,7 @@ class WanFamily:
     def load_transformer(self, path: str | Path, dtype: DType | torch.dtype = "float32") -> nn.Module:
         root, sub = ckpt.transformer_root(path)
         model = WanTransformer3DModel.from_pretrained(root, subfolder=sub, dtype=to_torch_dtype(dtype))
+        check_text_to_video(model.config, root if sub is None else root / sub)
         return model.eval()
 
     # -- data ------------------------------------------------------------------------------------------

@@ -28,6 +28,14 @@ class LayerRole(StrEnum):
     proj_out = "proj_out"
     patch_embed = "patch_embed"
     """The input patch projection when it is a Linear (CogVideoX 1.5's temporal patches)."""
+    image_k = "image_k"
+    """Key projection of the image tokens in an image-to-video cross-attention (Wan I2V `add_k_proj`)."""
+    image_v = "image_v"
+    """Value projection of the image tokens (Wan I2V `add_v_proj`)."""
+    image_kv = "image_kv"
+    """The two above fused (diffusers' `fuse_projections`: `to_added_kv`)."""
+    image_proj = "image_proj"
+    """The MLP that maps image-encoder features to the model width (Wan I2V `image_embedder`)."""
     other = "other"
 
 
