@@ -99,7 +99,7 @@ def test_max_text_length_is_512_capped_by_the_tokenizer_unless_the_spec_says(com
 
 @pytest.mark.parametrize(
     ("overrides", "match"),
-    [({"image_dim": 96, "added_kv_proj_dim": 128}, "image_dim=96, added_kv_proj_dim=128 mark Wan image-to-video"),
+    [({"image_dim": 96, "added_kv_proj_dim": 128}, "image_dim=96 marks Wan image-to-video"),
      ({"in_channels": 36}, "in_channels=36 != out_channels=16")],
 )  # fmt: skip
 def test_image_to_video_transformers_are_refused_on_load_naming_the_field(tmp_path, overrides, match):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,23 @@ COMPONENT_FILES: dict[str, tuple[str, ...]] = {
     "scheduler": ("scheduler_config.json",),
 }
 """Per component subfolder: files of which at least one must exist."""
+
+
+def refuse_image_to_video(
+    config: Mapping[str, Any], where: object, *, family: str, supported: str, markers: Mapping[str, str]
+) -> None:
+    """Raise, naming the field and `where`, if a transformer config is image-to-video: a field of `markers` is
+    set (its value says what it marks), or in_channels != out_channels (image latents concatenated)."""
+    for field, marks in markers.items():
+        if config.get(field) is not None:
+            raise ValueError(
+                f"{where}: {field}={config[field]} marks {marks}; qvgen.models supports {supported}"
+            )
+    if config.get("in_channels") != config.get("out_channels"):
+        raise ValueError(
+            f"{where}: in_channels={config.get('in_channels')} != out_channels={config.get('out_channels')} "
+            f"marks image-to-video {family} (image latents concatenated); qvgen.models supports {supported}"
+        )
 
 
 def check_folder(path: str | Path, components: tuple[str, ...] = tuple(COMPONENT_FILES)) -> Path:

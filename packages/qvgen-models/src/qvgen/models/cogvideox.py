@@ -150,16 +150,10 @@ def _train_scheduler() -> CogVideoXDDIMScheduler:
 
 def _check_supported(config: Mapping[str, Any], where: object) -> None:
     """Text-to-video CogVideoX only: image-to-video checkpoints need inputs the T2V pipeline lacks."""
-    if config.get("ofs_embed_dim") is not None:
-        raise ValueError(
-            f"{where}: ofs_embed_dim={config['ofs_embed_dim']} marks CogVideoX1.5 image-to-video, which needs "
-            "an `ofs` input; qvgen.models supports text-to-video CogVideoX (2B, 5B, 1.5-5B)"
-        )
-    if config.get("in_channels") != config.get("out_channels"):
-        raise ValueError(
-            f"{where}: in_channels={config.get('in_channels')} != out_channels={config.get('out_channels')} "
-            "marks image-to-video CogVideoX (image latents concatenated); qvgen.models supports text-to-video"
-        )
+    ckpt.refuse_image_to_video(
+        config, where, family="CogVideoX", supported="text-to-video CogVideoX (2B, 5B, 1.5-5B)",
+        markers={"ofs_embed_dim": "CogVideoX1.5 image-to-video, which needs an `ofs` input"},
+    )  # fmt: skip
 
 
 def frame_padding(config: Any, latent_frames: int) -> int:

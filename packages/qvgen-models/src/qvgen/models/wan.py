@@ -54,16 +54,11 @@ WAN_LAYER_ROLES: Final[Mapping[str, LayerRole]] = MappingProxyType(
 def check_text_to_video(config: Mapping[str, Any], where: object) -> None:
     """Text-to-video Wan only: an image-to-video transformer needs image tokens and concatenated image
     latents that qvgen's text-to-video recipe and `WanPipeline` do not provide."""
-    if config.get("image_dim") is not None or config.get("added_kv_proj_dim") is not None:
-        raise ValueError(
-            f"{where}: image_dim={config.get('image_dim')}, added_kv_proj_dim={config.get('added_kv_proj_dim')} "
-            "mark Wan image-to-video; qvgen.models trains and samples text-to-video Wan (1.3B, 14B)"
-        )
-    if config.get("in_channels") != config.get("out_channels"):
-        raise ValueError(
-            f"{where}: in_channels={config.get('in_channels')} != out_channels={config.get('out_channels')} "
-            "marks image-to-video Wan (image latents concatenated); qvgen.models supports text-to-video"
-        )
+    ckpt.refuse_image_to_video(
+        config, where, family="Wan", supported="text-to-video Wan (1.3B, 14B)",
+        markers={"image_dim": "Wan image-to-video (image-encoder tokens)",
+                 "added_kv_proj_dim": "Wan image-to-video (image key/value projections)"},
+    )  # fmt: skip
 
 
 # Wan2.1-T2V-1.3B (diffusers `scripts/convert_wan_to_diffusers.py`, "Wan-T2V-1.3B").
