@@ -45,6 +45,7 @@ from paper_table import (  # benchmarks/ is sys.path[0] as a script
 )
 from paper_table import _fmt as fmt_ci
 
+from qvgen.core import atomic_write_text
 from qvgen.demo import (
     TrainBudget,
     build_shards,
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         with_roles, import_ok = models_with_roles(), reference_import_check(teacher, args.out)
         text = recount((args.out / "subsection.md").read_text(), with_roles, import_ok)
         print(static_checks_sentence(with_roles, import_ok))
-        (args.out / "subsection.md").write_text(text)
+        atomic_write_text(args.out / "subsection.md", text)
         if not args.no_write:
             write_subsection(text)
         return 0
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     print(text)
-    (args.out / "subsection.md").write_text(text)
+    atomic_write_text(args.out / "subsection.md", text)
     if not args.no_write:
         write_subsection(text)
     return 0
@@ -394,7 +395,7 @@ def write_subsection(text: str) -> None:
     section, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
     if SUBSECTION in section:
         section = section[: section.index("\n" + SUBSECTION)]
-    RESULTS.write_text(head + SECTION + section.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + tail)
+    atomic_write_text(RESULTS, head + SECTION + section.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + tail)
 
 
 if __name__ == "__main__":
