@@ -395,7 +395,9 @@ def write_subsection(text: str) -> None:
     section, tail = (rest, "") if nxt < 0 else (rest[:nxt], rest[nxt:])
     if SUBSECTION in section:
         section = section[: section.index("\n" + SUBSECTION)]
-    atomic_write_text(RESULTS, head + SECTION + section.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + tail)
+    atomic_write_text(
+        RESULTS, head + SECTION + section.rstrip("\n") + "\n\n" + text.strip("\n") + "\n" + tail
+    )
 
 
 if __name__ == "__main__":
