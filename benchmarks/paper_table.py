@@ -34,7 +34,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from qvgen.core import atomic_write_text
+from qvgen.data import SHAPE_SETS, ShapeName
 from qvgen.demo import (
     DEFAULT_TEACHER_DIR,
     TrainBudget,
@@ -140,7 +141,9 @@ def _fmt(ci: MeanCI, digits: int = 3) -> str:
     return f"{ci.mean:.{digits}f}" + ("" if ci.ci95 is None else f" ± {ci.ci95:.{digits}f}")
 
 
-def metric_check(clips: list, rng_seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+def metric_check(
+    clips: list, shapes: Sequence[ShapeName], rng_seed: int = 0
+) -> tuple[dict[str, float], dict[str, float]]:
     """Adherence of the held-out ground-truth clips, and of the same clips against captions with one
     attribute changed (the changed clause's pass rate per attribute: must be <= chance + 0.1)."""
     frames = [((c.frames.permute(1, 2, 3, 0) + 1) / 2).numpy() for c in clips]
@@ -148,7 +151,7 @@ def metric_check(clips: list, rng_seed: int = 0) -> tuple[dict[str, float], dict
     negative = {}
     for attribute in ATTRIBUTES:
         rng = random.Random(rng_seed)
-        changed = [change_attribute(c.caption, attribute, rng) for c in clips]
+        changed = [change_attribute(c.caption, attribute, rng, shapes=shapes) for c in clips]
         report = score_videos(frames, changed)
         field = f"{attribute}_ok"
         negative[attribute] = float(np.mean([getattr(v.objects[0], field) if v.objects else False
@@ -276,16 +279,15 @@ def main() -> int:
     teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
     budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
     shape = teacher_clip_shape(teacher)
-    held_out = list(
-        held_out_clips(n_prompts, shape, two_object=two_object, style=teacher_world_style(teacher))
-    )
+    style = teacher_world_style(teacher)
+    held_out = list(held_out_clips(n_prompts, shape, two_object=two_object, style=style))
     prompts = [c.caption for c in held_out]
     sampling_steps, guidance = teacher_sampling(teacher)
     print(f"paper_table: {steps} steps, {clips} clips, {n_prompts} prompts ({two_object} two-object) × "
           f"{sampling_seeds} seeds, training seeds {seeds}, teacher {teacher_hash}", flush=True)  # fmt: skip
 
-    truth, negative = metric_check(held_out)
-    chance = chance_levels()
+    truth, negative = metric_check(held_out, SHAPE_SETS[style.shapes])
+    chance = chance_levels(SHAPE_SETS[style.shapes])
     print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
     shards = build_shards(teacher, args.out, clips)

@@ -10,10 +10,13 @@ from qvgen.data import (
     MIN_GAP,
     PLAIN_GREY,
     RADIUS_FRACTION,
+    SHAPE_SETS,
     Bucket,
     WorldStyle,
     make_clip,
+    parse_caption,
     read_video,
+    render,
     write_procedural_dataset,
 )
 
@@ -127,6 +130,38 @@ def test_lane_shrink_scales_only_the_objects_of_two_object_clips() -> None:
     assert radii[1] and radii[2]
     assert all(0.24 * 64 - 1e-4 <= r <= 0.28 * 64 + 1e-4 for r in radii[1])
     assert all(0.55 * 0.24 * 64 - 1e-4 <= r <= 0.55 * 0.28 * 64 + 1e-4 for r in radii[2])
+
+
+@pytest.mark.parametrize("layout", ["random", "lanes"])
+def test_elongated_world_draws_discs_bars_and_columns_of_their_extent(layout) -> None:
+    style = WorldStyle(
+        "plain", (0.24, 0.28) if layout == "lanes" else (0.12, 0.17), layout, 0.55, "elongated"
+    )
+    seen = set()
+    for i in range(40):
+        clip = make_clip(13, i, frames=9, height=64, width=64, style=style)
+        assert {c.shape for c in parse_caption(clip.caption)} <= set(SHAPE_SETS["elongated"])
+        for obj in clip.objects:
+            seen.add(obj.shape)
+            left, right, up, down = obj.extents()
+            mask = (render([obj], torch.full((3, 64, 64), -1.0)) > -2.5).any(0)[0]  # frame 0, alone
+            ys, xs = torch.nonzero(mask, as_tuple=True)
+            aspect = float(xs.max() - xs.min() + 1) / float(ys.max() - ys.min() + 1)
+            expected = {"bar": 2.5, "column": 0.4, "circle": 1.0}[obj.shape]
+            assert aspect == pytest.approx(expected, rel=0.15)
+            if obj.shape == "bar":
+                assert left == right == pytest.approx(2.5 * up) and up == down
+            elif obj.shape == "column":
+                assert up == down == pytest.approx(2.5 * left) and left == right
+            else:
+                assert left == right == up == down
+    assert seen == set(SHAPE_SETS["elongated"])
+
+
+def test_outline_world_is_unchanged_by_the_shape_sets() -> None:
+    """The default set draws from the same random stream as before shape sets existed."""
+    clip = make_clip(1000, 3, frames=9, style=WorldStyle("plain", (0.24, 0.28), "lanes", 0.55))
+    assert clip.caption == "an orange square moves left and a green circle moves down"
 
 
 def test_world_style_rejects_radii_and_shrinks_outside_their_range() -> None:

@@ -93,7 +93,13 @@ def test_teacher_world_style_comes_from_the_report_and_defaults_for_old_teachers
     report = json.loads((DEFAULT_TEACHER_DIR / "training_report.json").read_text())
     cfg = report["config"]
     expected = (
-        WorldStyle(cfg["background"], tuple(cfg["radius_fraction"]), cfg["layout"], cfg["lane_shrink"])
+        WorldStyle(
+            cfg["background"],
+            tuple(cfg["radius_fraction"]),
+            cfg["layout"],
+            cfg["lane_shrink"],
+            cfg.get("shapes", "outline"),
+        )
         if "background" in cfg
         else DEFAULT_STYLE
     )

@@ -262,6 +262,26 @@ def test_balanced_captions_cover_the_vocabulary_and_parse():
     assert {c.direction for c in claims[:28]} == set(DIRECTIONS)
 
 
+def test_balanced_captions_of_the_elongated_world_use_its_shapes():
+    from qvgen.data import SHAPE_SETS
+
+    parse = _parse_caption()
+    shapes = SHAPE_SETS["elongated"]
+    assert {parse(c)[0].shape for c in balanced_captions(6, shapes)} == set(shapes)
+
+
+def test_the_shape_set_enters_the_phase_digests_only_away_from_its_default():
+    from qvgen.demo.teacher_config import SHARD_FIELDS, digest
+
+    # the digest of a default-world config is the one it had before shape sets existed
+    assert digest(TeacherConfig(), SHARD_FIELDS) == "54903a1b84e5"
+    assert digest(TeacherConfig(shapes="elongated"), SHARD_FIELDS) != "54903a1b84e5"
+    assert TeacherConfig(shapes="elongated").world_style.shapes == "elongated"
+    assert '--set shapes="elongated"' in retrain_command(
+        json.loads(TeacherConfig(shapes="elongated").model_dump_json())
+    )
+
+
 def test_heldout_captions_come_one_object_first_then_two_objects_from_the_eval_world():
     cfg = TeacherConfig(eval_one_object=3, eval_two_object=2)
     captions = heldout_captions(cfg)

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 import torch
 
-from qvgen.data import COLOURS, CaptionGrammarError, MovingShape, make_clip, parse_caption, render
+from qvgen.data import (
+    COLOURS,
+    SHAPE_SETS,
+    CaptionGrammarError,
+    MovingShape,
+    WorldStyle,
+    make_clip,
+    parse_caption,
+    render,
+)
 from qvgen.eval.adherence import (
     ATTRIBUTES,
     AdherenceConfig,
@@ -70,6 +79,33 @@ def test_negative_controls_changed_attribute_scores_at_most_chance_plus_a_tenth(
             others += checks.values()
     assert np.mean(hits) <= chance_levels()[attribute] + 0.1
     assert all(others)  # the unchanged attributes and clauses still pass
+
+
+ELONGATED = WorldStyle("plain", (0.24, 0.28), "lanes", 0.55, "elongated")
+
+
+def test_elongated_world_ground_truth_scores_perfectly_and_its_shape_controls_fail():
+    clips = [make_clip(7, i, frames=9, num_objects=1 + (i % 3 == 0), style=ELONGATED) for i in range(24)]
+    videos = [_frames(c.frames) for c in clips]
+    report = score_videos(videos, [c.caption for c in clips])
+    assert (report.colour, report.shape, report.motion, report.num_unscorable) == (1.0, 1.0, 1.0, 0)
+    assert {o.claim.shape for v in report.videos for o in v.objects} == {"circle", "bar", "column"}
+    shapes = SHAPE_SETS["elongated"]
+    rng = random.Random(0)
+    changed = [change_attribute(c.caption, "shape", rng, shapes=shapes) for c in clips]
+    assert all({c.shape for c in parse_caption(x)} <= set(shapes) for x in changed)
+    control = score_videos(videos, changed)
+    hits = [v.objects[0].shape_ok for v in control.videos]
+    assert np.mean(hits) <= chance_levels(shapes)["shape"] + 0.1
+    assert chance_levels(shapes)["shape"] == pytest.approx(1 / 3)
+
+
+def test_a_wide_or_tall_blob_is_a_bar_or_a_column_whatever_its_outline():
+    for shape, expected in (("bar", "bar"), ("column", "column"), ("square", "square")):
+        obj = MovingShape(shape, "red", "right", 9.0, _track((20.0, 32.0), (2.0, 0.0)))
+        (found,) = find_objects(_frames(render([obj], _grey())))
+        assert found.shape == expected
+        assert found.aspect == pytest.approx({"bar": 2.5, "column": 0.4, "square": 1.0}[shape], rel=0.2)
 
 
 def test_change_attribute_changes_exactly_one_attribute_of_one_clause():

@@ -20,12 +20,14 @@ from qvgen.data.ingest import (
     resize_center_crop,
 )
 from qvgen.data.procedural import (
+    ALL_SHAPES,
     COLOURS,
     DEFAULT_STYLE,
     DIRECTIONS,
     MIN_GAP,
     PLAIN_GREY,
     RADIUS_FRACTION,
+    SHAPE_SETS,
     SHAPES,
     TRAVEL_FRACTION,
     Background,
@@ -34,6 +36,8 @@ from qvgen.data.procedural import (
     Layout,
     MovingShape,
     ProceduralClip,
+    ShapeName,
+    ShapeSet,
     WorldStyle,
     caption_for,
     encode_mp4,
@@ -56,6 +60,7 @@ from qvgen.data.video import PixelFormat, encode_video, read_video_frames, to_ui
 from qvgen.data.writer import EncodedSample, WriteSummary, finalize_manifest, write_shards
 
 __all__ = [
+    "ALL_SHAPES",
     "COLOURS",
     "DEFAULT_STYLE",
     "DIRECTIONS",
@@ -63,6 +68,7 @@ __all__ = [
     "PLAIN_GREY",
     "RADIUS_FRACTION",
     "SHAPES",
+    "SHAPE_SETS",
     "TRAVEL_FRACTION",
     "Background",
     "BadSampleError",
@@ -82,6 +88,8 @@ __all__ = [
     "OnError",
     "PixelFormat",
     "ProceduralClip",
+    "ShapeName",
+    "ShapeSet",
     "ShardFormatError",
     "ShardInfo",
     "ShardManifest",

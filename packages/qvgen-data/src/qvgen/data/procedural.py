@@ -21,9 +21,22 @@ from torch import Tensor
 from qvgen.core import atomic_write_bytes
 from qvgen.data.video import encode_video
 
-ShapeName = Literal["circle", "square", "triangle"]
+ShapeName = Literal["circle", "square", "triangle", "bar", "column"]
+ShapeSet = Literal["outline", "elongated"]
+SHAPE_SETS: Final[dict[ShapeSet, tuple[ShapeName, ...]]] = {
+    "outline": ("circle", "square", "triangle"),
+    "elongated": ("circle", "bar", "column"),
+}
+"""The shapes a world draws. "outline": shapes that differ in their outline only (a square's corners are
+about 2 % of a 64×64 frame). "elongated": a disc, a horizontal bar and a vertical column, which differ in
+their extent (aspect ratio 1, 2.5 and 0.4) and so at the scale of a tiny transformer's tokens."""
+SHAPES: Final[tuple[ShapeName, ...]] = SHAPE_SETS["outline"]
+"""The default world's shapes."""
+ALL_SHAPES: Final[tuple[ShapeName, ...]] = get_args(ShapeName)
+"""Every shape word of the caption grammar (all worlds)."""
+ELONGATION: Final = (1.25, 0.5)
+"""Half-extents of a bar (along, across) as multiples of its radius: a 2.5 r × r rectangle."""
 Direction = Literal["left", "right", "up", "down"]
-SHAPES: Final[tuple[ShapeName, ...]] = get_args(ShapeName)
 DIRECTIONS: Final[dict[Direction, tuple[float, float]]] = {
     "left": (-1.0, 0.0),
     "right": (1.0, 0.0),
@@ -76,6 +89,8 @@ class WorldStyle:
     lane_shrink: float = LANE_SHRINK
     """Radius factor of the objects of a two-object "lanes" clip (two bands share the frame height, so large
     objects must shrink to leave room for vertical motion)."""
+    shapes: ShapeSet = "outline"
+    """Which shapes the world draws (`SHAPE_SETS`)."""
 
     def __post_init__(self) -> None:
         lo, hi = self.radius_fraction
@@ -109,7 +124,16 @@ class MovingShape:
     def extents(self) -> tuple[float, float, float, float]:
         """Bounding box around the centroid: (left, right, up, down) in pixels."""
         r = self.radius
-        return (r, r, 4.0 * r / 3.0, 2.0 * r / 3.0) if self.shape == "triangle" else (r, r, r, r)
+        along, across = ELONGATION[0] * r, ELONGATION[1] * r
+        match self.shape:
+            case "triangle":
+                return (r, r, 4.0 * r / 3.0, 2.0 * r / 3.0)
+            case "bar":
+                return (along, along, across, across)
+            case "column":
+                return (across, across, along, along)
+            case _:
+                return (r, r, r, r)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,18 +161,21 @@ def _apart(a: MovingShape, b: MovingShape) -> bool:
     return bool((torch.maximum(gap_x, gap_y) >= MIN_GAP).all())
 
 
-def _draw_kind(rng: np.random.Generator, colours: list[str]) -> tuple[ShapeName, str, Direction]:
-    """What an object is (shape, one of `colours`, direction), drawn in that order."""
-    shape = SHAPES[rng.integers(len(SHAPES))]
+def _draw_kind(
+    rng: np.random.Generator, colours: list[str], shapes: tuple[ShapeName, ...]
+) -> tuple[ShapeName, str, Direction]:
+    """What an object is (one of `shapes`, one of `colours`, direction), drawn in that order."""
+    shape = shapes[rng.integers(len(shapes))]
     colour = colours[rng.integers(len(colours))]
     directions = list(DIRECTIONS)
     return shape, colour, directions[rng.integers(len(directions))]
 
 
 def _draw_object(
-    rng: np.random.Generator, frames: int, height: int, width: int, radius_fraction: tuple[float, float]
-) -> MovingShape:
-    shape, colour, direction = _draw_kind(rng, list(COLOURS))
+    rng: np.random.Generator, frames: int, height: int, width: int, radius_fraction: tuple[float, float],
+    shapes: tuple[ShapeName, ...],
+) -> MovingShape:  # fmt: skip
+    shape, colour, direction = _draw_kind(rng, list(COLOURS), shapes)
     radius = float(rng.uniform(*radius_fraction) * min(height, width))
     left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
     dx, dy = DIRECTIONS[direction]
@@ -164,10 +191,10 @@ def _draw_object(
 
 def _lane_object(
     rng: np.random.Generator, frames: int, width: int, band: tuple[float, float], radius: float,
-    taken: set[str],
+    taken: set[str], shapes: tuple[ShapeName, ...],
 ) -> MovingShape:  # fmt: skip
     """One object of the "lanes" layout inside the horizontal band (top, bottom) pixels."""
-    shape, colour, direction = _draw_kind(rng, [c for c in COLOURS if c not in taken])
+    shape, colour, direction = _draw_kind(rng, [c for c in COLOURS if c not in taken], shapes)
     left, right, up, down = MovingShape(shape, colour, direction, radius, torch.zeros(1, 2)).extents()
     top, bottom = band
     dx, dy = DIRECTIONS[direction]
@@ -192,6 +219,7 @@ def _lane_object(
 def lane_objects(
     rng: np.random.Generator, *, count: int, frames: int, height: int, width: int,
     radius_fraction: tuple[float, float], lane_shrink: float = LANE_SHRINK,
+    shapes: tuple[ShapeName, ...] = SHAPES,
 ) -> tuple[MovingShape, ...]:  # fmt: skip
     """`count` objects of distinct colours in the "lanes" layout (see `WorldStyle.layout`); never touching."""
     if count > len(COLOURS):
@@ -203,7 +231,7 @@ def lane_objects(
         top = i * (band + MIN_GAP)
         radius = float(rng.uniform(*radius_fraction)) * min(height, width) * shrink
         objects.append(
-            _lane_object(rng, frames, width, (top, top + band), radius, {o.colour for o in objects})
+            _lane_object(rng, frames, width, (top, top + band), radius, {o.colour for o in objects}, shapes)
         )
     return tuple(objects)
 
@@ -217,6 +245,7 @@ def sample_objects(
     width: int,
     max_tries: int = 1000,
     radius_fraction: tuple[float, float] = RADIUS_FRACTION,
+    shapes: tuple[ShapeName, ...] = SHAPES,
 ) -> tuple[MovingShape, ...]:
     """Draw `count` objects of distinct colours whose whole path stays inside the frame and whose bounding
     boxes never come closer than `MIN_GAP` pixels (rejection sampling, deterministic for a given `rng`)."""
@@ -228,7 +257,7 @@ def sample_objects(
         for _ in range(max_tries):
             if len(objects) == count:
                 break
-            obj = _draw_object(rng, frames, height, width, radius_fraction)
+            obj = _draw_object(rng, frames, height, width, radius_fraction, shapes)
             if all(obj.colour != o.colour and _apart(obj, o) for o in objects):
                 objects.append(obj)
         if len(objects) == count:
@@ -254,6 +283,10 @@ def shape_mask(shape: ShapeName, centre: Tensor, radius: float, height: int, wid
             return dx**2 + dy**2 <= radius**2
         case "square":
             return (dx.abs() <= radius) & (dy.abs() <= radius)
+        case "bar":
+            return (dx.abs() <= ELONGATION[0] * radius) & (dy.abs() <= ELONGATION[1] * radius)
+        case "column":
+            return (dx.abs() <= ELONGATION[1] * radius) & (dy.abs() <= ELONGATION[0] * radius)
         case "triangle":  # apex up, centroid at 2/3 of the height below the apex
             h = 2.0 * radius
             top, bottom = -2.0 * h / 3.0, h / 3.0
@@ -297,12 +330,13 @@ def make_clip(
     drawn = int(rng.integers(1, max_objects + 1))
     count = drawn if num_objects is None else num_objects
     size = {"count": count, "frames": frames, "height": height, "width": width}
+    shapes = SHAPE_SETS[style.shapes]
     if style.layout == "lanes":
         objects = lane_objects(
-            rng, **size, radius_fraction=style.radius_fraction, lane_shrink=style.lane_shrink
+            rng, **size, radius_fraction=style.radius_fraction, lane_shrink=style.lane_shrink, shapes=shapes
         )
     else:
-        objects = sample_objects(rng, **size, radius_fraction=style.radius_fraction)
+        objects = sample_objects(rng, **size, radius_fraction=style.radius_fraction, shapes=shapes)
     if style.background == "plain":
         background = torch.full((3, height, width), PLAIN_GREY)
     else:
@@ -381,7 +415,7 @@ def parse_caption(caption: str) -> tuple[CaptionClause, ...]:
     text = " ".join(caption.strip().lower().removesuffix(".").split())
     grammar = (
         f"'a <colour> <shape> moves <direction>' joined by ' and ', colour in {sorted(COLOURS)}, "
-        f"shape in {list(SHAPES)}, direction in {list(DIRECTIONS)}"
+        f"shape in {list(ALL_SHAPES)}, direction in {list(DIRECTIONS)}"
     )
     if not text:
         raise CaptionGrammarError(f"empty caption; expected {grammar}")
@@ -393,7 +427,7 @@ def parse_caption(caption: str) -> tuple[CaptionClause, ...]:
         colour, shape, direction = words[1], words[2], words[4]
         for field, word, allowed in (
             ("colour", colour, tuple(COLOURS)),
-            ("shape", shape, tuple(SHAPES)),
+            ("shape", shape, ALL_SHAPES),
             ("direction", direction, tuple(DIRECTIONS)),
         ):
             if word not in allowed:
@@ -401,5 +435,5 @@ def parse_caption(caption: str) -> tuple[CaptionClause, ...]:
                     f"caption {caption!r}: unknown {field} {word!r}; expected one of {sorted(allowed)}"
                 )
         known_direction = next(d for d in DIRECTIONS if d == direction)  # narrowed to `Direction`
-        clauses.append(CaptionClause(colour, SHAPES[SHAPES.index(shape)], known_direction))
+        clauses.append(CaptionClause(colour, ALL_SHAPES[ALL_SHAPES.index(shape)], known_direction))
     return tuple(clauses)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from qvgen.data import SHAPE_SETS
 from qvgen.demo.teacher_config import TeacherConfig
 from qvgen.demo.vae_training import clip_shape, reconstruction_check, split_scores
 from qvgen.demo.world import heldout_clips
@@ -83,6 +84,6 @@ def evaluate_teacher(components: Components, cfg: TeacherConfig) -> dict[str, An
         "ground_truth": refs["ground_truth"],
         "vae_reconstruction": refs["vae_reconstruction"],
         "vae_psnr_db": refs["psnr_db"],
-        "chance": {k: round(v, 4) for k, v in chance_levels().items()},
+        "chance": {k: round(v, 4) for k, v in chance_levels(SHAPE_SETS[cfg.shapes]).items()},
         "captions": heldout_captions(cfg),
     }

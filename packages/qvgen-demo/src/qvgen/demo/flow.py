@@ -165,7 +165,7 @@ def teacher_world_style(teacher: Path) -> WorldStyle:
             return DEFAULT_STYLE
         return WorldStyle(
             cfg["background"], tuple(cfg["radius_fraction"]), cfg.get("layout", "random"),
-            cfg.get("lane_shrink", DEFAULT_STYLE.lane_shrink),
+            cfg.get("lane_shrink", DEFAULT_STYLE.lane_shrink), cfg.get("shapes", DEFAULT_STYLE.shapes),
         )  # fmt: skip
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise ValueError(

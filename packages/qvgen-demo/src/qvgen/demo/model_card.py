@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from qvgen.data import COLOURS
+from qvgen.data import COLOURS, SHAPE_SETS
 from qvgen.demo.teacher_config import REPORT_NAME, TeacherConfig, report_config
 
 _ROW_KEYS = ("colour", "shape", "motion", "overall")
@@ -100,7 +100,7 @@ def model_card(report: dict[str, Any]) -> str:
 
 A diffusers folder for `WanPipeline` (WanTransformer3DModel, AutoencoderKLWan, UMT5EncoderModel, the
 offline T5 tokenizer, UniPC flow scheduler) trained on {cfg["frames"]}-frame {cfg["height"]}×{cfg["width"]}
-clips of qvgen.data's procedural world: one or two shapes (circle, square, triangle) in {len(COLOURS)}
+clips of qvgen.data's procedural world: one or two shapes ({", ".join(SHAPE_SETS[cfg.get("shapes", "outline")])}) in {len(COLOURS)}
 colours moving left, right, up or down over a {cfg.get("background", "textured")} background, captioned
 "a <colour> <shape> moves <direction> [and a …]". Load it with `qvgen.models.get_family("wan").load(path)`.
 

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from qvgen.core import Frozen
-from qvgen.data import Background, Layout, WorldStyle
+from qvgen.data import Background, Layout, ShapeSet, WorldStyle
 
 DEFAULT_TEACHER_DIR = Path(__file__).parent / "assets" / "tiny_wan_teacher"
 """The committed teacher (a diffusers folder)."""
@@ -49,6 +49,9 @@ class TeacherConfig(Frozen):
     lane_shrink: float = 0.75
     """Radius factor of the objects of a two-object clip in the "lanes" layout (qvgen.data's `LANE_SHRINK`;
     `WorldStyle` checks its range)."""
+    shapes: ShapeSet = "outline"
+    """The world's shapes (qvgen.data's `SHAPE_SETS`): "outline" (circle, square, triangle) or "elongated"
+    (circle, bar, column)."""
 
     vae_z_dim: Literal[4, 8, 16] = 16
     """Latent channels of the VAE (and the transformer's in/out channels). A spatial patch of p turns a
@@ -139,7 +142,7 @@ class TeacherConfig(Frozen):
     @property
     def world_style(self) -> WorldStyle:
         """The procedural world of the training and held-out clips."""
-        return WorldStyle(self.background, self.radius_fraction, self.layout, self.lane_shrink)
+        return WorldStyle(self.background, self.radius_fraction, self.layout, self.lane_shrink, self.shapes)
 
     @model_validator(mode="after")
     def _wan_shapes(self) -> TeacherConfig:
@@ -162,7 +165,7 @@ class TeacherConfig(Frozen):
 
 
 VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", "background",
-              "radius_fraction", "layout", "lane_shrink", "vae_z_dim", "vae_image_steps",
+              "radius_fraction", "layout", "lane_shrink", "shapes", "vae_z_dim", "vae_image_steps",
               "vae_image_batch_size", "vae_lr", "vae_steps", "vae_batch_size", "vae_clip_lr", "vae_crop",
               "vae_clips", "vae_shape_weight", "vae_kl_weight", "minutes")  # fmt: skip
 """Fields that define the VAE phase (its identity in `work_dir`)."""
@@ -187,8 +190,13 @@ EVAL_FIELDS = frozenset(
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
     "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None, "num_heads": 2, "lane_shrink": 0.75,
+    "shapes": "outline",
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
+
+
+UNHASHED_DEFAULTS: dict[str, object] = {"shapes": "outline"}
+"""Fields that `digest` leaves out while they hold these values (they postdate the first work dirs)."""
 
 
 def report_config(config: dict[str, object]) -> dict[str, object]:
@@ -199,4 +207,7 @@ def report_config(config: dict[str, object]) -> dict[str, object]:
 def digest(cfg: TeacherConfig, fields: tuple[str, ...]) -> str:
     """Short hash of some config fields: the identity of a phase's output in `work_dir`."""
     values = json.loads(cfg.model_dump_json(include=set(fields)))
+    # Fields added after work dirs were first hashed count only away from their default, so the
+    # identities of earlier runs (and the shards they left) stay the same.
+    values = {k: v for k, v in values.items() if UNHASHED_DEFAULTS.get(k, object()) != v}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]

@@ -6,7 +6,7 @@ between), so two builds of the same world give the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from qvgen.data import (
     SHAPES,
     EncodedSample,
     ProceduralClip,
+    ShapeName,
     WorldStyle,
     WriterConfig,
     make_clip,
@@ -58,9 +59,9 @@ def heldout_clips(seed: int, shape: ClipShape, one_object: int, two_object: int)
     ]
 
 
-def balanced_captions(n: int) -> list[str]:
-    """`n` one-object captions cycling colours, shapes and directions independently (all 84 by n=84)."""
-    colours, shapes, directions = list(COLOURS), list(SHAPES), list(DIRECTIONS)
+def balanced_captions(n: int, shapes: Sequence[ShapeName] = SHAPES) -> list[str]:
+    """`n` one-object captions cycling colours, `shapes` and directions independently (all 84 by n=84)."""
+    colours, directions = list(COLOURS), list(DIRECTIONS)
     clips = []
     for i in range(n):
         colour = colours[i % len(colours)]

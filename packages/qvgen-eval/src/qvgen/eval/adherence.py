@@ -12,7 +12,7 @@
 3. The caption is parsed by `qvgen.data.parse_caption` (unknown words raise `CaptionGrammarError`). Its
    n clauses are matched one to one to the n largest objects (by pixel mass): the assignment with the
    most passing checks. Per matched object: colour (nearest palette colour = stated colour), shape (from
-   the silhouette's top-half mass and fill ratio) and motion (least-squares centroid travel of at least
+   the silhouette's bounding-box aspect ratio, top-half mass and fill ratio) and motion (least-squares centroid travel of at least
    `min_travel`, nearest cardinal direction = stated one). A clause left without an object fails all
    three; extra objects earn nothing.
 4. A video with no object at all is *unscorable*: its entry says so (scores None) and the summary counts
@@ -34,7 +34,7 @@ import torch
 from pydantic import Field
 
 from qvgen.core import Frozen
-from qvgen.data import COLOURS, DIRECTIONS, SHAPES, CaptionClause, parse_caption
+from qvgen.data import COLOURS, DIRECTIONS, SHAPES, CaptionClause, ShapeName, parse_caption
 
 Attribute = Literal["colour", "shape", "motion"]
 ATTRIBUTES: tuple[Attribute, ...] = ("colour", "shape", "motion")
@@ -60,6 +60,9 @@ class AdherenceConfig(Frozen):
     """Top-half mass fraction below which a silhouette is a triangle (triangle 0.25, others 0.5)."""
     square_fill: Annotated[float, Field(gt=math.pi / 4, lt=1)] = 0.89
     """Fill ratio above which a non-triangle is a square (square 1.0, circle π/4 ≈ 0.785)."""
+    bar_aspect: Annotated[float, Field(gt=1, lt=2.5)] = 1.6
+    """Bounding-box width / height at or above which a silhouette is a bar, and at or below whose inverse
+    it is a column (bar 2.5, column 0.4, circle, square and triangle 1)."""
 
 
 class TrackedObject(Frozen):
@@ -75,6 +78,8 @@ class TrackedObject(Frozen):
     """Pixels summed over the frames on which it was detected."""
     fill_ratio: float
     top_mass: float
+    aspect: float = 1.0
+    """Median bounding-box width / height."""
     shape: str
     displacement: tuple[float, float]
     """Least-squares centroid travel over the clip in pixels (x right, y down)."""
@@ -251,18 +256,23 @@ def _link(per_frame: list[list[_Detection]], max_jump: float) -> list[_Track]:
 
 def _describe(track: _Track, x: np.ndarray, cfg: AdherenceConfig) -> TrackedObject:
     names, _ = _palette()
-    fills, tops, times, centres, pixels = [], [], [], [], []
+    fills, tops, aspects, times, centres, pixels = [], [], [], [], [], []
     for d in track.detections:
         ys, xs = np.nonzero(d.mask)
         y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
         fills.append(ys.size / ((y1 - y0 + 1) * (x1 - x0 + 1)))
+        aspects.append((x1 - x0 + 1) / (y1 - y0 + 1))
         mid = (y0 + y1 + 1) / 2.0  # pixel rows whose centre lies above the bbox middle are the top half
         tops.append(float(np.count_nonzero(ys + 0.5 < mid)) / ys.size)
         times.append(d.frame)
         centres.append(d.centre)
         pixels.append(x[d.frame][d.mask])
-    fill, top = float(np.median(fills)), float(np.median(tops))
-    if top < cfg.triangle_top_mass:
+    fill, top, aspect = float(np.median(fills)), float(np.median(tops)), float(np.median(aspects))
+    if aspect >= cfg.bar_aspect:
+        shape = "bar"
+    elif aspect <= 1.0 / cfg.bar_aspect:
+        shape = "column"
+    elif top < cfg.triangle_top_mass:
         shape = "triangle"
     else:
         shape = "square" if fill > cfg.square_fill else "circle"
@@ -278,7 +288,7 @@ def _describe(track: _Track, x: np.ndarray, cfg: AdherenceConfig) -> TrackedObje
     colour, distance = _nearest_colour(np.median(np.concatenate(pixels), axis=0))
     return TrackedObject(
         colour=names[colour], colour_distance=distance, presence=len(times) / n_frames,
-        mass=int(sum(p.shape[0] for p in pixels)), fill_ratio=fill, top_mass=top, shape=shape,
+        mass=int(sum(p.shape[0] for p in pixels)), fill_ratio=fill, top_mass=top, aspect=aspect, shape=shape,
         displacement=(float(disp[0]), float(disp[1])), direction=direction,
     )  # fmt: skip
 
@@ -368,14 +378,19 @@ def score_videos(
     return summarize_adherence(results)
 
 
-def chance_levels() -> dict[str, float]:
-    """Scores of a model that draws each object with uniformly random colour, shape and direction."""
-    return {"colour": 1 / len(COLOURS), "shape": 1 / len(SHAPES), "motion": 1 / len(DIRECTIONS)}
+def chance_levels(shapes: Sequence[ShapeName] = SHAPES) -> dict[str, float]:
+    """Scores of a model that draws each object with uniformly random colour, shape (of the world's
+    `shapes`) and direction."""
+    return {"colour": 1 / len(COLOURS), "shape": 1 / len(shapes), "motion": 1 / len(DIRECTIONS)}
 
 
-def change_attribute(caption: str, attribute: Attribute, rng: random.Random, clause: int = 0) -> str:
+def change_attribute(
+    caption: str, attribute: Attribute, rng: random.Random, clause: int = 0,
+    shapes: Sequence[ShapeName] = SHAPES,
+) -> str:  # fmt: skip
     """`caption` with `attribute` of clause `clause` replaced by another value of the world's vocabulary
-    (another colour not used by any clause, another shape, another direction): a negative control."""
+    (another colour not used by any clause, another of the world's `shapes`, another direction): a
+    negative control."""
     claims = list(parse_caption(caption))
     if not 0 <= clause < len(claims):
         raise ValueError(f"caption {caption!r} has {len(claims)} clause(s); no clause {clause}")
@@ -384,7 +399,7 @@ def change_attribute(caption: str, attribute: Attribute, rng: random.Random, cla
         options = [k for k in COLOURS if k not in {x.colour for x in claims}]
         c = CaptionClause(rng.choice(options), c.shape, c.direction)
     elif attribute == "shape":
-        c = CaptionClause(c.colour, rng.choice([s for s in SHAPES if s != c.shape]), c.direction)
+        c = CaptionClause(c.colour, rng.choice([s for s in shapes if s != c.shape]), c.direction)
     else:
         c = CaptionClause(c.colour, c.shape, rng.choice([d for d in DIRECTIONS if d != c.direction]))
     claims[clause] = c
