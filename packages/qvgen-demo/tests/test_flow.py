@@ -105,13 +105,15 @@ def test_teacher_world_style_comes_from_the_report_and_defaults_for_old_teachers
     )
     assert teacher_world_style(DEFAULT_TEACHER_DIR) == expected
     old = {
-        k: v for k, v in cfg.items() if k not in {"background", "radius_fraction", "layout", "lane_shrink"}
+        k: v
+        for k, v in cfg.items()
+        if k not in {"background", "radius_fraction", "layout", "lane_shrink", "shapes"}
     }
     (tmp_path / "training_report.json").write_text(json.dumps({"config": old}))
     assert teacher_world_style(tmp_path) == DEFAULT_STYLE
     no_shrink = {**old, "background": "plain", "radius_fraction": [0.16, 0.2], "layout": "lanes"}
     (tmp_path / "training_report.json").write_text(json.dumps({"config": no_shrink}))
-    # a report from before lane_shrink existed reads as qvgen.data's default, 0.75
+    # a report from before lane_shrink and shapes existed reads as qvgen.data's defaults (0.75, outline)
     assert teacher_world_style(tmp_path) == WorldStyle("plain", (0.16, 0.2), "lanes")
     (tmp_path / "training_report.json").write_text(json.dumps({"config": {**old, "background": "plain"}}))
     with pytest.raises(ValueError, match=r"training_report\.json"):
