@@ -124,16 +124,10 @@ class MovingShape:
     def extents(self) -> tuple[float, float, float, float]:
         """Bounding box around the centroid: (left, right, up, down) in pixels."""
         r = self.radius
-        along, across = ELONGATION[0] * r, ELONGATION[1] * r
-        match self.shape:
-            case "triangle":
-                return (r, r, 4.0 * r / 3.0, 2.0 * r / 3.0)
-            case "bar":
-                return (along, along, across, across)
-            case "column":
-                return (across, across, along, along)
-            case _:
-                return (r, r, r, r)
+        if self.shape == "triangle":
+            return (r, r, 4.0 * r / 3.0, 2.0 * r / 3.0)
+        half_w, half_h = half_size(self.shape, r)
+        return (half_w, half_w, half_h, half_h)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +267,12 @@ def textured_background(rng: np.random.Generator, height: int, width: int) -> Te
     return (smooth + grain).clamp(0.0, 1.0)
 
 
+def half_size(shape: ShapeName, radius: float) -> tuple[float, float]:
+    """Half width and half height of a shape's bounding box, centred on its centroid (a triangle's is not)."""
+    along, across = ELONGATION[0] * radius, ELONGATION[1] * radius
+    return {"bar": (along, across), "column": (across, along)}.get(shape, (radius, radius))
+
+
 def shape_mask(shape: ShapeName, centre: Tensor, radius: float, height: int, width: int) -> Tensor:
     """Boolean (H, W) mask of one shape whose centroid is `centre` (x, y)."""
     ys = torch.arange(height, dtype=torch.float32)[:, None] + 0.5
@@ -281,12 +281,9 @@ def shape_mask(shape: ShapeName, centre: Tensor, radius: float, height: int, wid
     match shape:
         case "circle":
             return dx**2 + dy**2 <= radius**2
-        case "square":
-            return (dx.abs() <= radius) & (dy.abs() <= radius)
-        case "bar":
-            return (dx.abs() <= ELONGATION[0] * radius) & (dy.abs() <= ELONGATION[1] * radius)
-        case "column":
-            return (dx.abs() <= ELONGATION[1] * radius) & (dy.abs() <= ELONGATION[0] * radius)
+        case "square" | "bar" | "column":
+            half_w, half_h = half_size(shape, radius)
+            return (dx.abs() <= half_w) & (dy.abs() <= half_h)
         case "triangle":  # apex up, centroid at 2/3 of the height below the apex
             h = 2.0 * radius
             top, bottom = -2.0 * h / 3.0, h / 3.0

@@ -12,8 +12,8 @@
 3. The caption is parsed by `qvgen.data.parse_caption` (unknown words raise `CaptionGrammarError`). Its
    n clauses are matched one to one to the n largest objects (by pixel mass): the assignment with the
    most passing checks. Per matched object: colour (nearest palette colour = stated colour), shape (from
-   the silhouette's bounding-box aspect ratio, top-half mass and fill ratio) and motion (least-squares centroid travel of at least
-   `min_travel`, nearest cardinal direction = stated one). A clause left without an object fails all
+   the silhouette's bounding-box aspect ratio, top-half mass and fill ratio) and motion (least-squares
+   centroid travel of at least `min_travel`, nearest cardinal direction = stated one). A clause left without an object fails all
    three; extra objects earn nothing.
 4. A video with no object at all is *unscorable*: its entry says so (scores None) and the summary counts
    it; the summary means count it as failing every check (a generator that draws nothing did not follow
