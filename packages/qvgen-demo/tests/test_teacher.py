@@ -39,6 +39,8 @@ MICRO = {
     "vae_clips": 2,
     "vae_finetune_steps": 2,
     "vae_decoder_steps": 2,
+    "text_steps": 2,
+    "text_batch_size": 4,
     "num_clips": 3,
     "steps": 2,
     "finetune_steps": 2,
@@ -69,7 +71,8 @@ def test_two_step_run_writes_a_loadable_diffusers_folder_with_report_and_card(mi
     report = json.loads((micro_teacher / REPORT_NAME).read_text())
     assert report["vae"]["images"]["steps"] == 2 and report["vae"]["clips"]["steps"] == 2
     assert report["vae"]["clips_finetune"]["steps"] == 2 and report["vae"]["decoder"]["steps"] == 2
-    assert set(report["phase_seconds"]) == {"vae", "shards", "transformer", "decoder", "eval"}
+    assert set(report["phase_seconds"]) == {"text", "vae", "shards", "transformer", "decoder", "eval"}
+    assert report["text_encoder"]["steps"] == 2 and report["text_encoder"]["trained_encoder"]
     assert report["transformer"]["steps"] == 2 and report["transformer"]["stage2"]["steps"] == 2
     assert report["config"]["num_clips"] == 3
     quality = report["quality"]
@@ -276,6 +279,7 @@ def test_the_shape_set_enters_the_phase_digests_only_away_from_its_default():
     # the digest of a default-world config is the one it had before shape sets existed
     assert digest(TeacherConfig(), SHARD_FIELDS) == "54903a1b84e5"
     assert digest(TeacherConfig(shapes="elongated"), SHARD_FIELDS) != "54903a1b84e5"
+    assert digest(TeacherConfig(text_steps=10), SHARD_FIELDS) != "54903a1b84e5"
     assert TeacherConfig(shapes="elongated").world_style.shapes == "elongated"
     assert '--set shapes="elongated"' in retrain_command(
         json.loads(TeacherConfig(shapes="elongated").model_dump_json())

@@ -1,9 +1,10 @@
 """Train the embedded tiny Wan teacher on qvgen.data's procedural world (`qvgen train-teacher`).
 
-`train_teacher(cfg)` runs four phases, each in its own module:
+`train_teacher(cfg)` runs four main phases, each in its own module:
 
-1. `vae_training.train_vae`: the 4× `AutoencoderKLWan` learns to reconstruct procedural clips;
-2. `world.write_world_shards`: the frozen VAE and (random, frozen) UMT5 encoder turn `num_clips` clips
+1. `vae_training.train_vae`: the 4× `AutoencoderKLWan` learns to reconstruct procedural clips (before it,
+   with `text_steps`, `text_training.train_text_encoder` teaches the random UMT5 which clause says what);
+2. `world.write_world_shards`: the frozen VAE and UMT5 encoder turn `num_clips` clips
    and captions into qvgen.data latent shards, rendered in memory (lossless, deterministic);
 3. `transformer_training.train_transformer`: Wan flow matching with caption dropout and an EMA;
 4. `evaluation.evaluate_teacher`: prompt adherence (qvgen.eval) of the teacher's samples of held-out
@@ -49,6 +50,7 @@ from qvgen.demo.teacher_config import (
     digest,
     report_config,
 )
+from qvgen.demo.text_training import train_text_encoder
 from qvgen.demo.transformer_training import train_transformer
 from qvgen.demo.vae_training import (
     build_teacher_components,
@@ -252,8 +254,12 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
             cfg.text_length,
             cfg.num_heads,
         )
-        components.text_encoder.requires_grad_(False)
         timings: dict[str, float] = {}
+        t = time.monotonic()
+        # cheap (about a minute) and deterministic: retrained rather than cached in work_dir
+        text_log = train_text_encoder(components, cfg, progress=progress) if cfg.text_steps else {"steps": 0}
+        components.text_encoder.requires_grad_(False)
+        timings["text_s"] = time.monotonic() - t
 
         t = time.monotonic()
         vae, vae_log = _vae_phase(components, cfg, work, progress)
@@ -276,6 +282,7 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
             shard_log.write_text(json.dumps({"seconds": round(time.monotonic() - t, 1)}))
         timings["shards_s"] = time.monotonic() - t
         phase_s = {
+            "text": text_log.get("seconds", 0.0),
             "vae": vae_log["seconds"],
             "shards": json.loads(shard_log.read_text())["seconds"] if shard_log.is_file() else None,
         }
@@ -309,6 +316,7 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
         report = {
             "config": json.loads(cfg.model_dump_json()),
             "encoder": encoder_name,
+            "text_encoder": text_log,
             "vae": vae_log,
             "transformer": transformer_log,
             "quality": quality,

@@ -94,6 +94,12 @@ class TeacherConfig(Frozen):
     """Prompt length in tokens (the tokenizer's model_max_length; the tiny factory's: 16). The offline
     tokenizer spells "purple" and "orange" letter by letter, so a two-object caption takes up to 21 tokens
     and 16 cuts the end off about a third of them (its last direction or shape); 32 holds every caption."""
+    text_steps: Annotated[int, Field(ge=0)] = 0
+    """Steps that teach the random UMT5 which clause says what before it is frozen (`text_training`;
+    0: it stays as initialised, like the first teachers'). A random encoder barely tells "a red bar … and
+    a blue circle …" from "a blue bar … and a red circle …", so two-object captions lose their binding."""
+    text_lr: Annotated[float, Field(gt=0)] = 1e-3
+    text_batch_size: Annotated[int, Field(ge=1)] = 64
     num_clips: Annotated[int, Field(ge=1)] = 4096
     """Training clips encoded into latent shards for the transformer."""
     patch_size: Literal[2, 4] = 4
@@ -171,7 +177,15 @@ VAE_FIELDS = ("seed", "world_seed", "frames", "height", "width", "max_objects", 
 """Fields that define the VAE phase (its identity in `work_dir`)."""
 VAE_FINETUNE_FIELDS = (*VAE_FIELDS, "vae_finetune_steps", "vae_finetune_lr")
 """Fields that define the fine-tuned VAE."""
-SHARD_FIELDS = (*VAE_FINETUNE_FIELDS, "vae_from", "text_length", "num_clips")
+SHARD_FIELDS = (
+    *VAE_FINETUNE_FIELDS,
+    "vae_from",
+    "text_length",
+    "text_steps",
+    "text_lr",
+    "text_batch_size",
+    "num_clips",
+)
 """Fields that define the latent shards."""
 TRANSFORMER_FIELDS = (*SHARD_FIELDS, "patch_size", "num_heads", "num_layers", "ffn_dim", "steps", "batch_size", "lr", "warmup_steps",
                       "caption_dropout", "ema_decay", "train_flow_shift")  # fmt: skip
@@ -190,12 +204,17 @@ EVAL_FIELDS = frozenset(
 LEGACY_VALUES: dict[str, object] = {
     "background": "textured", "radius_fraction": [0.12, 0.17], "layout": "random", "vae_z_dim": 16,
     "num_layers": 2, "ffn_dim": 256, "text_length": 16, "vae_from": None, "num_heads": 2, "lane_shrink": 0.75,
-    "shapes": "outline",
+    "shapes": "outline", "text_steps": 0,
 }  # fmt: skip
 """What a teacher trained before these fields existed used (its report's config lacks them)."""
 
 
-UNHASHED_DEFAULTS: dict[str, object] = {"shapes": "outline"}
+UNHASHED_DEFAULTS: dict[str, object] = {
+    "shapes": "outline",
+    "text_steps": 0,
+    "text_lr": 1e-3,
+    "text_batch_size": 64,
+}
 """Fields that `digest` leaves out while they hold these values (they postdate the first work dirs)."""
 
 
