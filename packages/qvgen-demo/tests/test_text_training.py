@@ -62,5 +62,5 @@ def test_model_card_describes_the_text_phase_only_when_it_ran():
     assert "randomly initialised, frozen" in random_encoder and no_step == ""
     accuracy = {"all": 0.99, "clause2_colour": 0.95, "clause2_shape": 1.0, "clause2_direction": 1.0}
     taught, step = _text_step({"config": cfg, "text_encoder": {"steps": 5, "accuracy": accuracy}})
-    assert "taught which clause says what (5 steps)" in taught
+    assert "taught which clause says what in 5 steps" in taught
     assert step.startswith("0. Text encoder") and "clause-2 colour 0.950" in step

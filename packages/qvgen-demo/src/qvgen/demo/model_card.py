@@ -69,7 +69,7 @@ def _text_step(report: dict[str, Any]) -> tuple[str, str]:
         return "a randomly initialised, frozen 2-layer UMT5", ""
     acc = log["accuracy"]
     return (
-        f"a 2-layer UMT5, randomly initialised, taught which clause says what ({log['steps']} steps) and frozen",
+        f"a 2-layer UMT5 (randomly initialised, taught which clause says what in {log['steps']} steps, then frozen)",
         f"""0. Text encoder (`qvgen.demo.text_training`; a stand-in for a pretrained UMT5): {log["steps"]} AdamW steps
    (lr {cfg["text_lr"]}, batch {cfg["text_batch_size"]} random captions of the world's grammar) of the UMT5
    together with six attention readers, one per (clause, attribute), that classify colour, shape and
