@@ -26,6 +26,8 @@ from qvgen.models import Components
 
 CLAUSES = 2
 """Clauses per caption the readers ask about (the world draws at most two objects)."""
+WARMUP_STEPS = 50
+"""Linear learning-rate warm-up of the encoder and readers (then constant)."""
 
 
 def caption_batch(gen: torch.Generator, n: int, shapes: Sequence[ShapeName]) -> tuple[list[str], Tensor]:
@@ -126,7 +128,7 @@ def train_text_encoder(
         if stop():
             break
         for group in opt.param_groups:
-            group["lr"] = cfg.text_lr * min(1.0, (step + 1) / 50)
+            group["lr"] = cfg.text_lr * min(1.0, (step + 1) / WARMUP_STEPS)
         captions, labels = caption_batch(gen, cfg.text_batch_size, shapes)
         text, mask = _encode(components, captions, cfg.text_length)
         loss, _ = _loss_and_accuracy(readers(text, mask), labels)
