@@ -25,7 +25,9 @@ from qvgen.models import get_family
 from qvgen.models.testing import tiny_checkpoint
 from qvgen.train.cli import main as train_main
 
-# Loss of each of the 4 training steps of the run below (torch 2.13 CPU, float32, 1 thread).
+# Loss of each of the 4 training steps of the run below (torch 2.13 CPU, float32, 1 thread). Other x86 CPUs
+# round differently in their vector kernels and a fake-quant rounding boundary can flip: on an AMD EPYC the
+# 4th loss came out 0.5 % higher (the first three within 1e-3), so the check allows 1 %.
 GOLDEN_LOSSES: tuple[float, ...] | None = (0.0051002, 0.0052289, 0.0049136, 0.0052867)
 
 
@@ -86,7 +88,7 @@ def test_run_decays_phi_to_rank_zero_and_logs_finite_losses(flow: dict[str, Path
     if os.environ.get("QVGEN_PRINT_GOLDEN"):
         print("GOLDEN_LOSSES =", losses)
     if GOLDEN_LOSSES is not None:
-        assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-3)
+        assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-2)
 
 
 def test_exported_deploy_student_loads_as_a_plain_w4a4_model(flow: dict[str, Path]) -> None:
