@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from qvgen.data import COLOURS, DIRECTIONS, SHAPE_SETS, ShapeName
+from qvgen.data import COLOURS, DIRECTIONS, SHAPE_SETS, CaptionClause, ShapeName
 from qvgen.demo.teacher_config import TeacherConfig
 from qvgen.models import Components
 
@@ -44,8 +44,7 @@ def caption_batch(gen: torch.Generator, n: int, shapes: Sequence[ShapeName]) -> 
             s = int(torch.randint(0, len(shapes), (1,), generator=gen))
             d = int(torch.randint(0, len(directions), (1,), generator=gen))
             labels[i, k] = torch.tensor([c, s, d])
-            article = "an" if colours[c][0] in "aeiou" else "a"
-            clauses.append(f"{article} {colours[c]} {shapes[s]} moves {directions[d]}")
+            clauses.append(CaptionClause(colours[c], shapes[s], directions[d]).phrase)
         captions.append(" and ".join(clauses))
     return captions, labels
 
@@ -70,7 +69,8 @@ class ClauseReaders(nn.Module):
 
 
 def _encode(components: Components, captions: list[str], length: int) -> tuple[Tensor, Tensor]:
-    """Encoder output with padding zeroed (what `WanPipeline.encode_prompt` hands the transformer)."""
+    """Encoder output with padding zeroed (what `WanPipeline.encode_prompt` hands the transformer), with
+    gradients (qvgen.models' `PipelineEncoder.encode_prompts` runs without them)."""
     tokens = components.tokenizer(
         captions, padding="max_length", max_length=length, truncation=True, add_special_tokens=True,
         return_attention_mask=True, return_tensors="pt",
