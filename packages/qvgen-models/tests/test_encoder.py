@@ -1,8 +1,10 @@
+import copy
+
 import pytest
 import torch
 
 from qvgen.data import VideoEncoder
-from qvgen.models import FAMILIES, load_components
+from qvgen.models import FAMILIES, encoder_identity, load_components, weights_digest
 from qvgen.models.testing import tiny_spec
 
 PROMPTS = ["a cat playing piano", "a blue circle moves up over a green field, cinematic"]
@@ -50,3 +52,17 @@ def test_prompts_become_the_pipeline_conditioning_and_true_lengths(setup):
         assert text.embeddings[0, text.lengths[0] :].abs().sum() == 0
     with pytest.raises(ValueError, match="no prompts"):
         enc.encode_prompts([])
+
+
+def test_encoder_name_tells_apart_checkpoints_that_share_configs_but_not_weights(setup):
+    name, comps, enc = setup
+    again = FAMILIES[name].encoder(comps, tiny_spec(name))
+    assert again.name == enc.name  # deterministic: a resumed shard write sees the same identity
+    config_part, weights_part = enc.name.split("@")[1].split(":")[0].split(".")
+    assert len(config_part) == len(weights_part) == 12
+    other_text = copy.deepcopy(comps.text_encoder)
+    with torch.no_grad():
+        next(other_text.parameters()).add_(1e-3)  # same config, one tensor retrained a little
+    assert encoder_identity(comps.vae, other_text) != encoder_identity(comps.vae, comps.text_encoder)
+    assert encoder_identity(comps.vae, other_text).split(".")[0] == config_part
+    assert weights_digest(comps.vae) != weights_digest(comps.text_encoder)

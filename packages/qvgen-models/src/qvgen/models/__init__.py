@@ -1,7 +1,7 @@
 """Wan 2.1 and CogVideoX model families for qvgen: loading, layer roles, noising, tiny offline builds."""
 
 from qvgen.models.cogvideox import CogVideoXFamily
-from qvgen.models.encoder import PipelineEncoder
+from qvgen.models.encoder import PipelineEncoder, encoder_identity, weights_digest
 from qvgen.models.family import Components, ModelFamily, NoisedInputs
 from qvgen.models.manifest import (
     STUDENT_MANIFEST,
@@ -49,6 +49,7 @@ __all__ = [
     "WanFamily",
     "WanSpec",
     "build_real_on_meta",
+    "encoder_identity",
     "get_family",
     "get_real_model",
     "hf_progress_bars",
@@ -61,4 +62,5 @@ __all__ = [
     "save_student",
     "set_hf_progress_bars",
     "to_torch_dtype",
+    "weights_digest",
 ]

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from transformers import T5Config, T5EncoderModel
 
 from qvgen.models import checkpoint as ckpt
-from qvgen.models.encoder import PipelineEncoder, config_digest
+from qvgen.models.encoder import PipelineEncoder, encoder_identity
 from qvgen.models.family import Components, NoisedInputs, check_noising_batch
 from qvgen.models.spec import CogVideoXSpec, DType, ModelSpec, to_torch_dtype
 from qvgen.models.tokenizer import make_t5_tokenizer
@@ -251,7 +251,7 @@ class CogVideoXFamily:
 
     def encoder(self, components: Components, spec: ModelSpec | None = None) -> PipelineEncoder:
         length = self.max_text_length(components, spec)
-        digest = config_digest(components.vae.config, components.text_encoder.config)
+        digest = encoder_identity(components.vae, components.text_encoder)
         return PipelineEncoder(
             name=f"cogvideox:vae+t5@{digest}:L{length}", pipeline=self.pipeline(components), max_length=length
         )

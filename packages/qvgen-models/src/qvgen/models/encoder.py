@@ -23,6 +23,32 @@ def config_digest(*configs: Any) -> str:
     return h.hexdigest()[:12]
 
 
+def weights_digest(*modules: torch.nn.Module, samples: int = 256) -> str:
+    """Short sha256 over every tensor of `modules`' state dicts: name, shape, dtype and the exact values of
+    `samples` evenly spaced elements (as float32).
+
+    Two checkpoints with the same configs but different training (e.g. a taught and a random text encoder)
+    get different digests; the sampling keeps it cheap for multi-GB encoders (no full pass over the weights,
+    one small device-to-host copy per tensor)."""
+    h = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+            if tensor.is_meta:  # no values to read (a model built on the meta device)
+                continue
+            flat = tensor.detach().reshape(-1)
+            if flat.numel() > samples:
+                flat = flat[torch.linspace(0, flat.numel() - 1, samples, device=flat.device).long()]
+            h.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def encoder_identity(vae: torch.nn.Module, text_encoder: torch.nn.Module) -> str:
+    """`<config digest>.<weights digest>` of a VAE and text encoder: the identity recorded in shard
+    manifests, so shards of two checkpoints that share configs but not weights are told apart."""
+    return f"{config_digest(vae.config, text_encoder.config)}.{weights_digest(vae, text_encoder)}"
+
+
 class PipelineEncoder:
     """Videos through the pipeline's VAE, prompts through the pipeline's own `encode_prompt`.
 

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from transformers import UMT5Config, UMT5EncoderModel
 
 from qvgen.models import checkpoint as ckpt
-from qvgen.models.encoder import PipelineEncoder, config_digest
+from qvgen.models.encoder import PipelineEncoder, encoder_identity
 from qvgen.models.family import Components, NoisedInputs, check_noising_batch
 from qvgen.models.spec import DType, ModelSpec, WanSpec, to_torch_dtype
 from qvgen.models.tokenizer import make_t5_tokenizer
@@ -191,7 +191,7 @@ class WanFamily:
 
     def encoder(self, components: Components, spec: ModelSpec | None = None) -> PipelineEncoder:
         length = self.max_text_length(components, spec)
-        digest = config_digest(components.vae.config, components.text_encoder.config)
+        digest = encoder_identity(components.vae, components.text_encoder)
         return PipelineEncoder(
             name=f"wan:vae+umt5@{digest}:L{length}",
             pipeline=self.pipeline(components),
