@@ -20,6 +20,8 @@ ground-truth clips of the held-out prompts and on negative controls (one attribu
 Writes the `## paper_table` section of benchmarks/RESULTS.md (unless --no-write); its last line is
 `paper_table fp_colour=… … qvgen_minus_lsq_w3a3=… ci95_w3a3=…`.
 Usage: python benchmarks/paper_table.py [--quick] [--out DIR] [--steps N] [--train-seeds N] …
+The full table on a small machine: run `--bits 4 --out A` and `--bits 3 --out B` side by side (one core
+each), then `--merge A B` (same setting options) writes the one table from their records.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ from qvgen.eval import (
     VariantReport,
     chance_levels,
     change_attribute,
+    load_report,
     mean_ci,
     paired_diff_ci,
     score_values,
@@ -178,8 +181,7 @@ def teacher_snapshot(source: Path, out: Path) -> tuple[Path, str]:
     if teacher.exists():
         shutil.rmtree(teacher)
     shutil.copytree(source, teacher)
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors"))))
-    return teacher, digest.hexdigest()[:12]
+    return teacher_snapshot_digest(teacher)
 
 
 def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: TrainBudget, seeds: list[int]):
@@ -269,6 +271,12 @@ def main() -> int:
         "--report", default="report", help="report subfolder of --out (ablations: another name)"
     )
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
+    parser.add_argument(
+        "--merge", nargs="+", type=Path, metavar="OUT",
+        help="no training or sampling: the table of earlier runs' work folders (e.g. one per --bits, run side "
+        "by side on a small machine), from their report.json and trained-run records; give the setting "
+        "options they ran with",
+    )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -290,20 +298,28 @@ def main() -> int:
     chance = chance_levels(SHAPE_SETS[style.shapes])
     print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
-    shards = build_shards(teacher, args.out, clips)
-    print(f"shards ready ({time.perf_counter() - start:.0f} s)", flush=True)
-    runs = train_all(args, teacher, shards, budget, seeds)
-    t_eval = time.perf_counter()
-    evaluation = evaluate(
-        teacher, [(name, Path(r[3]["deploy_dir"])) for name, r in runs.items()], prompts, args.out / args.report,
-        seed=args.seed, sampling_steps=sampling_steps, guidance_scale=guidance, clip_shape=shape,
-        videos_per_prompt=sampling_seeds, progress=False,
-    )  # fmt: skip
-    eval_s = time.perf_counter() - t_eval
-    report: EvalReport = evaluation.report
-    curves = {name: curve(r[3]["losses"]) for name, r in runs.items() if r[3]["losses"]}
-    report = report.model_copy(update={"training_curves": curves})
-    write_report(report, args.out / args.report)
+    if args.merge:
+        runs, report = merge_runs(args.merge, args.report, teacher_hash, steps)
+        args.bits = sorted({r[1] for r in runs.values()}, reverse=True)
+        args.methods = [m for m in ("lsq", "qvgen") if any(r[0] == m for r in runs.values())]
+        seeds = sorted({r[2] for r in runs.values() if r[0] != "rtn"})
+        eval_s = 0.0
+        print(f"merged {len(runs)} runs of {', '.join(map(str, args.merge))}: bits {args.bits}", flush=True)
+    else:
+        shards = build_shards(teacher, args.out, clips)
+        print(f"shards ready ({time.perf_counter() - start:.0f} s)", flush=True)
+        runs = train_all(args, teacher, shards, budget, seeds)
+        t_eval = time.perf_counter()
+        evaluation = evaluate(
+            teacher, [(name, Path(r[3]["deploy_dir"])) for name, r in runs.items()], prompts,
+            args.out / args.report, seed=args.seed, sampling_steps=sampling_steps, guidance_scale=guidance,
+            clip_shape=shape, videos_per_prompt=sampling_seeds, progress=False,
+        )  # fmt: skip
+        eval_s = time.perf_counter() - t_eval
+        report = evaluation.report
+        curves = {name: curve(r[3]["losses"]) for name, r in runs.items() if r[3]["losses"]}
+        report = report.model_copy(update={"training_curves": curves})
+        write_report(report, args.out / args.report)
 
     by_name = {v.name: v for v in report.variants}
     fp = make_cell("full precision (teacher)", "FP32", [report.teacher])
@@ -369,13 +385,19 @@ def main() -> int:
             else "Every linear of the transformer is quantized (no layer stays high precision)."
         )
         command = "python " + " ".join(["benchmarks/paper_table.py", *sys.argv[1:]])
+        folders = args.merge or [args.out]
+        plots = ", ".join(f"`{d}/{args.report}/report.html`" for d in folders)
         teacher_text = (
             "the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`)"
             if args.teacher.resolve() == DEFAULT_TEACHER_DIR.resolve()
             else f"`{args.teacher}`"
         )
-        body = f"""Command: `{command}` (wall time {wall / 60:.1f} min: training {train_s / 60:.1f} min, sampling and
-scoring {eval_s / 60:.1f} min). Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread
+        timing = (
+            f"a merge of {len(folders)} work folders, nothing trained or sampled by it; their training took "
+            f"{train_s / 60:.1f} min in all" if args.merge else
+            f"wall time {wall / 60:.1f} min: training {train_s / 60:.1f} min, sampling and scoring {eval_s / 60:.1f} min"
+        )  # fmt: skip
+        body = f"""Command: `{command}` ({timing}). Machine: the shared 2-core CPU box, no GPU, 1 intra-op thread
 ({platform.machine()}, torch {torch.__version__}), niced and sharing the CPU with other jobs.
 Teacher: {teacher_text}, weights sha256 {teacher_hash} (all its safetensors, in path order).
 Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {budget.lr:g} (latent weights,
@@ -400,7 +422,7 @@ passes colour {negative["colour"]:.3f} / shape {negative["shape"]:.3f} / motion 
 
 {chr(10).join(diff_lines)}
 
-Training loss (the curves are plotted in `{args.out}/{args.report}/report.html`):
+Training loss (the curves are plotted in {plots}):
 
 {chr(10).join(loss_lines)}
 
@@ -409,6 +431,57 @@ Training loss (the curves are plotted in `{args.out}/{args.report}/report.html`)
         write_section(body)
     print(line)
     return 0
+
+
+RUN_NAME = re.compile(r"^(rtn|lsq|qvgen)-w(\d)a\2(?:-s(\d+))?$")
+
+
+def merge_runs(
+    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int
+) -> tuple[dict[str, tuple[str, int, int, dict]], EvalReport]:
+    """The trained runs and one `EvalReport` of several paper_table work folders that sampled the same
+    teacher, prompts and seeds (e.g. `--bits 4` and `--bits 3` run side by side). Refuses folders whose
+    teacher, teacher samples or training steps differ, and runs that appear twice."""
+    runs: dict[str, tuple[str, int, int, dict]] = {}
+    variants: dict[str, VariantReport] = {}
+    curves: dict[str, tuple[tuple[int, float], ...]] = {}
+    merged: EvalReport | None = None
+    for folder in folders:
+        _, digest = teacher_snapshot_digest(folder / "teacher")
+        if digest != teacher_hash:
+            raise ValueError(f"{folder}/teacher: weights sha256 {digest}, not the teacher's {teacher_hash}")
+        report = load_report(folder / report_name / "report.json")
+        if merged is None:
+            merged = report
+        elif report.teacher.samples != merged.teacher.samples:
+            raise ValueError(f"{folder}/{report_name}/report.json: its teacher samples differ from "
+                             f"{folders[0]}'s (other prompts, seeds or sampling settings)")  # fmt: skip
+        for marker in sorted((folder / "runs").glob("*.trained.json")):
+            name = marker.name.removesuffix(".trained.json")
+            match = RUN_NAME.match(name)
+            if match is None:
+                raise ValueError(f"{marker}: not a paper_table run name (method-wNaN[-sK])")
+            record = json.loads(marker.read_text())
+            if match[1] != "rtn" and len(record["losses"]) != steps:
+                raise ValueError(f"{marker}: {len(record['losses'])} training steps, not --steps {steps}")
+            if name in runs:
+                raise ValueError(f"{marker}: run {name} is in more than one folder")
+            runs[name] = (match[1], int(match[2]), int(match[3] or 0), record)
+        variants.update((v.name, v) for v in report.variants)
+        curves.update(report.training_curves)
+    assert merged is not None  # argparse's nargs="+" gives at least one folder
+    missing = sorted(set(runs) - set(variants))
+    if missing:
+        raise ValueError(f"runs without samples in the reports: {', '.join(missing)}")
+    return runs, merged.model_copy(update={"variants": tuple(variants.values()), "training_curves": curves})
+
+
+def teacher_snapshot_digest(teacher: Path) -> tuple[Path, str]:
+    """`teacher_snapshot`'s digest of a snapshot already in place (no copy)."""
+    if not teacher.is_dir():
+        raise ValueError(f"{teacher}: no teacher snapshot (not a paper_table work folder)")
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors"))))
+    return teacher, digest.hexdigest()[:12]
 
 
 def cell_table(fp: Cell, cells: Iterable[Cell]) -> str:

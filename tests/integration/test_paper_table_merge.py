@@ -1,0 +1,67 @@
+"""benchmarks/paper_table.py --merge: one table from work folders run side by side (e.g. one per bit width)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qvgen.eval import EvalReport, SampleRecord, VariantReport, VariantSummary, VideoMetrics
+
+
+@pytest.fixture(scope="module")
+def paper_table(import_benchmark):
+    return import_benchmark("paper_table")
+
+
+def _variant(name: str, prompts: list[str], flicker: float = 0.9) -> VariantReport:
+    samples = tuple(
+        SampleRecord(prompt=p, index=i, seed=i, video=VideoMetrics(path=f"{name}/{i}.mp4", temporal_flickering=flicker,
+                                                                    motion_energy=0.1))
+        for i, p in enumerate(prompts)
+    )  # fmt: skip
+    return VariantReport(name=name, kind="deploy", source=name, samples=samples,
+                         summary=VariantSummary(temporal_flickering=flicker, motion_energy=0.1))  # fmt: skip
+
+
+def _folder(root: Path, bits: int, steps: int, prompts: list[str], teacher_bytes: bytes = b"teacher") -> Path:
+    """A paper_table work folder of one bit width: teacher snapshot, report.json and trained-run records."""
+    (root / "teacher" / "transformer").mkdir(parents=True)
+    (root / "teacher" / "transformer" / "w.safetensors").write_bytes(teacher_bytes)
+    names = [f"rtn-w{bits}a{bits}", f"lsq-w{bits}a{bits}-s0", f"qvgen-w{bits}a{bits}-s1"]
+    (root / "runs").mkdir()
+    for name in names:
+        losses = [] if name.startswith("rtn") else [1.0] * steps
+        record = {"config": "c", "deploy_dir": str(root / name), "phi_rank": None, "losses": losses}
+        (root / "runs" / f"{name}.trained.json").write_text(json.dumps(record))
+    report = EvalReport(family="wan", created="now", pipeline_kwargs={}, teacher=_variant("teacher", prompts),
+                        variants=tuple(_variant(n, prompts) for n in names),
+                        training_curves={names[1]: ((1, 1.0),)})  # fmt: skip
+    (root / "report").mkdir()
+    (root / "report" / "report.json").write_text(report.model_dump_json())
+    return root
+
+
+def test_merge_joins_the_bit_widths_and_checks_they_sampled_the_same_teacher(paper_table, tmp_path):
+    prompts = ["a red bar moves left", "a blue circle moves up"]
+    four, three = _folder(tmp_path / "pt4", 4, 5, prompts), _folder(tmp_path / "pt3", 3, 5, prompts)
+    _, digest = paper_table.teacher_snapshot_digest(four / "teacher")
+
+    runs, report = paper_table.merge_runs([four, three], "report", digest, steps=5)
+    assert sorted(runs) == sorted(["rtn-w4a4", "lsq-w4a4-s0", "qvgen-w4a4-s1", "rtn-w3a3", "lsq-w3a3-s0",
+                                   "qvgen-w3a3-s1"])  # fmt: skip
+    assert runs["qvgen-w3a3-s1"][:3] == ("qvgen", 3, 1) and runs["rtn-w4a4"][:3] == ("rtn", 4, 0)
+    assert {v.name for v in report.variants} == set(runs)
+    assert set(report.training_curves) == {"lsq-w4a4-s0", "lsq-w3a3-s0"}
+
+    with pytest.raises(ValueError, match="not --steps 7"):
+        paper_table.merge_runs([four], "report", digest, steps=7)
+    with pytest.raises(ValueError, match="more than one folder"):
+        paper_table.merge_runs([four, four], "report", digest, steps=5)
+    other = _folder(tmp_path / "other", 3, 5, prompts, teacher_bytes=b"another teacher")
+    with pytest.raises(ValueError, match=r"other/teacher: weights sha256"):
+        paper_table.merge_runs([four, other], "report", digest, steps=5)
+    moved = _folder(tmp_path / "moved", 3, 5, list(reversed(prompts)))
+    with pytest.raises(ValueError, match="teacher samples differ"):
+        paper_table.merge_runs([four, moved], "report", digest, steps=5)
