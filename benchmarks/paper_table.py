@@ -333,6 +333,7 @@ def main() -> int:
     one_fp = mean_ci(fp.videos["overall"][: len(fp.videos["overall"]) - n_two])
 
     table = cell_table(fp, cells.values())
+    kinds = kind_table(fp, cells.values(), n_two)
     diffs = {}
     diff_lines = ["| bits | metric | QVGen − LSQ (paired, mean ± 95 % CI) |", "| --- | --- | ---: |"]
     if {"lsq", "qvgen"} <= set(args.methods):
@@ -374,7 +375,7 @@ def main() -> int:
         f"qvgen_minus_lsq_w3a3={dval(3)} ci95_w3a3={dval(3, half=True)}"
     )
     train_s = sum(r[3]["train_s"] for r in runs.values() if "train_s" in r[3])
-    print(table, "\n", "\n".join(diff_lines), "\n", "\n".join(loss_lines), sep="\n")
+    print(table, "\n", kinds, "\n", "\n".join(diff_lines), "\n", "\n".join(loss_lines), sep="\n")
     print(f"report: {(args.out / args.report / 'report.html').resolve()} ({wall / 60:.1f} min; training "
           f"{train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)")  # fmt: skip
     if not args.no_write:
@@ -419,6 +420,10 @@ passes colour {negative["colour"]:.3f} / shape {negative["shape"]:.3f} / motion 
 {_fmt(one_fp)}, on two-object prompts {"—" if two_fp is None else _fmt(two_fp)}.
 
 {table}
+
+By caption kind (one-object: {n_prompts - two_object} prompts × {sampling_seeds} seeds; two-object: {two_object} × {sampling_seeds}):
+
+{kinds}
 
 {chr(10).join(diff_lines)}
 
@@ -501,6 +506,25 @@ def cell_table(fp: Cell, cells: Iterable[Cell]) -> str:
             f"| {cell.label} | {cell.bits} | {get('overall')} | {get('colour')} | {get('shape')} | {get('motion')} "
             f"| {get('psnr_db', 2)} | {get('latent_mse', 4)} | {get('step_relative_mse', 4)} | {spread} "
             f"| {cell.unscorable}/{cell.num_videos} |"
+        )
+    return "\n".join(lines)
+
+
+def kind_table(fp: Cell, cells: Iterable[Cell], two_object_videos: int) -> str:
+    """Adherence of every row on one-object captions (per attribute and overall) and on two-object
+    captions (overall): the last `two_object_videos` videos of the plan have two objects."""
+    lines = ["| model | bits | one object: colour / shape / motion | one object | two objects |",
+             "| --- | --- | --- | ---: | ---: |"]  # fmt: skip
+    for cell in (fp, *cells):
+        split = len(cell.videos["overall"]) - two_object_videos
+
+        def mean(key: str, two: bool = False, cell: Cell = cell, split: int = split) -> str:
+            values = cell.videos[key][split:] if two else cell.videos[key][:split]
+            return f"{np.mean(values):.3f}" if values else "—"
+
+        attrs = " / ".join(mean(k) for k in ("colour", "shape", "motion"))
+        lines.append(
+            f"| {cell.label} | {cell.bits} | {attrs} | {mean('overall')} | {mean('overall', True)} |"
         )
     return "\n".join(lines)
 

@@ -65,3 +65,14 @@ def test_merge_joins_the_bit_widths_and_checks_they_sampled_the_same_teacher(pap
     moved = _folder(tmp_path / "moved", 3, 5, list(reversed(prompts)))
     with pytest.raises(ValueError, match="teacher samples differ"):
         paper_table.merge_runs([four, moved], "report", digest, steps=5)
+
+
+def test_kind_table_splits_one_and_two_object_videos(paper_table):
+    videos = {"overall": [1.0, 0.5, 0.0, 0.2], "colour": [1.0, 1.0, 0.0, 0.0], "shape": [1.0, 0.0, 0.5, 0.5],
+              "motion": [1.0, 0.5, 1.0, 1.0]}  # fmt: skip
+    cell = paper_table.Cell("QVGen", "W4A4", videos, {"overall": [0.4]}, 0, 4)
+    table = paper_table.kind_table(cell, [cell], two_object_videos=1)
+    rows = [line for line in table.splitlines() if line.startswith("| QVGen |")]
+    assert rows == ["| QVGen | W4A4 | 0.667 / 0.500 / 0.833 | 0.500 | 0.200 |"] * 2
+    none = paper_table.kind_table(cell, [], two_object_videos=0)
+    assert none.splitlines()[-1].endswith("| 0.425 | — |")
