@@ -399,3 +399,35 @@ def test_decoder_finetune_changes_the_decoder_only():
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
     assert any(k.startswith("decoder.") for k in changed)
     assert not any(p.requires_grad for p in vae.parameters())
+
+
+@committed
+def test_recipe_of_the_committed_teacher_retrains_its_config(tmp_path: Path, monkeypatch):
+    from qvgen.demo.cli import build_parser
+    from qvgen.demo.teacher_cli import config_from_args
+
+    monkeypatch.chdir(tmp_path)  # the recorded vae_from is relative to a checkout: read as the installed copy
+    argv = ["train-teacher", "--recipe-of", str(DEFAULT_TEACHER_DIR), "--out", "again", "--set", "steps=10"]
+    cfg = config_from_args(build_parser().parse_args(argv))
+    recorded = report_config(json.loads((DEFAULT_TEACHER_DIR / REPORT_NAME).read_text())["config"])
+    got = json.loads(cfg.model_dump_json())
+    assert cfg.out == Path("again") and cfg.work_dir is None and cfg.steps == 10
+    assert {k: v for k, v in got.items() if k not in ("out", "work_dir", "steps", "vae_from")} == {
+        k: v for k, v in recorded.items() if k not in ("out", "work_dir", "steps", "vae_from")
+    }
+    assert cfg.vae_from is not None and (cfg.vae_from / "vae" / "config.json").is_file()
+    assert cfg.vae_from.resolve() == DEFAULT_TEACHER_DIR.resolve()
+
+
+def test_recipe_of_names_a_folder_without_a_report(tmp_path: Path):
+    from qvgen.demo.cli import build_parser
+    from qvgen.demo.teacher_cli import config_from_args
+
+    with pytest.raises(ValueError, match=rf"{tmp_path}/{REPORT_NAME}: not a teacher training report"):
+        config_from_args(build_parser().parse_args(["train-teacher", "--recipe-of", str(tmp_path)]))
+    (tmp_path / REPORT_NAME).write_text(json.dumps({"config": [1, 2]}))
+    with pytest.raises(ValueError, match="config is a list"):
+        config_from_args(build_parser().parse_args(["train-teacher", "--recipe-of", str(tmp_path)]))
+    argv = ["train-teacher", "--recipe-of", str(tmp_path), "--evaluate-only"]
+    with pytest.raises(ValueError, match="give one"):
+        config_from_args(build_parser().parse_args(argv))

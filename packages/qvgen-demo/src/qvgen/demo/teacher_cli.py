@@ -8,7 +8,7 @@ from typing import Any
 
 from qvgen.core import add_override_argument, apply_overrides_to_tree, validate_config
 from qvgen.demo.teacher import reevaluate_teacher, train_teacher
-from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, EVAL_FIELDS, REPORT_NAME, TeacherConfig
+from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, EVAL_FIELDS, REPORT_NAME, TeacherConfig, recipe_of
 
 
 def add_cli(subparsers: Any) -> None:
@@ -34,6 +34,11 @@ def add_cli(subparsers: Any) -> None:
         "--work-dir", type=Path, default=None,
         help="folder for the trained VAE and the latent shards, reused by a rerun (default: temporary)",
     )  # fmt: skip
+    p.add_argument(
+        "--recipe-of", type=Path, default=None, metavar="TEACHER",
+        help="start from the recipe a trained teacher folder was trained with (its training_report.json "
+        "config; e.g. the embedded teacher's), then apply --set and the options here",
+    )  # fmt: skip
     p.add_argument("--minutes", type=float, default=None, help="wall-clock cap; phases stop early when spent")
     p.add_argument("--steps", type=int, default=None, help="transformer steps (default: TeacherConfig.steps)")
     p.add_argument(
@@ -53,11 +58,16 @@ def config_from_args(args: Any) -> TeacherConfig:
     Only the fields given are set (`--evaluate-only` reads `model_fields_set`); the named options win over
     ``--set``. Bad keys or values raise `qvgen.core.ConfigError` (a ValueError) naming the field.
     """
-    values = apply_overrides_to_tree({}, args.overrides)
+    if args.recipe_of is not None and args.evaluate_only:
+        raise ValueError(
+            "--recipe-of trains a teacher and --evaluate-only re-checks the one in --out: give one"
+        )
+    values = apply_overrides_to_tree(recipe_of(args.recipe_of) if args.recipe_of else {}, args.overrides)
     for key in ("out", "work_dir", "minutes", "steps", "vae_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
-    source = "train-teacher" + "".join(f" --set {item}" for item in args.overrides)
+    source = "train-teacher" + (f" --recipe-of {args.recipe_of}" if args.recipe_of else "")
+    source += "".join(f" --set {item}" for item in args.overrides)
     return validate_config(TeacherConfig, values, source)
 
 

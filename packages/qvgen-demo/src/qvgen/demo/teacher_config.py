@@ -22,7 +22,8 @@ class TeacherConfig(Frozen):
     """Everything that defines a teacher training run.
 
     The defaults are the first teacher's recipe; the committed teacher's own command (different world,
-    width, prompt length, and that VAE reused) is in its MODEL_CARD.md."""
+    width, prompt length, and that VAE reused) is in its MODEL_CARD.md, and `recipe_of(folder)` (the CLI's
+    `--recipe-of`) reads any trained teacher's config back."""
 
     out: Path = DEFAULT_TEACHER_DIR
     """Diffusers folder to write (replaced atomically)."""
@@ -221,6 +222,33 @@ UNHASHED_DEFAULTS: dict[str, object] = {
 def report_config(config: dict[str, object]) -> dict[str, object]:
     """A training report's config with the fields it predates filled in with the values it was trained with."""
     return {**LEGACY_VALUES, **config}
+
+
+def recipe_of(folder: str | Path) -> dict[str, object]:
+    """The config that teacher `folder` was trained with (its report's, with the fields it predates filled
+    in), less the machine-specific `out` and `work_dir`: what `qvgen train-teacher --recipe-of` retrains.
+    A `vae_from` recorded inside qvgen.demo's assets (a path in a checkout) that does not exist from here is
+    read as this installation's copy of the same asset."""
+    path = Path(folder) / REPORT_NAME
+    try:
+        config = json.loads(path.read_text())["config"]
+        if not isinstance(config, dict):
+            raise TypeError(f"its config is a {type(config).__name__}, not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a teacher training report with a config ({e})") from e
+    recipe = {k: v for k, v in report_config(config).items() if k not in ("out", "work_dir")}
+    if isinstance(recipe.get("vae_from"), str):
+        recipe["vae_from"] = str(_installed_asset(Path(str(recipe["vae_from"]))))
+    return recipe
+
+
+def _installed_asset(path: Path) -> Path:
+    assets = DEFAULT_TEACHER_DIR.parent  # …/qvgen/demo/assets
+    parts = path.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == ("qvgen", "demo", "assets") and not path.exists():
+            return assets.joinpath(*parts[i + 3 :])
+    return path
 
 
 def digest(cfg: TeacherConfig, fields: tuple[str, ...]) -> str:
