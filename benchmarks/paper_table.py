@@ -376,8 +376,11 @@ def main() -> int:
     )
     train_s = sum(r[3]["train_s"] for r in runs.values() if "train_s" in r[3])
     print(table, "\n", kinds, "\n", "\n".join(diff_lines), "\n", "\n".join(loss_lines), sep="\n")
-    print(f"report: {(args.out / args.report / 'report.html').resolve()} ({wall / 60:.1f} min; training "
-          f"{train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)")  # fmt: skip
+    folders = args.merge or [args.out]
+    plots = ", ".join(f"`{(d / args.report / 'report.html').resolve()}`" for d in folders)
+    print(
+        f"report: {plots} ({wall / 60:.1f} min; training {train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)"
+    )
     if not args.no_write:
         period = decay_period(budget.initial_rank, steps)
         hp_text = (
@@ -386,8 +389,6 @@ def main() -> int:
             else "Every linear of the transformer is quantized (no layer stays high precision)."
         )
         command = "python " + " ".join(["benchmarks/paper_table.py", *sys.argv[1:]])
-        folders = args.merge or [args.out]
-        plots = ", ".join(f"`{d}/{args.report}/report.html`" for d in folders)
         teacher_text = (
             "the embedded tiny Wan (`qvgen/demo/assets/tiny_wan_teacher`)"
             if args.teacher.resolve() == DEFAULT_TEACHER_DIR.resolve()
