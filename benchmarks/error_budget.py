@@ -22,6 +22,8 @@ Usage: python benchmarks/error_budget.py [--clips 64] [--timesteps 4] [--bits 4 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import sys
 import time
@@ -73,8 +75,6 @@ def rows_for(bits: int, rank: int) -> list[Row]:
 
 def quantized_student(teacher: nn.Module, row: Row, family) -> nn.Module:
     """A float32 copy of `teacher` quantized and initialised like QAT's first step (Φ attached if asked)."""
-    import copy
-
     student = copy.deepcopy(teacher).float()
     activation = NoActivationQuant() if row.act_bits is None else ClippedDynamicActivation(bits=row.act_bits)
     cfg = QuantConfig(weight=LSQPlusWeight(bits=row.weight_bits), activation=activation)
@@ -91,7 +91,7 @@ def held_out_inputs(teacher_dir: Path, out: Path, clips: int, timesteps: int, se
     timesteps (one posterior sample and noise draw each, from a fixed generator)."""
     family = get_family("wan")
     shards = build_shards(teacher_dir, out, clips, seed=HELD_OUT_WORLD)
-    vae_config = family.load(teacher_dir).vae.config
+    vae_config = json.loads((teacher_dir / "vae" / "config.json").read_text())  # latents_mean / latents_std
     generator = torch.Generator().manual_seed(seed)
     batches = []
     loader = make_loader(
