@@ -42,6 +42,7 @@ from paper_table import (  # benchmarks/ is sys.path[0] as a script
     make_cell,
     resolve_setting,
     teacher_snapshot,
+    train_cached,
 )
 from paper_table import _fmt as fmt_ci
 
@@ -55,7 +56,6 @@ from qvgen.demo import (
     teacher_clip_shape,
     teacher_sampling,
     teacher_world_style,
-    train_variant,
 )
 from qvgen.eval import paired_diff_ci
 from qvgen.train import RunConfig
@@ -317,15 +317,11 @@ def main(argv: list[str] | None = None) -> int:
         lsq = run_config(
             "lsq", 4, teacher, shards, budget, args.out / "runs" / f"lsq-w4a4-s{seed}", progress=False
         )
-        for key, (label, method, bits) in ROWS.items():
+        for key, (_label, method, bits) in ROWS.items():
             name = f"{key}-s{seed}"
             cfg = lsq if key == REFERENCE else method_config(lsq, method, bits, args.tiny_rank, name)
-            t0 = time.perf_counter()
-            deploy[name] = train_variant(cfg).deploy_dir
-            print(
-                f"{label} W4A{bits} seed {seed}: trained/exported in {time.perf_counter() - t0:.0f} s",
-                flush=True,
-            )
+            # a finished run of the same config is reused: a long run that was stopped resumes where it was
+            deploy[name] = Path(train_cached(cfg, args.out / "runs" / f"{name}.trained.json")["deploy_dir"])
     evaluation = evaluate(
         teacher, list(deploy.items()), prompts, args.out / "report", seed=args.seed, sampling_steps=sampling_steps,
         guidance_scale=guidance, clip_shape=shape, videos_per_prompt=sampling_seeds, progress=False,
