@@ -181,7 +181,7 @@ def teacher_snapshot(source: Path, out: Path) -> tuple[Path, str]:
     if teacher.exists():
         shutil.rmtree(teacher)
     shutil.copytree(source, teacher)
-    return teacher_snapshot_digest(teacher)
+    return teacher, teacher_digest(teacher)
 
 
 def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: TrainBudget, seeds: list[int]):
@@ -453,7 +453,7 @@ def merge_runs(
     curves: dict[str, tuple[tuple[int, float], ...]] = {}
     merged: EvalReport | None = None
     for folder in folders:
-        _, digest = teacher_snapshot_digest(folder / "teacher")
+        digest = teacher_digest(folder / "teacher")
         if digest != teacher_hash:
             raise ValueError(f"{folder}/teacher: weights sha256 {digest}, not the teacher's {teacher_hash}")
         report = load_report(folder / report_name / "report.json")
@@ -482,12 +482,12 @@ def merge_runs(
     return runs, merged.model_copy(update={"variants": tuple(variants.values()), "training_curves": curves})
 
 
-def teacher_snapshot_digest(teacher: Path) -> tuple[Path, str]:
-    """`teacher_snapshot`'s digest of a snapshot already in place (no copy)."""
+def teacher_digest(teacher: Path) -> str:
+    """Short sha256 of a teacher snapshot's safetensors (in path order), as `teacher_snapshot` reports it."""
     if not teacher.is_dir():
         raise ValueError(f"{teacher}: no teacher snapshot (not a paper_table work folder)")
     digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(teacher.rglob("*.safetensors"))))
-    return teacher, digest.hexdigest()[:12]
+    return digest.hexdigest()[:12]
 
 
 def cell_table(fp: Cell, cells: Iterable[Cell]) -> str:

@@ -46,7 +46,7 @@ def _folder(root: Path, bits: int, steps: int, prompts: list[str], teacher_bytes
 def test_merge_joins_the_bit_widths_and_checks_they_sampled_the_same_teacher(paper_table, tmp_path):
     prompts = ["a red bar moves left", "a blue circle moves up"]
     four, three = _folder(tmp_path / "pt4", 4, 5, prompts), _folder(tmp_path / "pt3", 3, 5, prompts)
-    _, digest = paper_table.teacher_snapshot_digest(four / "teacher")
+    digest = paper_table.teacher_digest(four / "teacher")
 
     runs, report = paper_table.merge_runs([four, three], "report", digest, steps=5)
     assert sorted(runs) == sorted(["rtn-w4a4", "lsq-w4a4-s0", "qvgen-w4a4-s1", "rtn-w3a3", "lsq-w3a3-s0",
