@@ -258,9 +258,12 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
 
 def run_config(
     method: Method, bits: int, teacher: Path, shards: Path | None, budget: TrainBudget, out_dir: Path, *,
-    progress: bool = True, high_precision_roles: Sequence[str] = (),
+    progress: bool = True, high_precision_roles: Sequence[str] = (), act_bits: int | None = None,
 ) -> RunConfig:  # fmt: skip
     """The `qvgen.train.RunConfig` of one method at W{bits}A{bits}; LSQ and QVGen share `budget`.
+
+    `act_bits`: the activation bit width when it differs from the weights' (e.g. W4A8, where the weight
+    error dominates).
 
     `high_precision_roles`: qvgen.quant layer roles (e.g. "time_embed", "modulation", "proj_out") whose
     linears stay unquantized; by default every linear of the transformer is quantized, as in the paper's code.
@@ -285,7 +288,7 @@ def run_config(
         TrainConfig,
     )
 
-    activation = ClippedDynamicActivation(bits=bits)
+    activation = ClippedDynamicActivation(bits=bits if act_bits is None else act_bits)
     weight = MinMaxWeight(bits=bits) if method == "rtn" else LSQPlusWeight(bits=bits)
     try:
         skipped = {LayerRole(r): RoleOverride(skip=True) for r in high_precision_roles}
