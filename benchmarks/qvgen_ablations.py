@@ -105,9 +105,12 @@ def variants(steps: int) -> dict[str, Variant]:
         "lsq-a8": Variant("LSQ, 8-bit activations", "lsq", act_bits=8),
         "qvgen-a8": Variant("QVGen, 8-bit activations", "qvgen", act_bits=8, reference="lsq-a8"),
         "qvgen-a8-half": Variant(
-            "QVGen, 8-bit activations, Φ gone at half the steps", "qvgen", {"decay_fraction": 0.5},
-            act_bits=8, reference="lsq-a8",
-        ),  # fmt: skip
+            "QVGen, 8-bit activations, Φ gone at half the steps",
+            "qvgen",
+            {"decay_fraction": 0.5},
+            act_bits=8,
+            reference="lsq-a8",
+        ),
         "lsq-s1": Variant("LSQ, training seed 1", "lsq", {"seed": 1}),
         "qvgen-s1": Variant("QVGen, training seed 1", "qvgen", {"seed": 1}, reference="lsq-s1"),
     }
