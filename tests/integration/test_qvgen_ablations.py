@@ -30,7 +30,9 @@ def test_rows_pair_with_the_lsq_of_their_setting_and_the_budget_overrides_valida
             assert decay_period(budget.initial_rank, decay_steps(budget)) >= 1
     assert plan["qvgen-2x"].reference == "lsq-2x" and plan["qvgen-hp"].reference == "lsq-hp"
     assert plan["qvgen-hp"].high_precision == plan["lsq-hp"].high_precision != ()
-    assert plan["qvgen-a8"].reference == "lsq-a8" and plan["qvgen-a8"].act_bits == plan["lsq-a8"].act_bits == 8
+    assert (
+        plan["qvgen-a8"].reference == "lsq-a8" and plan["qvgen-a8"].act_bits == plan["lsq-a8"].act_bits == 8
+    )
 
 
 def test_key_line_reports_the_best_knob_not_the_seed_row(ablations):

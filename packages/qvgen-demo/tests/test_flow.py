@@ -170,6 +170,8 @@ def test_decay_fraction_removes_phi_within_its_share_of_the_steps(tmp_path: Path
 def test_act_bits_sets_the_activation_width_apart_from_the_weights(tmp_path: Path) -> None:
     budget = TrainBudget(steps=10)
     same = run_config("lsq", 4, DEFAULT_TEACHER_DIR, tmp_path, budget, tmp_path / "a", progress=False)
-    wider = run_config("lsq", 4, DEFAULT_TEACHER_DIR, tmp_path, budget, tmp_path / "b", progress=False, act_bits=8)
+    wider = run_config(
+        "lsq", 4, DEFAULT_TEACHER_DIR, tmp_path, budget, tmp_path / "b", progress=False, act_bits=8
+    )
     assert same.quant.activation.bits == 4 and same.quant.weight.bits == 4
     assert wider.quant.activation.bits == 8 and wider.quant.weight.bits == 4
