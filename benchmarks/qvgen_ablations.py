@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + " ".join(
         ["benchmarks/qvgen_ablations.py", *(sys.argv[1:] if argv is None else argv)]
     )
-    body = f"""Command: `{command}` (wall time {wall:.1f} min: training {train_s / 60:.1f} min, sampling and scoring
+    body = f"""Command: `{command}` (wall time {wall:.1f} min: training {train_s / 60:.1f} min summed over the rows, reused ones included; sampling and scoring
 {eval_s / 60:.1f} min; the shared 2-core CPU, 1 thread, no GPU). Teacher: `{args.teacher}`, weights sha256
 {teacher_hash}. Every row: {bits}, paper_table's budget ({run.steps} steps unless the row says otherwise, batch
 {TrainBudget().batch_size}, lr {TrainBudget().lr:g}, {run.clips} clips, training seed 0 unless the row says 1), evaluated as its
