@@ -13,7 +13,9 @@ in one `qvgen.demo.evaluate` call (the teacher sampled once). The knobs, one at 
 - the budget: both methods with twice the steps;
 - the training seed: LSQ and QVGen once more with seed 1 (how far a row moves by chance alone);
 - 8-bit activations (W{bits}A8): LSQ and QVGen where the weight error, the only error Φ is fitted to,
-  dominates the student's error (benchmarks/error_budget.py: at W4A4 the activations carry about 80 %).
+  dominates the student's error (benchmarks/error_budget.py: at W4A4 the activations carry about 80 %);
+- the RTN baseline's definition (no training): paper_table's RTN (min-max weights, activations clipped at the
+  QAT init's 0.9025 of each token's range) against plain per-token min-max activations (clip 0.9999).
 
 Each row shows PSNR vs the teacher, the denoiser's relative MSE and adherence (mean ± 95 % t interval over
 videos), and its paired difference against the LSQ row of the same setting over the same videos. The video
@@ -80,6 +82,8 @@ class Variant:
     reference: str = "lsq"
     act_bits: int | None = None
     """Activation bits when not the weights' (`--bits`)."""
+    act_clip_init: float | None = None
+    """The activation quantizer's initial clip factor when not its default."""
 
 
 def variants(steps: int) -> dict[str, Variant]:
@@ -111,6 +115,8 @@ def variants(steps: int) -> dict[str, Variant]:
             act_bits=8,
             reference="lsq-a8",
         ),
+        "rtn": Variant("RTN as in paper_table (activations clipped at 0.9025)", "rtn"),
+        "rtn-minmax": Variant("RTN, plain min-max activations", "rtn", act_clip_init=0.9999),
         "lsq-s1": Variant("LSQ, training seed 1", "lsq", {"seed": 1}),
         "qvgen-s1": Variant("QVGen, training seed 1", "qvgen", {"seed": 1}, reference="lsq-s1"),
     }
@@ -120,18 +126,25 @@ METRICS = (("psnr_db", 2), ("step_relative_mse", 4), ("overall", 3))
 
 
 def tables(
-    cells: dict[str, Cell], plan: dict[str, Variant], runs: dict[str, dict]
+    cells: dict[str, Cell], plan: dict[str, Variant], runs: dict[str, dict], teacher: Cell | None = None
 ) -> tuple[str, dict[str, MeanCI]]:
-    """The markdown table and each QVGen row's paired PSNR difference against its LSQ row."""
+    """The markdown table and each non-LSQ row's paired PSNR difference against its LSQ row; with `teacher`,
+    a first row for it and each row's adherence as a multiple of the teacher's."""
+    ratio_head, ratio_rule = (" adherence ÷ teacher |", " ---: |") if teacher else ("", "")
     lines = [
-        "| row | method | PSNR vs teacher (dB) | denoiser rel. MSE | adherence | PSNR − its LSQ (dB) "
-        "| denoiser − its LSQ | adherence − its LSQ | loss, last tenth |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
+        "| row | method | PSNR vs teacher (dB) | denoiser rel. MSE | adherence |" + ratio_head
+        + " PSNR − its LSQ (dB) | denoiser − its LSQ | adherence − its LSQ | loss, last tenth |",
+        "| --- | --- | ---: | ---: | ---: |" + ratio_rule + " ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    if teacher is not None:
+        fp = fmt_ci(teacher.ci("overall"), 3)
+        lines.append(f"| teacher | fp | — | — | {fp} | 1.000 | — | — | — | — |")
     psnr_diffs: dict[str, MeanCI] = {}
     for name, v in plan.items():
         cell = cells[name]
         values = [fmt_ci(cell.ci(m), d) for m, d in METRICS]
+        if teacher is not None:
+            values.append(f"{cell.ci('overall').mean / teacher.ci('overall').mean:.3f}")
         if v.method == "lsq":
             diffs = ["—"] * 3
         else:
@@ -139,14 +152,15 @@ def tables(
             d = {m: paired_diff_ci(cell.videos[m], ref.videos[m]) for m, _ in METRICS}
             psnr_diffs[name] = d["psnr_db"]
             diffs = [fmt_ci(d[m], digits) for m, digits in METRICS]
-        last = loss_windows(runs[name]["losses"])[-1]
-        lines.append(f"| {v.label} | {v.method} | " + " | ".join(values + diffs) + f" | {last:.4f} |")
+        losses = runs[name]["losses"]
+        last = f"{loss_windows(losses)[-1]:.4f}" if losses else "— (not trained)"
+        lines.append(f"| {v.label} | {v.method} | " + " | ".join(values + diffs) + f" | {last} |")
     return "\n".join(lines), psnr_diffs
 
 
 def key_line(cells: dict[str, Cell], psnr: dict[str, MeanCI]) -> str:
     """The section's last line: the base gap, the best knob, and how much a seed alone moves a row."""
-    knobs = [k for k in psnr if not k.endswith("-s1")]  # the seed row is chance, not a knob
+    knobs = [k for k in psnr if k.startswith("qvgen") and not k.endswith("-s1")]  # seed rows are chance
     best = max(knobs, key=lambda k: psnr[k].mean)
     spread = max(
         abs(cells["qvgen"].ci("psnr_db").mean - cells["qvgen-s1"].ci("psnr_db").mean),
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, v in plan.items():
         cfg = run_config(
             v.method, args.bits, teacher, shards, budgets[name], args.out / "runs" / name, progress=False,
-            high_precision_roles=v.high_precision, act_bits=v.act_bits,
+            high_precision_roles=v.high_precision, act_bits=v.act_bits, act_clip_init=v.act_clip_init,
         )  # fmt: skip
         runs[name] = train_cached(cfg, args.out / "runs" / f"{name}.trained.json")
     t_eval = time.perf_counter()
@@ -210,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         for name, v in plan.items()
     }
-    table, psnr = tables(cells, plan, runs)
+    teacher_cell = make_cell("teacher", "FP", [evaluation.report.teacher])
+    table, psnr = tables(cells, plan, runs, teacher_cell)
     line = key_line(cells, psnr) if {"qvgen", "qvgen-s1", "lsq-s1"} <= set(plan) else ""
     wall = (time.perf_counter() - start) / 60
     train_s = sum(r.get("train_s", 0.0) for r in runs.values())

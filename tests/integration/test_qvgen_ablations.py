@@ -77,3 +77,20 @@ def test_its_section_replaces_only_itself_in_results(ablations, tmp_path, monkey
     text = results.read_text()
     assert text.count("## qvgen_ablations") == 1 and "a=2" in text and "a=1" not in text
     assert "## paper_table\n\ntable\n\n### baselines\n\nrows" in text and "## newcomer\n\nn" in text
+
+
+def test_teacher_row_and_ratio_and_untrained_rtn_rows(ablations):
+    import paper_table
+
+    plan = {n: v for n, v in ablations.variants(300).items() if n in ("lsq", "rtn", "rtn-minmax")}
+    base = [20.0, 21.0, 20.5, 21.5]
+    cells = {name: _cell(paper_table, base) for name in plan}
+    runs = {"lsq": {"losses": [1.0] * 20}, "rtn": {"losses": []}, "rtn-minmax": {"losses": []}}
+    teacher = paper_table.Cell("teacher", "FP", {"overall": [0.8] * 4}, {"overall": [0.8]}, 0, 4)
+    table, psnr = ablations.tables(cells, plan, runs, teacher)
+    rows = table.splitlines()
+    assert rows[2].startswith("| teacher |") and rows[0].count("|") == rows[2].count("|") == rows[3].count(
+        "|"
+    )
+    assert "| 0.625 |" in rows[3] and "not trained" in table  # 0.5 / 0.8
+    assert set(psnr) == {"rtn", "rtn-minmax"} and plan["rtn-minmax"].act_clip_init == pytest.approx(0.9999)

@@ -175,3 +175,8 @@ def test_act_bits_sets_the_activation_width_apart_from_the_weights(tmp_path: Pat
     )
     assert same.quant.activation.bits == 4 and same.quant.weight.bits == 4
     assert wider.quant.activation.bits == 8 and wider.quant.weight.bits == 4
+    minmax = run_config(
+        "rtn", 4, DEFAULT_TEACHER_DIR, None, budget, tmp_path / "c", progress=False, act_clip_init=0.9999
+    )
+    assert minmax.quant.activation.clip_init == 0.9999 and minmax.train.max_steps == 0
+    assert same.quant.activation.clip_init == 0.9025

@@ -259,11 +259,13 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
 def run_config(
     method: Method, bits: int, teacher: Path, shards: Path | None, budget: TrainBudget, out_dir: Path, *,
     progress: bool = True, high_precision_roles: Sequence[str] = (), act_bits: int | None = None,
+    act_clip_init: float | None = None,
 ) -> RunConfig:  # fmt: skip
     """The `qvgen.train.RunConfig` of one method at W{bits}A{bits}; LSQ and QVGen share `budget`.
 
     `act_bits`: the activation bit width when it differs from the weights' (e.g. W4A8, where the weight
-    error dominates).
+    error dominates). `act_clip_init`: the activation quantizer's initial clip factor instead of its default
+    (e.g. 0.9999 for RTN with plain per-token min-max ranges).
 
     `high_precision_roles`: qvgen.quant layer roles (e.g. "time_embed", "modulation", "proj_out") whose
     linears stay unquantized; by default every linear of the transformer is quantized, as in the paper's code.
@@ -289,6 +291,8 @@ def run_config(
     )
 
     activation = ClippedDynamicActivation(bits=bits if act_bits is None else act_bits)
+    if act_clip_init is not None:
+        activation = activation.model_copy(update={"clip_init": act_clip_init})
     weight = MinMaxWeight(bits=bits) if method == "rtn" else LSQPlusWeight(bits=bits)
     try:
         skipped = {LayerRole(r): RoleOverride(skip=True) for r in high_precision_roles}
