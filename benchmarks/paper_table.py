@@ -52,6 +52,7 @@ from qvgen.demo import (
     TrainBudget,
     build_shards,
     decay_period,
+    decay_steps,
     evaluate,
     held_out_clips,
     run_config,
@@ -262,6 +263,10 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=TrainBudget().lr, help="lr of latent weights, Φ, other")
     parser.add_argument("--phi-lr", type=float, help="lr of Φ (default: --lr)")
     parser.add_argument("--initial-rank", type=int, default=TrainBudget().initial_rank, help="QVGen's r0")
+    parser.add_argument(
+        "--decay-fraction", type=float, default=TrainBudget().decay_fraction,
+        help="share of the steps within which QVGen's Φ decays to nothing (default: all of them, as the paper)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="first training seed and the sampling seed")
     parser.add_argument(
         "--high-precision", nargs="*", default=[], metavar="ROLE",
@@ -285,7 +290,10 @@ def main() -> int:
     sampling_seeds = run.sampling_seeds
     seeds = [args.seed + k for k in range(run.train_seeds)]
     teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
-    budget = TrainBudget(steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank)
+    budget = TrainBudget(
+        steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank,
+        decay_fraction=args.decay_fraction,
+    )  # fmt: skip
     shape = teacher_clip_shape(teacher)
     style = teacher_world_style(teacher)
     held_out = list(held_out_clips(n_prompts, shape, two_object=two_object, style=style))
@@ -382,7 +390,9 @@ def main() -> int:
         f"report: {plots} ({wall / 60:.1f} min; training {train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)"
     )
     if not args.no_write:
-        period = decay_period(budget.initial_rank, steps)
+        decay_end = decay_steps(budget)
+        period = decay_period(budget.initial_rank, decay_end)
+        gone = "before the last step" if decay_end == steps else f"by step {decay_end} of {steps}"
         hp_text = (
             f"Layer roles left in high precision: {', '.join(args.high_precision)}."
             if args.high_precision
@@ -406,7 +416,7 @@ Budget of every QAT method: {steps} steps, batch {budget.batch_size}, AdamW lr {
 other), Φ lr {budget.phi_lr or budget.lr:g}, weight-qparam lr {budget.qparam_lr:g}, activation-clip lr
 {budget.act_clip_lr:g}, cosine schedule with 10 % warm-up, caption dropout 0.1, {clips} procedural clips (world
 4000, one or two objects) encoded by the teacher's VAE + UMT5, training seeds {seeds}. QVGen: Φ from
-SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone before the last step. {hp_text}
+SVD(W − Q(W)) at r0 = {budget.initial_rank}, halved every {period} steps, gone {gone}. {hp_text}
 Evaluation: {n_prompts} held-out prompts (captions of world 5000; the last {two_object} have two objects) ×
 {sampling_seeds} sampling seeds = {n_prompts * sampling_seeds} videos per model, {sampling_steps} UniPC steps, CFG {guidance:g}
 (the teacher's model-card setting), {shape[1]}×{shape[2]}×{shape[0]}; students run as their real low-bit deploy exports.
