@@ -22,6 +22,8 @@ Writes the `## paper_table` section of benchmarks/RESULTS.md (unless --no-write)
 Usage: python benchmarks/paper_table.py [--quick] [--out DIR] [--steps N] [--train-seeds N] …
 The full table on a small machine: run `--bits 4 --out A` and `--bits 3 --out B` side by side (one core
 each), then `--merge A B` (same setting options) writes the one table from their records.
+`--decay-fraction 0.5` ends QVGen's rank decay at half the steps instead of the paper's last step (RESULTS.md,
+`## qvgen_ablations` session 11: removing Φ in the last period costs a short budget a little).
 """
 
 from __future__ import annotations
@@ -212,7 +214,8 @@ def train_cached(cfg: RunConfig, marker: Path) -> dict:
     t = time.perf_counter()
     result = train_variant(cfg)
     done = {"config": key, "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
-            "losses": list(result.losses), "train_s": time.perf_counter() - t}  # fmt: skip
+            "losses": list(result.losses), "train_s": time.perf_counter() - t,
+            "decay_period": None if cfg.aux is None else cfg.aux.decay.period}  # fmt: skip
     atomic_write_text(marker, json.dumps(done))
     print(
         f"{name}: {cfg.train.max_steps} steps in {done['train_s']:.0f} s, Φ rank {result.phi_rank}",
@@ -307,7 +310,8 @@ def main() -> int:
     print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
     if args.merge:
-        runs, report = merge_runs(args.merge, args.report, teacher_hash, steps)
+        period = decay_period(budget.initial_rank, decay_steps(budget))
+        runs, report = merge_runs(args.merge, args.report, teacher_hash, steps, period)
         args.bits = sorted({r[1] for r in runs.values()}, reverse=True)
         args.methods = [m for m in ("lsq", "qvgen") if any(r[0] == m for r in runs.values())]
         seeds = sorted({r[2] for r in runs.values() if r[0] != "rtn"})
@@ -453,11 +457,13 @@ RUN_NAME = re.compile(r"^(rtn|lsq|qvgen)-w(\d)a\2(?:-s(\d+))?$")
 
 
 def merge_runs(
-    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int
+    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int, decay_period: int | None = None
 ) -> tuple[dict[str, tuple[str, int, int, dict]], EvalReport]:
     """The trained runs and one `EvalReport` of several paper_table work folders that sampled the same
     teacher, prompts and seeds (e.g. `--bits 4` and `--bits 3` run side by side). Refuses folders whose
-    teacher, teacher samples or training steps differ, and runs that appear twice."""
+    teacher, teacher samples or training steps differ, runs that appear twice, and QVGen runs whose recorded
+    decay period is not `decay_period` (another --decay-fraction or --initial-rank; records written before
+    the period was recorded are not checked)."""
     runs: dict[str, tuple[str, int, int, dict]] = {}
     variants: dict[str, VariantReport] = {}
     curves: dict[str, tuple[tuple[int, float], ...]] = {}
@@ -480,6 +486,10 @@ def merge_runs(
             record = json.loads(marker.read_text())
             if match[1] != "rtn" and len(record["losses"]) != steps:
                 raise ValueError(f"{marker}: {len(record['losses'])} training steps, not --steps {steps}")
+            recorded = record.get("decay_period")
+            if match[1] == "qvgen" and None not in (recorded, decay_period) and recorded != decay_period:
+                raise ValueError(f"{marker}: Φ halved every {recorded} steps, not {decay_period} "
+                                 "(another --decay-fraction or --initial-rank)")  # fmt: skip
             if name in runs:
                 raise ValueError(f"{marker}: run {name} is in more than one folder")
             runs[name] = (match[1], int(match[2]), int(match[3] or 0), record)
