@@ -180,3 +180,7 @@ def test_act_bits_sets_the_activation_width_apart_from_the_weights(tmp_path: Pat
     )
     assert minmax.quant.activation.clip_init == 0.9999 and minmax.train.max_steps == 0
     assert same.quant.activation.clip_init == 0.9025
+    with pytest.raises(ValueError, match="clip_init"):
+        run_config(
+            "rtn", 4, DEFAULT_TEACHER_DIR, None, budget, tmp_path / "d", progress=False, act_clip_init=1.0
+        )

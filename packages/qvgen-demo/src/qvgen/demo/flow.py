@@ -290,9 +290,8 @@ def run_config(
         TrainConfig,
     )
 
-    activation = ClippedDynamicActivation(bits=bits if act_bits is None else act_bits)
-    if act_clip_init is not None:
-        activation = activation.model_copy(update={"clip_init": act_clip_init})
+    clip = {} if act_clip_init is None else {"clip_init": act_clip_init}  # validated like a config file's
+    activation = ClippedDynamicActivation(bits=bits if act_bits is None else act_bits, **clip)
     weight = MinMaxWeight(bits=bits) if method == "rtn" else LSQPlusWeight(bits=bits)
     try:
         skipped = {LayerRole(r): RoleOverride(skip=True) for r in high_precision_roles}
