@@ -297,6 +297,8 @@ def main() -> int:
         steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank,
         decay_fraction=args.decay_fraction,
     )  # fmt: skip
+    decay_end = decay_steps(budget)
+    period = decay_period(budget.initial_rank, decay_end)  # QVGen's; what --merge checks its runs against
     shape = teacher_clip_shape(teacher)
     style = teacher_world_style(teacher)
     held_out = list(held_out_clips(n_prompts, shape, two_object=two_object, style=style))
@@ -310,7 +312,6 @@ def main() -> int:
     print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
     if args.merge:
-        period = decay_period(budget.initial_rank, decay_steps(budget))
         runs, report = merge_runs(args.merge, args.report, teacher_hash, steps, period)
         args.bits = sorted({r[1] for r in runs.values()}, reverse=True)
         args.methods = [m for m in ("lsq", "qvgen") if any(r[0] == m for r in runs.values())]
@@ -394,8 +395,6 @@ def main() -> int:
         f"report: {plots} ({wall / 60:.1f} min; training {train_s / 60:.1f} min, sampling {eval_s / 60:.1f} min)"
     )
     if not args.no_write:
-        decay_end = decay_steps(budget)
-        period = decay_period(budget.initial_rank, decay_end)
         gone = "before the last step" if decay_end == steps else f"by step {decay_end} of {steps}"
         hp_text = (
             f"Layer roles left in high precision: {', '.join(args.high_precision)}."
@@ -457,12 +456,12 @@ RUN_NAME = re.compile(r"^(rtn|lsq|qvgen)-w(\d)a\2(?:-s(\d+))?$")
 
 
 def merge_runs(
-    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int, decay_period: int | None = None
+    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int, period: int | None = None
 ) -> tuple[dict[str, tuple[str, int, int, dict]], EvalReport]:
     """The trained runs and one `EvalReport` of several paper_table work folders that sampled the same
     teacher, prompts and seeds (e.g. `--bits 4` and `--bits 3` run side by side). Refuses folders whose
     teacher, teacher samples or training steps differ, runs that appear twice, and QVGen runs whose recorded
-    decay period is not `decay_period` (another --decay-fraction or --initial-rank; records written before
+    decay period is not `period` (another --decay-fraction or --initial-rank; records written before
     the period was recorded are not checked)."""
     runs: dict[str, tuple[str, int, int, dict]] = {}
     variants: dict[str, VariantReport] = {}
@@ -487,8 +486,8 @@ def merge_runs(
             if match[1] != "rtn" and len(record["losses"]) != steps:
                 raise ValueError(f"{marker}: {len(record['losses'])} training steps, not --steps {steps}")
             recorded = record.get("decay_period")
-            if match[1] == "qvgen" and None not in (recorded, decay_period) and recorded != decay_period:
-                raise ValueError(f"{marker}: Φ halved every {recorded} steps, not {decay_period} "
+            if match[1] == "qvgen" and None not in (recorded, period) and recorded != period:
+                raise ValueError(f"{marker}: Φ halved every {recorded} steps, not {period} "
                                  "(another --decay-fraction or --initial-rank)")  # fmt: skip
             if name in runs:
                 raise ValueError(f"{marker}: run {name} is in more than one folder")

@@ -219,9 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     by_name = {v.name: v for v in evaluation.report.variants}
     bits = f"W{args.bits}A{args.bits}"
     cells = {
-        name: make_cell(
-            v.label, bits if v.act_bits is None else f"W{args.bits}A{v.act_bits}", [by_name[name]]
-        )
+        name: make_cell(v.label, f"W{args.bits}A{v.act_bits or args.bits}", [by_name[name]])
         for name, v in plan.items()
     }
     teacher_cell = make_cell("teacher", "FP", [evaluation.report.teacher])

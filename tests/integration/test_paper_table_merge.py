@@ -65,9 +65,9 @@ def test_merge_joins_the_bit_widths_and_checks_they_sampled_the_same_teacher(pap
     record_path = three / "runs" / "qvgen-w3a3-s1.trained.json"
     record = json.loads(record_path.read_text())
     record_path.write_text(json.dumps(record | {"decay_period": 2}))
-    assert paper_table.merge_runs([four, three], "report", digest, steps=5, decay_period=2)
+    assert paper_table.merge_runs([four, three], "report", digest, steps=5, period=2)
     with pytest.raises(ValueError, match=r"qvgen-w3a3-s1.trained.json: Φ halved every 2 steps, not 3"):
-        paper_table.merge_runs([four, three], "report", digest, steps=5, decay_period=3)
+        paper_table.merge_runs([four, three], "report", digest, steps=5, period=3)
     moved = _folder(tmp_path / "moved", 3, 5, list(reversed(prompts)))
     with pytest.raises(ValueError, match="teacher samples differ"):
         paper_table.merge_runs([four, moved], "report", digest, steps=5)
