@@ -71,7 +71,8 @@ def test_rows_pair_across_folders_and_average_their_seeds(compare, tmp_path):
     assert rows[0].cell.videos["psnr_db"] == [21.0, 22.0, 23.0]  # the two seeds averaged per video
     assert rows[0].cell.bits == "W4A4" and teacher.ci("overall").mean == 1.0
     text = compare.tables(rows, teacher, [("QVGen", "LSQ")])
-    assert "| QVGen − LSQ | 0.000 ± 0.000 | 0.50 ± 0.00 |" in text  # paired: the per-video shift is exactly 0.5 dB
+    # paired: the per-video shift is exactly 0.5 dB
+    assert "| QVGen − LSQ | 0.000 ± 0.000 | 0.50 ± 0.00 |" in text
     assert "| LSQ | 2 | 0.833 ± 0.717 | 0.833 |" in text
     assert "2.0000 → 2.0000 → " in text  # tenths of 20 steps: five at 2.0, five at 1.0
     assert text.count("1.0000 | +0.0 % |") == 2
