@@ -105,16 +105,17 @@ def tables(rows: list[Row], teacher: Cell, diffs: list[tuple[str, str]]) -> str:
     """The rows' table, the paired differences and the loss curves (mean of each tenth), as markdown."""
     fp = teacher.ci("overall").mean
     out = [
-        "| row | seeds | adherence | ÷ teacher | PSNR vs teacher (dB) | denoiser rel. MSE | loss, last tenth |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| teacher | — | {_fmt(teacher.ci('overall'))} | 1.000 | — | — | — |",
+        "| row | seeds | adherence | ÷ teacher | PSNR vs teacher (dB) | per-seed PSNR | denoiser rel. MSE | loss, last tenth |",
+        "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        f"| teacher | — | {_fmt(teacher.ci('overall'))} | 1.000 | — | — | — | — |",
     ]
     for row in rows:
         c = row.cell
         windows = _mean_windows(row.losses)
         last = "— (not trained)" if windows is None else f"{windows[-1]:.4f}"
+        per_seed = ", ".join(f"{x:.2f}" for x in c.seed_means["psnr_db"])
         out.append(f"| {row.spec.label} | {len(row.spec.runs)} | {_fmt(c.ci('overall'))} | "
-                   f"{c.ci('overall').mean / fp:.3f} | {_fmt(c.ci('psnr_db'), 2)} | "
+                   f"{c.ci('overall').mean / fp:.3f} | {_fmt(c.ci('psnr_db'), 2)} | {per_seed} | "
                    f"{_fmt(c.ci('step_relative_mse'), 4)} | {last} |")  # fmt: skip
     by_label = {r.spec.label: r for r in rows}
     if diffs:

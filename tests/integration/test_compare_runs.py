@@ -73,7 +73,7 @@ def test_rows_pair_across_folders_and_average_their_seeds(compare, tmp_path):
     text = compare.tables(rows, teacher, [("QVGen", "LSQ")])
     # paired: the per-video shift is exactly 0.5 dB
     assert "| QVGen − LSQ | 0.000 ± 0.000 | 0.50 ± 0.00 |" in text
-    assert "| LSQ | 2 | 0.833 ± 0.717 | 0.833 |" in text
+    assert "| LSQ | 2 | 0.833 ± 0.717 | 0.833 | 22.00 ± 2.48 | 21.00, 23.00 |" in text
     assert "2.0000 → 2.0000 → " in text  # tenths of 20 steps: five at 2.0, five at 1.0
     assert text.count("1.0000 | +0.0 % |") == 2
 
