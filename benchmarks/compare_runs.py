@@ -88,7 +88,9 @@ def load_rows(specs: list[RowSpec], report_name: str = "report") -> tuple[list[R
             if not marker.is_file():
                 raise ValueError(f"{marker}: no trained-run record for row {spec.label!r}")
             losses.append(json.loads(marker.read_text())["losses"])
-        rows.append(Row(spec, make_cell(spec.label, "", [by_name[r] for r in spec.runs]), losses))  # bits unshown
+        rows.append(
+            Row(spec, make_cell(spec.label, "", [by_name[r] for r in spec.runs]), losses)
+        )  # bits unshown
     assert first is not None, "no rows"
     return rows, make_cell("teacher", "FP", [first[2].teacher])
 
