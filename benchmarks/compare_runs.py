@@ -18,10 +18,19 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from paper_table import Cell, _fmt, loss_windows, make_cell, teacher_digest  # benchmarks/ is sys.path[0]
+from paper_table import (  # benchmarks/ is sys.path[0] as a script
+    LOSS_TABLE_HEAD,
+    Cell,
+    _fmt,
+    load_paired_report,
+    loss_row,
+    make_cell,
+    mean_loss_windows,
+    teacher_digest,
+)
 
 from qvgen.core import atomic_write_text
-from qvgen.eval import EvalReport, load_report, paired_diff_ci
+from qvgen.eval import EvalReport, paired_diff_ci
 
 DIFF_METRICS = (("overall", 3), ("psnr_db", 2), ("step_relative_mse", 4))
 
@@ -64,18 +73,12 @@ def load_rows(specs: list[RowSpec], report_name: str = "report") -> tuple[list[R
     rows = []
     for spec in specs:
         if spec.folder not in reports:
-            report_file = spec.folder / report_name / "report.json"
-            report = load_report(report_file)
-            digest = teacher_digest(spec.folder / "teacher")
             if first is None:
+                digest = teacher_digest(spec.folder / "teacher")
+                report = load_paired_report(spec.folder, report_name, digest, None, spec.folder)
                 first = (spec.folder, digest, report)
-            elif digest != first[1]:
-                raise ValueError(
-                    f"{spec.folder}/teacher: weights sha256 {digest}, not {first[0]}'s {first[1]}"
-                )
-            elif report.teacher.samples != first[2].teacher.samples:
-                raise ValueError(f"{report_file}: its teacher samples differ from {first[0]}'s "
-                                 "(other prompts, seeds or sampling settings): the videos cannot be paired")  # fmt: skip
+            else:
+                report = load_paired_report(spec.folder, report_name, first[1], first[2], first[0])
             reports[spec.folder] = report
         by_name = {v.name: v for v in reports[spec.folder].variants}
         missing = [r for r in spec.runs if r not in by_name]
@@ -88,18 +91,10 @@ def load_rows(specs: list[RowSpec], report_name: str = "report") -> tuple[list[R
             if not marker.is_file():
                 raise ValueError(f"{marker}: no trained-run record for row {spec.label!r}")
             losses.append(json.loads(marker.read_text())["losses"])
-        rows.append(
-            Row(spec, make_cell(spec.label, "", [by_name[r] for r in spec.runs]), losses)
-        )  # bits unshown
+        cell = make_cell(spec.label, "", [by_name[r] for r in spec.runs])  # bits: not shown here
+        rows.append(Row(spec, cell, losses))
     assert first is not None, "no rows"
     return rows, make_cell("teacher", "FP", [first[2].teacher])
-
-
-def _mean_windows(losses: list[list[float]]) -> list[float] | None:
-    trained = [loss_windows(run) for run in losses if run]
-    if not trained:
-        return None
-    return [sum(w) / len(trained) for w in zip(*trained, strict=True)]
 
 
 def tables(rows: list[Row], teacher: Cell, diffs: list[tuple[str, str]]) -> str:
@@ -112,7 +107,7 @@ def tables(rows: list[Row], teacher: Cell, diffs: list[tuple[str, str]]) -> str:
     ]
     for row in rows:
         c = row.cell
-        windows = _mean_windows(row.losses)
+        windows = mean_loss_windows(row.losses)
         last = "— (not trained)" if windows is None else f"{windows[-1]:.4f}"
         per_seed = ", ".join(f"{x:.2f}" for x in c.seed_means["psnr_db"])
         out.append(f"| {row.spec.label} | {len(row.spec.runs)} | {_fmt(c.ci('overall'))} | "
@@ -126,13 +121,10 @@ def tables(rows: list[Row], teacher: Cell, diffs: list[tuple[str, str]]) -> str:
             ca, cb = by_label[a].cell, by_label[b].cell
             cells = [_fmt(paired_diff_ci(ca.videos[m], cb.videos[m]), d) for m, d in DIFF_METRICS]
             out.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
-    curves = [(r.spec.label, w) for r in rows if (w := _mean_windows(r.losses)) is not None]
+    curves = [(r.spec.label, w) for r in rows if (w := mean_loss_windows(r.losses)) is not None]
     if curves:
-        out += ["", "| row | loss, mean of each tenth of training (first → last) | last tenth vs the one before |",
-                "| --- | --- | ---: |"]  # fmt: skip
-        for label, w in curves:
-            change = (w[-1] / w[-2] - 1) * 100 if len(w) > 1 else 0.0
-            out.append(f"| {label} | " + " → ".join(f"{x:.4f}" for x in w) + f" | {change:+.1f} % |")
+        out += ["", *LOSS_TABLE_HEAD]
+        out += [loss_row(label, w) for label, w in curves]
     return "\n".join(out)
 
 

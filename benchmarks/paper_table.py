@@ -171,6 +171,27 @@ def loss_windows(losses: list[float], windows: int = 10) -> list[float]:
     return [float(w.mean()) for w in np.array_split(arr, windows) if w.size]
 
 
+def mean_loss_windows(runs: Sequence[list[float]]) -> list[float] | None:
+    """Each tenth's mean loss, averaged over the trained runs among `runs` (None when none was trained)."""
+    trained = [loss_windows(losses) for losses in runs if losses]
+    return [float(x) for x in np.mean(trained, axis=0)] if trained else None
+
+
+def loss_row(label: str, windows: list[float]) -> str:
+    """A markdown row of the loss-curve tables: the tenths, then the last tenth's change over the one before."""
+    return (
+        f"| {label} | "
+        + " → ".join(f"{x:.4f}" for x in windows)
+        + f" | {100 * (windows[-1] / windows[-2] - 1):+.1f} % |"
+    )
+
+
+LOSS_TABLE_HEAD = [
+    "| run | loss, mean of each tenth of training (first → last) | last tenth vs the one before |",
+    "| --- | --- | ---: |",
+]
+
+
 def curve(losses: list[float], points: int = 60) -> tuple[tuple[int, float], ...]:
     """A smoothed (window-mean) loss curve with about `points` points, for the HTML report."""
     arr = np.asarray(losses, dtype=np.float64)
@@ -356,18 +377,15 @@ def main() -> int:
                 d = paired_diff_ci(q.videos[key], lq.videos[key])
                 diffs[(bits, key)] = d
                 diff_lines.append(f"| W{bits}A{bits} | {key} | {_fmt(d, digits)} |")
-    loss_lines = ["| run | loss, mean of each tenth of training (first → last) | last tenth vs the one before |",
-                  "| --- | --- | ---: |"]  # fmt: skip
+    loss_lines = list(LOSS_TABLE_HEAD)
     for bits in args.bits:
         for method in args.methods:
             seqs = [
                 r[3]["losses"] for r in runs.values() if r[0] == method and r[1] == bits and r[3]["losses"]
             ]
-            if not seqs:
-                continue
-            w = np.mean([loss_windows(s) for s in seqs], axis=0)
-            loss_lines.append(f"| {method}-w{bits}a{bits} (mean of {len(seqs)} seeds) | "
-                              + " → ".join(f"{x:.4f}" for x in w) + f" | {100 * (w[-1] / w[-2] - 1):+.1f} % |")  # fmt: skip
+            w = mean_loss_windows(seqs)
+            if w is not None:
+                loss_lines.append(loss_row(f"{method}-w{bits}a{bits} (mean of {len(seqs)} seeds)", w))
     wall = time.perf_counter() - start
 
     def val(key: tuple[str, int], metric: str = "overall") -> str:
@@ -468,15 +486,9 @@ def merge_runs(
     curves: dict[str, tuple[tuple[int, float], ...]] = {}
     merged: EvalReport | None = None
     for folder in folders:
-        digest = teacher_digest(folder / "teacher")
-        if digest != teacher_hash:
-            raise ValueError(f"{folder}/teacher: weights sha256 {digest}, not the teacher's {teacher_hash}")
-        report = load_report(folder / report_name / "report.json")
+        report = load_paired_report(folder, report_name, teacher_hash, merged, folders[0])
         if merged is None:
             merged = report
-        elif report.teacher.samples != merged.teacher.samples:
-            raise ValueError(f"{folder}/{report_name}/report.json: its teacher samples differ from "
-                             f"{folders[0]}'s (other prompts, seeds or sampling settings)")  # fmt: skip
         for marker in sorted((folder / "runs").glob("*.trained.json")):
             name = marker.name.removesuffix(".trained.json")
             match = RUN_NAME.match(name)
@@ -499,6 +511,22 @@ def merge_runs(
     if missing:
         raise ValueError(f"runs without samples in the reports: {', '.join(missing)}")
     return runs, merged.model_copy(update={"variants": tuple(variants.values()), "training_curves": curves})
+
+
+def load_paired_report(
+    folder: Path, report_name: str, teacher_hash: str, reference: EvalReport | None, reference_folder: Path
+) -> EvalReport:
+    """`folder`'s report, refused unless its teacher snapshot hashes to `teacher_hash` and (given `reference`,
+    the report of `reference_folder`) its teacher videos are the reference's: what makes the students' videos
+    of different work folders pairable."""
+    digest = teacher_digest(folder / "teacher")
+    if digest != teacher_hash:
+        raise ValueError(f"{folder}/teacher: weights sha256 {digest}, not the teacher's {teacher_hash}")
+    report = load_report(folder / report_name / "report.json")
+    if reference is not None and report.teacher.samples != reference.teacher.samples:
+        raise ValueError(f"{folder}/{report_name}/report.json: its teacher samples differ from "
+                         f"{reference_folder}'s (other prompts, seeds or sampling settings)")  # fmt: skip
+    return report
 
 
 def teacher_digest(teacher: Path) -> str:
