@@ -69,6 +69,23 @@ def test_resvd_acts_on_the_parameters_the_optimizer_holds():
     assert n_params == len(list(model.parameters()))
 
 
+def test_a_failed_resvd_names_the_branch_and_leaves_phi_and_the_optimizer_as_they_were():
+    model, branches, optimizer = _setup()
+    for step in range(4):
+        apply_(branches, rank_at(step, SCHED), optimizer)
+        _train_step(model, optimizer, step)
+    names = list(branches)
+    with torch.no_grad():
+        branches[names[-1]].L[0, 0] = float("nan")  # the last branch's SVD fails after the others ran
+    held_before = [p for group in optimizer.param_groups for p in group["params"]]
+    with pytest.raises(RuntimeError, match=rf"branch '{names[-1]}' to rank 4 at step 4"):
+        apply_(branches, rank_at(4, SCHED), optimizer)
+    assert {b.width for b in branches.values()} == {8}
+    assert [p for group in optimizer.param_groups for p in group["params"]] == held_before
+    held = {id(p) for p in held_before}
+    assert all(id(b.L) in held and id(b.R) in held for b in branches.values())
+
+
 def test_reset_policy_drops_the_moments_of_the_shrunk_factors():
     model, branches, optimizer = _setup(policy="reset")
     for step in range(4):

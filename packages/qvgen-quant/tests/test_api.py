@@ -63,6 +63,20 @@ def test_prepare_swaps_linears_with_roles_from_globs_and_returns_them() -> None:
     assert all(layer.act_quantizer.context is timestep_context(model) for layer in layers.values())
 
 
+def test_errors_of_a_prepared_layer_name_its_path_in_the_model() -> None:
+    model = _model()
+    prepare_(model, QuantConfig.w4a4(), layer_roles=ROLES)
+    with pytest.raises(RuntimeError, match=r"layer '0\.to_q' has no weight range yet"):
+        model(torch.randn(2, 5, 32))
+    initialize_(model, progress=False)
+    set_timesteps_(model, torch.tensor([10.0, 900.0]))
+    # a layer fed frames folded into the batch: 6 rows against 2 timesteps
+    with pytest.raises(
+        ValueError, match=r"layer '0\.to_q': activation quantizer: activation of shape \(6, 5, 32\)"
+    ):
+        model(torch.randn(6, 5, 32))
+
+
 def test_prepare_keeps_high_precision_globs_from_config_and_argument() -> None:
     model = _model()
     cfg = QuantConfig(keep_high_precision=("2",))

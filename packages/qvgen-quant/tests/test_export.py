@@ -88,6 +88,14 @@ def test_convert_names_layer_that_still_has_lowrank_branch() -> None:
     assert isinstance(model.up, QuantLinear)  # nothing converted when one layer is refused
 
 
+@pytest.mark.parametrize("target", ["W4A4", "int8"])
+def test_convert_refuses_an_unknown_target_instead_of_dropping_activation_quantization(target: str) -> None:
+    model = prepared_tiny()
+    with pytest.raises(ValueError, match=rf"layer 'up': deploy target '{target}' is not one of"):
+        convert_(model, target=target)  # type: ignore[arg-type]
+    assert isinstance(model.up, QuantLinear)
+
+
 def test_convert_refuses_model_without_quant_layers() -> None:
     with pytest.raises(ValueError, match="prepare_"):
         convert_(TinyBlock())
@@ -193,6 +201,39 @@ def test_load_refuses_invalid_manifest_naming_the_file(tmp_path: Path) -> None:
     (folder / MANIFEST_FILE).write_text(json.dumps(raw))
     with pytest.raises(ValueError, match=rf"(?s){MANIFEST_FILE}: invalid deploy manifest.*schema_version"):
         load_quantized(TinyBlock(), folder)
+
+
+@pytest.mark.parametrize("name", ["../elsewhere/model.safetensors", "/tmp/model.safetensors", ".."])
+def test_load_refuses_a_manifest_whose_tensors_file_is_a_path(tmp_path: Path, name: str) -> None:
+    _, folder = saved_tiny(tmp_path)
+    raw = json.loads((folder / MANIFEST_FILE).read_text())
+    raw["tensors_file"] = name
+    (folder / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=rf"(?s){MANIFEST_FILE}: invalid deploy manifest.*tensors_file"):
+        load_quantized(TinyBlock(), folder)
+
+
+class TinyBlockWithExtra(TinyBlock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.extra = nn.Linear(4, 4)
+
+
+def test_a_refused_load_leaves_the_callers_model_untouched(tmp_path: Path) -> None:
+    _, folder = saved_tiny(tmp_path)
+    raw = json.loads((folder / MANIFEST_FILE).read_text())
+    raw["source"]["class_name"] = "TinyBlockWithExtra"
+    (folder / MANIFEST_FILE).write_text(json.dumps(raw))
+    target = TinyBlockWithExtra()
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(
+        ValueError, match=r"outside the manifest's layers \(missing \['extra.bias', 'extra.weight'\]"
+    ):
+        load_quantized(target, folder)
+    assert not deployed_layers(target)
+    assert type(target.up) is nn.Linear
+    after = target.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], v) for k, v in before.items())
 
 
 def test_load_refuses_model_of_another_class(tmp_path: Path) -> None:

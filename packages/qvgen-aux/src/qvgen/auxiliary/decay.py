@@ -62,10 +62,19 @@ def apply_(
         branches.clear()
         changed = True
     elif group.mode == "resvd":
-        replaced = {}
-        for branch in branches.values():
+        # every new factor pair first, then the swap: a failed SVD leaves Φ and the optimizer untouched
+        factors = {}
+        for name, branch in branches.items():
             if branch.width > state.rank:
-                replaced.update(_shrink_(branch, state.rank))
+                try:
+                    factors[name] = _resvd(branch, state.rank)
+                except RuntimeError as e:
+                    raise RuntimeError(
+                        f"apply_: re-SVD of branch {name!r} to rank {state.rank} at step {state.step}: {e}"
+                    ) from e
+        replaced = {}
+        for name, (L, R) in factors.items():
+            replaced.update(_swap_factors_(branches[name], L, R))
         changed = bool(replaced)
     else:
         replaced = {}
@@ -77,13 +86,21 @@ def apply_(
 
 
 @torch.no_grad()
-def _shrink_(branch: LowRankBranch, rank: int) -> dict[int, tuple[nn.Parameter | None, Slicer | None]]:
-    """Replace L, R by the balanced SVD of L[:, :rank] @ R[:rank] (kept half, γ = 1 there)."""
-    old_L, old_R = branch.L, branch.R
-    L, R = resvd_factors(old_L[:, :rank], old_R[:rank], like=old_L[:, :rank].float())
+def _resvd(branch: LowRankBranch, rank: int) -> tuple[Tensor, Tensor]:
+    """The balanced SVD factors of L[:, :rank] @ R[:rank] (kept half, γ = 1 there), identical on every rank."""
+    L, R = resvd_factors(branch.L[:, :rank], branch.R[:rank], like=branch.L[:, :rank].float())
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast(L, src=0)  # every rank holds the identical factors, whatever its SVD backend
         dist.broadcast(R, src=0)
+    return L, R
+
+
+def _swap_factors_(
+    branch: LowRankBranch, L: Tensor, R: Tensor
+) -> dict[int, tuple[nn.Parameter | None, Slicer | None]]:
+    """Replace the branch's L, R by new Parameters holding the given factors; map old ids to them."""
+    old_L, old_R = branch.L, branch.R
+    rank = L.shape[1]
     branch.L = nn.Parameter(L.to(old_L.dtype), requires_grad=old_L.requires_grad)
     branch.R = nn.Parameter(R.to(old_R.dtype), requires_grad=old_R.requires_grad)
     return {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import assert_never
 
 import torch
 from torch import Tensor
@@ -62,6 +63,8 @@ def rank_at(step: int, schedule: DecaySchedule | AuxConfig) -> RankState:
             alpha = 0.5 * (1.0 + math.cos(math.pi * s / period))
         case "linear":
             alpha = 1.0 - s / period
+        case _:
+            assert_never(schedule.fade)
     return RankState(step=step, phase=k, rank=rank, alpha=alpha, boundary=boundary)
 
 

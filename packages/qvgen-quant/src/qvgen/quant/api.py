@@ -104,6 +104,10 @@ def prepare_(
         )
     attach_timestep_context_(model, num_train_timesteps)
     layers = quantized_layers(model)
+    for name, layer in layers.items():
+        layer.label = f"layer {name!r}"
+        if isinstance(layer.act_quantizer, ActivationQuantizer):
+            layer.act_quantizer.label = f"layer {name!r}: activation quantizer"
     logger.info("prepared %d QuantLinear layers (%d roles)", len(layers), len(by_role))
     return layers
 

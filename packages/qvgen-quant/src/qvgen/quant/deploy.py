@@ -119,11 +119,7 @@ class DeployLinear(nn.Module):
         cls, layer: QuantLinear, target: DeployTarget = "w4a4", *, name: str = ""
     ) -> DeployLinear:
         """The deploy form of a trained `QuantLinear` (Φ must be gone); ``name`` labels errors."""
-        label = (
-            f"layer {name!r}"
-            if name
-            else f"QuantLinear ({layer.role}, {layer.out_features}x{layer.in_features})"
-        )
+        label = f"layer {name!r}" if name else layer.label
         if layer.lowrank is not None:
             raise ValueError(
                 f"{label} still has the auxiliary branch Φ (`lowrank` is set): finish rank decay to rank 0 "
@@ -145,12 +141,18 @@ class DeployLinear(nn.Module):
                 "container: keep this layer in fake-quant or high precision (keep_high_precision)"
             )
         act: ActivationQuantizer | None = None
-        if target == "w4a4":
-            if not isinstance(layer.act_quantizer, ActivationQuantizer):
-                raise ValueError(
-                    f"{label} has no activation quantizer, so it cannot run W4A4: convert with target='w4a16'"
-                )
-            act = layer.act_quantizer
+        match target:
+            case "w4a4":
+                if not isinstance(layer.act_quantizer, ActivationQuantizer):
+                    raise ValueError(
+                        f"{label} has no activation quantizer, so it cannot run W4A4: convert with target='w4a16'"
+                    )
+                act = layer.act_quantizer
+            case "w4a16":
+                pass
+            case _:
+                # a typo ("W4A4") must not silently export a weight-only model
+                raise ValueError(f"{label}: deploy target {target!r} is not one of 'w4a4', 'w4a16'")
         w = layer.weight.detach().float()
         if not torch.isfinite(w).all():
             raise ValueError(f"{label} has NaN/Inf in its weight; cannot export it")
@@ -267,9 +269,7 @@ class DeployLinear(nn.Module):
     # -- forward --------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"DeployLinear ({self.role}) expects in_features={self.in_features}, got {tuple(x.shape)}"
-            )
+            raise ValueError(f"{self.label} expects in_features={self.in_features}, got {tuple(x.shape)}")
         lead = x.shape[:-1]
         if self.kept is not None:  # SVDQuant: GEMM on x/λ, plus the 16-bit branch on the same x/λ
             xs = self.kept.smooth_input(x)

@@ -296,6 +296,32 @@ def load_quantized(
     return model.eval()
 
 
+def _check_outside_layers(
+    path: Path, model: nn.Module, manifest: DeployManifest, tensors: dict[str, Tensor]
+) -> None:
+    """Refuse, before any layer is swapped, tensors that do not fit the model outside the deploy layers.
+
+    So a failed `load_quantized(model, dir)` leaves the caller's model as it was.
+    """
+    prefixes = tuple(f"{entry.name}." for entry in manifest.layers)
+    own = {k: v for k, v in model.state_dict(keep_vars=True).items() if not k.startswith(prefixes)}
+    saved = {k: v for k, v in tensors.items() if not k.startswith(prefixes)}
+    missing = sorted(own.keys() - saved.keys())
+    unexpected = sorted(saved.keys() - own.keys())
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: state dict does not match the {type(model).__name__} given outside the manifest's "
+            f"layers (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
+    wrong = [k for k in sorted(own) if own[k].shape != saved[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(
+            f"{path}: tensor {k!r} has shape {tuple(saved[k].shape)}, the {type(model).__name__} given "
+            f"expects {tuple(own[k].shape)} ({len(wrong)} such tensors)"
+        )
+
+
 def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
     manifest = read_manifest(directory)
     path = directory / manifest.tensors_file
@@ -322,6 +348,7 @@ def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
             f"but load_quantized got a {type(model).__name__}; build the matching model first"
         )
     check_deploy_tensors(str(path), manifest.layers, tensors)
+    _check_outside_layers(path, model, manifest, tensors)
     new = {entry.name: _deploy_module(path, model, entry) for entry in manifest.layers}
     for name, module in new.items():
         _set_submodule(model, name, module)

@@ -295,6 +295,8 @@ class ActivationQuantizer(nn.Module):
         self.clip_logit_lo = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.clip_logit_hi = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.context: TimestepContext | None = None
+        self.label = "activation quantizer"
+        """Names the owning layer in errors (`prepare_` sets it)."""
 
     def clip_factors(self, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """The per-group clip factors (sigmoid of the logits), `[G]` each, computed in `dtype`."""
@@ -306,7 +308,7 @@ class ActivationQuantizer(nn.Module):
             return torch.zeros(1, dtype=torch.long, device=self.clip_logit_lo.device)
         if self.context is None:
             raise RuntimeError(
-                "activation quantizer has no timestep context: call `qvgen.quant.attach_timestep_context_(model)` "
+                f"{self.label} has no timestep context: call `qvgen.quant.attach_timestep_context_(model)` "
                 "(done by `prepare_`) or `qvgen.quant.set_timesteps_(model, t)`"
             )
         return self.context.group_index(self.groups, self.group_mode).to(self.clip_logit_lo.device)
@@ -321,8 +323,9 @@ class ActivationQuantizer(nn.Module):
             shape = (1,) * x.dim()
         else:
             raise ValueError(
-                f"activation of shape {tuple(x.shape)} does not start with the batch size {batch} of the "
-                "timesteps; pass one timestep per sample (shape [B]) or a single one"
+                f"{self.label}: activation of shape {tuple(x.shape)} does not start with the batch size "
+                f"{batch} of the timesteps; pass one timestep per sample (shape [B]) or a single one, or "
+                "keep this layer out of the quantized set if it folds frames into the batch"
             )
         lo, hi = self.clip_factors(compute_dtype(x))
         return lo[g].reshape(shape), hi[g].reshape(shape)

@@ -49,6 +49,8 @@ class QuantLinear(nn.Module):
         self.kept: SmoothLowRank | None
         """Optional SVDQuant branch kept at inference: x/λ feeds Qa and the 16-bit low-rank branch."""
         self.register_module("kept", None)
+        self.label = f"QuantLinear ({self.role}, {out_features}x{in_features})"
+        """Names the layer in errors (`prepare_` sets the model path)."""
 
     @classmethod
     def from_linear(
@@ -96,7 +98,7 @@ class QuantLinear(nn.Module):
     def _check_initialized(self) -> None:
         if not self.weight_quantizer.initialized:
             raise RuntimeError(
-                f"QuantLinear ({self.role}, {self.out_features}x{self.in_features}) has no weight range yet: "
+                f"{self.label} has no weight range yet: "
                 "call `qvgen.quant.initialize_(model)` after `prepare_` and before the forward / optimizer"
             )
 

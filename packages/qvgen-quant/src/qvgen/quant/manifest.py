@@ -68,7 +68,9 @@ class DeployManifest(Frozen):
 
     schema_version: Literal[1] = 1
     format: Literal["qvgen.quant.deploy"] = "qvgen.quant.deploy"
-    tensors_file: str = TENSORS_FILE
+    tensors_file: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")] = TENSORS_FILE
+    """File name of the tensors, inside the manifest's folder: a bare name, never a path (a manifest is
+    data and must not point the loader at files elsewhere)."""
     tensors_bytes: Annotated[int, Field(ge=0)]
     """Size of the tensors file; a different size means a truncated or foreign file."""
     tensors_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
