@@ -44,6 +44,30 @@ def test_fps_sampling_takes_frames_at_the_target_rate(clip_file: tuple[Path, tor
     assert _nearest_frames(video, truth) == [0, 2, 4, 6]
 
 
+def test_fps_sampling_counts_time_from_the_first_frame_of_a_clip_cut_from_a_longer_video(
+    tmp_path: Path,
+) -> None:
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    path = tmp_path / "cut.mp4"
+    with av.open(str(path), mode="w") as container:  # 16 frames at 8 fps, timestamps from 1.0 s
+        stream = container.add_stream("libx264", rate=8, options={"crf": "0", "threads": "1"})
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv444p"
+        stream.codec_context.time_base = Fraction(1, 8)
+        for i in range(16):
+            frame = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 16 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = 8 + i, Fraction(1, 8)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    video = read_video(path, Bucket(frames=6, height=32, width=32), FpsSampling(fps=4))
+    source_index = ((video[0, :, 0, 0] + 1) * 127.5 / 16).round().tolist()
+    assert source_index == [0, 2, 4, 6, 8, 10]
+
+
 def test_fps_sampling_errors_or_pads_when_the_clip_is_too_short(clip_file: tuple[Path, torch.Tensor]) -> None:
     path, truth = clip_file
     with pytest.raises(BadSampleError, match=r"clip\.mp4: yields 5 frames at 4\.0 fps"):
@@ -100,6 +124,21 @@ def test_caption_table_reads_csv_and_jsonl_with_configured_columns(tmp_path: Pat
         "a blue circle moves up",
         Path("/data/v.mp4"),
     )
+
+
+def test_caption_table_keeps_quoted_newlines_unicode_separators_and_ignores_a_bom(tmp_path: Path) -> None:
+    text = 'video,caption\n1.mp4,"first line\nsecond line"\n2.mp4,a dog\u2028runs\n3.mp4,ok\n'
+    (tmp_path / "a.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    records = read_caption_table(IngestConfig(captions=tmp_path / "a.csv"))
+    assert [(r.id, r.caption) for r in records] == [
+        ("1.mp4", "first line\nsecond line"),
+        ("2.mp4", "a dog\u2028runs"),
+        ("3.mp4", "ok"),
+    ]
+    line = json.dumps({"video": "1.mp4", "caption": "a dog\u2028runs"}, ensure_ascii=False)
+    (tmp_path / "b.jsonl").write_text(line + "\n")
+    (record,) = read_caption_table(IngestConfig(captions=tmp_path / "b.jsonl"))
+    assert record.caption == "a dog\u2028runs"
 
 
 def test_caption_table_errors_name_file_and_line(tmp_path: Path) -> None:

@@ -192,4 +192,10 @@ def test_written_dataset_has_openvid_columns_and_decodable_videos_close_to_groun
         assert r["caption"] == truth.caption
         video = read_video(tmp_path / r["video"], Bucket(frames=9, height=32, width=32))
         assert float((video - truth.frames).abs().mean()) < 0.03
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob(".*.tmp-*"))  # qvgen.core's temp names
+
+
+@pytest.mark.parametrize("num_objects", [0, -1])
+def test_make_clip_refuses_fewer_than_one_object(num_objects: int) -> None:
+    with pytest.raises(ValueError, match=f"num_objects={num_objects}"):
+        make_clip(0, 0, frames=9, height=32, width=32, num_objects=num_objects)

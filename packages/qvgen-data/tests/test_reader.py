@@ -122,6 +122,41 @@ def test_sample_shape_disagreeing_with_the_manifest_raises_naming_shard_and_samp
     assert sorted(_ids(make_loader(skipping))) == sorted(f"clip/{i}.mp4" for i in (1, 3, 5, 7, 9))
 
 
+def _rewrite_member(shard: Path, member: str, edit: Callable[[dict], None]) -> None:
+    import io
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()]  # type: ignore[union-attr]
+    with tarfile.open(shard, "w") as tar:
+        for name, data in members:
+            if name == member:
+                meta = json.loads(data)
+                edit(meta)
+                data = json.dumps(meta).encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_sample_without_a_caption_is_refused_or_skipped_naming_it(shards: Path) -> None:
+    _rewrite_member(shards / "shard-000000.tar", "000000001.json", lambda meta: meta.pop("caption"))
+    with pytest.raises(ShardFormatError, match=r"shard-000000\.tar sample 000000001 .*KeyError: 'caption'"):
+        list(make_loader(LoaderConfig(shards=shards, mode="eval", num_workers=0)))
+    skipping = LoaderConfig(shards=shards, mode="eval", num_workers=0, on_error="skip")
+    assert sorted(_ids(make_loader(skipping))) == sorted(f"clip/{i}.mp4" for i in range(10) if i != 1)
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.tar", "/tmp/x.tar", "sub/shard-000000.tar"])
+def test_manifest_naming_a_shard_outside_its_folder_is_refused(shards: Path, name: str) -> None:
+    path = shards / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["name"] = name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises((ShardFormatError, ValueError), match=r"manifest\.json"):
+        list(make_loader(LoaderConfig(shards=shards, mode="eval", num_workers=0)))
+
+
 def test_rank_outside_world_size_is_rejected(shards: Path) -> None:
     with pytest.raises(ValueError, match=r"rank must be in \[0, world_size=2\); got 2"):
         make_loader(LoaderConfig(shards=shards), rank=2, world_size=2)

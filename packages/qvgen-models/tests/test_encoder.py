@@ -66,3 +66,16 @@ def test_encoder_name_tells_apart_checkpoints_that_share_configs_but_not_weights
     assert encoder_identity(comps.vae, other_text) != encoder_identity(comps.vae, comps.text_encoder)
     assert encoder_identity(comps.vae, other_text).split(".")[0] == config_part
     assert weights_digest(comps.vae) != weights_digest(comps.text_encoder)
+
+
+def test_config_digest_ignores_the_installed_library_version(setup):
+    from qvgen.models.encoder import config_digest
+
+    _, comps, _ = setup
+    config = comps.text_encoder.config
+    bumped = copy.deepcopy(config)
+    bumped.transformers_version = "99.0.0"
+    assert config_digest(bumped) == config_digest(config)
+    changed = copy.deepcopy(config)
+    changed.d_model = config.d_model * 2  # a real config change still changes it
+    assert config_digest(changed) != config_digest(config)

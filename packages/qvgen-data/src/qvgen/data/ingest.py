@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -61,15 +62,17 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
     if path.suffix.lower() not in (".csv", ".jsonl"):
         raise ValueError(f"{path}: caption table must be .csv or .jsonl, not {path.suffix!r}")
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM is not part of the first column
+    except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: cannot read caption table: {e}") from e
     match path.suffix.lower():
         case ".csv":
-            return [(i + 2, dict(row)) for i, row in enumerate(csv.DictReader(text.splitlines()))]
+            # csv's own line handling: quoted newlines stay in the caption, U+2028 is not a row break
+            reader = csv.DictReader(io.StringIO(text, newline=""))
+            return [(reader.line_num, dict(row)) for row in reader]
         case ".jsonl":
             rows = []
-            for i, line in enumerate(text.splitlines(), start=1):
+            for i, line in enumerate(text.split("\n"), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -157,8 +160,12 @@ def _decode(path: Path, count: int, sampling: FrameSampling):  # -> np.ndarray (
             case FpsSampling(fps=fps, pad=pad):
                 picked = []
                 period = 1.0 / fps
+                start: float | None = None
                 for frame in container.decode(stream):
+                    # time from the clip's first frame: cut clips often start at a pts above 0
                     t = float(frame.time or 0.0)
+                    start = t if start is None else start
+                    t -= start
                     while len(picked) < count and t + 1e-6 >= len(picked) * period - 0.5 / _rate(stream):
                         picked.append(frame.to_ndarray(format="rgb24"))
                     if len(picked) == count:

@@ -317,7 +317,13 @@ def make_clip(
 ) -> ProceduralClip:
     """Clip `index` of the world `seed`: 1..max_objects objects (or exactly `num_objects`) on the background
     of `style`, deterministic."""
-    if frames < 2 or height < 16 or width < 16 or max_objects < 1 or (num_objects or 1) < 1:
+    if (
+        frames < 2
+        or height < 16
+        or width < 16
+        or max_objects < 1
+        or (num_objects is not None and num_objects < 1)
+    ):
         raise ValueError(
             f"make_clip needs frames >= 2, height/width >= 16, max_objects >= 1, num_objects >= 1; "
             f"got frames={frames} height={height} width={width} max_objects={max_objects} "

@@ -192,19 +192,20 @@ def _decode(
                 problem = f"dtypes {mean.dtype}/{text.dtype} disagree with the manifest's {latent_dtype}/{text_dtype}"
             elif not 0 <= int(meta["text_length"]) <= text.shape[0]:
                 problem = f"text_length {meta['text_length']} outside [0, {text.shape[0]}]"
+            sample = {
+                "mean": mean,
+                "logvar": logvar,
+                "text": text,
+                "text_length": int(meta["text_length"]),
+                "caption": str(meta["caption"]),
+                "id": str(meta["id"]),
+            }
         except (KeyError, ValueError, TypeError, json.JSONDecodeError, safetensors.SafetensorError) as e:
             problem = f"unreadable sample: {type(e).__name__}: {e}"
         if problem is not None:
             errors.bad("bad samples", f"{where}: {problem}")
             continue
-        yield {
-            "mean": mean,
-            "logvar": logvar,
-            "text": text,
-            "text_length": int(meta["text_length"]),
-            "caption": str(meta["caption"]),
-            "id": str(meta["id"]),
-        }
+        yield sample
     errors.summary()
 
 

@@ -47,8 +47,9 @@ class BucketStats(Frozen):
 class ShardInfo(Frozen):
     """One finished shard: its file name, content hash and what it holds."""
 
-    name: str
-    """File name relative to the shard directory, e.g. "shard-000003.tar"."""
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.tar$")]
+    """File name inside the shard directory, e.g. "shard-000003.tar": a bare name, never a path, so an
+    edited manifest cannot point the reader at files elsewhere."""
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     num_bytes: Annotated[int, Field(ge=0)]
     num_samples: Annotated[int, Field(ge=0)]

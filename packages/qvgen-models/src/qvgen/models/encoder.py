@@ -12,13 +12,17 @@ from torch import Tensor
 
 from qvgen.data import LatentMoments, TextEmbeddings
 
+_LIBRARY_KEYS = frozenset({"transformers_version"})
+"""Config keys that record the installed library, not the model (diffusers' own start with "_")."""
+
 
 def config_digest(*configs: Any) -> str:
-    """Short sha256 over JSON dumps of configs (identity of a checkpoint's encoders)."""
+    """Short sha256 over JSON dumps of configs (identity of a checkpoint's encoders); the same model under
+    another transformers/diffusers version keeps its digest."""
     h = hashlib.sha256()
     for cfg in configs:
         as_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
-        as_dict = {k: v for k, v in as_dict.items() if not k.startswith("_")}
+        as_dict = {k: v for k, v in as_dict.items() if not k.startswith("_") and k not in _LIBRARY_KEYS}
         h.update(json.dumps(as_dict, sort_keys=True, default=str).encode())
     return h.hexdigest()[:12]
 

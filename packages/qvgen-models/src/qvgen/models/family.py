@@ -66,7 +66,8 @@ class ModelFamily(Protocol):
 
     @property
     def num_train_timesteps(self) -> int:
-        """T: training timesteps lie in [0, T); quant's timestep groups and the student manifest use it."""
+        """T: training timesteps lie in [0, T] (CogVideoX's integers stop at T − 1, Wan's σ·T reaches T at
+        σ = 1, which quant's `bin` groups put in the last group); quant and the student manifest use it."""
         ...
 
     @property
