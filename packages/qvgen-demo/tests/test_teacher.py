@@ -256,6 +256,15 @@ def test_train_teacher_refuses_to_overwrite_the_committed_teacher_without_the_fl
     assert {p: p.stat().st_mtime_ns for p in DEFAULT_TEACHER_DIR.rglob("*")} == before
 
 
+def test_train_teacher_refuses_an_out_folder_that_holds_something_else(tmp_path: Path, capsys):
+    out = tmp_path / "thesis"
+    out.mkdir()
+    (out / "thesis.tex").write_text("months of work")
+    assert main(["train-teacher", "--out", str(out), "--steps", "1"]) == 1
+    assert "not a teacher folder" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["thesis.tex"]
+
+
 def test_balanced_captions_cover_the_vocabulary_and_parse():
     captions = balanced_captions(84)
     parse = _parse_caption()

@@ -219,6 +219,13 @@ def test_captions_outside_the_grammar_raise_before_scoring():
         score_videos([frames], ["a red square jumps"])
 
 
+def test_a_caption_with_more_objects_than_the_matching_can_try_is_refused():
+    clause = "a red square moves left"
+    frames = np.full((9, 64, 64, 3), 0.3)
+    with pytest.raises(ValueError, match="names 7 objects; adherence scores at most 6"):
+        score_video(frames, " and ".join([clause] * 7))
+
+
 def test_uint8_and_float_frames_and_torch_tensors_score_the_same():
     clip = make_clip(3, 4, frames=9, num_objects=2)
     frames = _frames(clip.frames)

@@ -175,6 +175,22 @@ def test_compare_refuses_adherence_on_prompts_outside_the_world(tmp_path, capsys
     assert not (tmp_path / "out").exists()
 
 
+def test_compare_refuses_adherence_on_a_prompt_file_outside_the_world_before_sampling(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moves left\na red kite\n")
+    cfg = _small_compare_config(tmp_path, adherence=True, prompts={"file": str(prompts)})
+    assert main(["compare", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert "prompts.txt" in err and "a red kite" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_refuses_a_device_that_torch_does_not_name(tmp_path, capsys):
+    cfg = _small_compare_config(tmp_path, device="gpu")
+    assert main(["compare", str(cfg)]) == 2
+    assert "device" in capsys.readouterr().err
+
+
 def test_compare_with_adherence_records_it_per_video_and_per_model(tmp_path):
     cfg = _small_compare_config(tmp_path, adherence=True)
     data = yaml.safe_load(cfg.read_text())

@@ -74,6 +74,13 @@ def test_report_round_trips_through_json_and_the_html_escapes_prompts(tmp_path):
     assert 'src="teacher/clip-0.mp4"' in linked
 
 
+def test_linked_video_paths_are_url_quoted(tmp_path):
+    from qvgen.eval.report import _video_src
+
+    src = _video_src(tmp_path, "teacher/a cat #1 at 100% zoom?-0.mp4", embed=False)
+    assert src == "teacher/a%20cat%20%231%20at%20100%25%20zoom%3F-0.mp4"
+
+
 def test_load_report_names_the_file(tmp_path):
     bad = tmp_path / "report.json"
     bad.write_text("{}")

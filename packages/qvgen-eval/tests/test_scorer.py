@@ -49,6 +49,10 @@ def test_summaries_carry_means_cis_and_the_unscorable_count():
     assert overall.ci95 == pytest.approx(4.303 * np.std([1, 1, 0], ddof=1) / np.sqrt(3), rel=1e-3)
     generic = summarize_scores([ValueScores(values={"a": 1.0}), ValueScores(values={"a": 3.0})])
     assert generic.values["a"].mean == 2.0 and generic.num_unscorable == 0
+    failed = ValueScores(values={}, unscorable="decoder error")
+    with_failed = summarize_scores([ValueScores(values={"a": 1.0}), ValueScores(values={"a": 1.0}), failed])
+    assert with_failed.values["a"].mean == pytest.approx(2 / 3) and with_failed.values["a"].n == 3
+    assert with_failed.num_unscorable == 1
     with pytest.raises(ValueError, match="no scores"):
         summarize_scores([])
 

@@ -31,7 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
             "baseline and the student, write an HTML report and print a table."
         ),
     )
-    demo.add_argument("--out", type=Path, default=DEFAULTS.out, help="output folder (default: %(default)s)")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULTS.out,
+        help="output folder; a rerun replaces the runs and report an earlier demo left there "
+        "(default: %(default)s)",
+    )
     demo.add_argument(
         "--steps", type=int, default=DEFAULTS.steps, help="QVGen training steps (default: %(default)s)"
     )

@@ -39,7 +39,8 @@ Method = Literal["rtn", "lsq", "qvgen"]
 DATA_WORLD_SEED = 4000
 """World seed of the demo's training clips (the teacher trained on 1000 and was evaluated on 2000)."""
 PROMPT_WORLD_SEED = 5000
-"""World seed whose captions are the held-out prompts (no training set uses it)."""
+"""World seed of the held-out prompts: no training set draws from it, so its layouts and noise are new,
+but the world has only 84 one-object captions, so most of its captions also occur in training."""
 
 
 class TrainBudget(Frozen):

@@ -238,6 +238,7 @@ def train_teacher(cfg: TeacherConfig, progress: bool = True) -> Path:
     """Run the four phases and write the teacher folder with its report and model card; return it."""
     import qvgen.eval  # noqa: F401  (the quality check's scorer, loaded before hours of training)
 
+    check_output_folder(cfg.out)
     started = time.monotonic()
     with deterministic_cpu(), contextlib.ExitStack() as stack:
         if cfg.work_dir is None:
@@ -353,6 +354,18 @@ def reevaluate_teacher(folder: Path, **changes: Any) -> Path:
     for name, text in ((REPORT_NAME, json.dumps(report, indent=1) + "\n"), (CARD_NAME, model_card(report))):
         atomic_write_text(folder / name, text)
     return folder
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an `--out` that holds anything but an earlier teacher: saving replaces the whole folder."""
+    out = out.expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out}: --out is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_NAME).is_file():
+        raise FileExistsError(
+            f"{out}: not empty and not a teacher folder (no {REPORT_NAME}); saving the teacher replaces "
+            "the whole folder, so choose an empty or new --out"
+        )
 
 
 def _save(components: Components, report: dict[str, Any], out: Path) -> Path:

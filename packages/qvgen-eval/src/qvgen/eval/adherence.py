@@ -321,9 +321,18 @@ def _verdict(claim: CaptionClause, obj: TrackedObject | None) -> ObjectAdherence
     )
 
 
+MAX_SCORED_OBJECTS = 6
+"""Most clauses one caption may have: matching tries all assignments (6! = 720), so more would be slow."""
+
+
 def score_video(frames: Any, caption: str, cfg: AdherenceConfig | None = None) -> VideoAdherence:
     """Adherence of one video (F, H, W, 3) — uint8, or float in [0, 1] — to its procedural caption."""
     claims = parse_caption(caption)
+    if len(claims) > MAX_SCORED_OBJECTS:
+        raise ValueError(
+            f"caption {caption!r} names {len(claims)} objects; adherence scores at most {MAX_SCORED_OBJECTS} "
+            "(it tries every object-to-clause assignment; the procedural world draws one or two)"
+        )
     found = find_objects(frames, cfg)
     if not found:
         return VideoAdherence(

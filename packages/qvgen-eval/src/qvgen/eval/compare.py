@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from qvgen.core import atomic_write
+from qvgen.data import parse_caption
 from qvgen.eval import metrics
 from qvgen.eval.config import CompareConfig, ModelSource, SamplingSettings
 from qvgen.eval.loading import LoadedModel, load_model
@@ -313,7 +314,16 @@ def compare(cfg: CompareConfig) -> EvalReport:
     if cfg.vbench is not None:  # fail on missing weights before sampling anything
         cache_dir = (cfg.vbench.cache_dir or default_cache_dir()).expanduser().resolve()
         check_weights(cfg.vbench.dimensions, cache_dir)
-    items = plan_items(resolve_prompts(cfg.prompts), cfg.prompts.videos_per_prompt, cfg.seed)
+    prompts = resolve_prompts(cfg.prompts)
+    if cfg.adherence:  # file prompts: the config could not check them; refuse before any model loads
+        for prompt in prompts:
+            try:
+                parse_caption(prompt)
+            except ValueError as err:
+                raise ValueError(
+                    f"{cfg.prompts.file}: adherence: true needs procedural-world captions; prompt {prompt!r}: {err}"
+                ) from err
+    items = plan_items(prompts, cfg.prompts.videos_per_prompt, cfg.seed)
     report = compare_models(
         cfg.family,
         contender("teacher", cfg.teacher),

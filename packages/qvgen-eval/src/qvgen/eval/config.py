@@ -70,6 +70,10 @@ class SamplingSettings(Frozen):
         return out
 
 
+DeviceName = Annotated[str, Field(pattern=r"^(auto|cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")]
+""""auto", or a torch device string such as "cpu", "cuda", "cuda:1"."""
+
+
 class PromptSource(Frozen):
     """Prompts: inline, or a file (text: one per line; `.json`: VBench's full-info prompt suite)."""
 
@@ -106,7 +110,7 @@ class SampleConfig(Frozen):
     """Video k (prompt-major order) uses seed + k, whatever the number of processes."""
     sampling: SamplingSettings = SamplingSettings()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "auto"
+    device: DeviceName = "auto"
     """"auto": the accelerate process's device (cuda:<local rank> when there is a GPU, else cpu)."""
     skip_existing: bool = True
     """Leave videos already in out_dir alone (resume)."""
@@ -156,7 +160,7 @@ class CompareConfig(Frozen):
     seed: int = 0
     sampling: SamplingSettings = SamplingSettings()
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = "auto"
+    device: DeviceName = "auto"
     embed_videos: bool = True
     """Embed the mp4s in the HTML page (one self-contained file); False links them relatively."""
     vbench: VBenchSettings | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -180,8 +181,8 @@ _STATUS_JS = """
 
 
 def _video_src(report_dir: Path, rel: str, embed: bool) -> str:
-    if not embed:
-        return html.escape(rel, quote=True)
+    if not embed:  # a prompt's "#", "?" or "%" in the file name must not end the path
+        return html.escape(urllib.parse.quote(rel), quote=True)
     data = (report_dir / rel).read_bytes()
     return "data:video/mp4;base64," + base64.b64encode(data).decode("ascii")
 

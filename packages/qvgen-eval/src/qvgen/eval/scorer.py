@@ -71,13 +71,19 @@ class ScoreSummary(Frozen):
 
 
 def summarize_scores(scores: Sequence[VideoAdherence | ValueScores]) -> ScoreSummary:
-    """Means with 95 % CIs over videos of every value the scores carry (unscorable adherence counts 0)."""
+    """Means with 95 % CIs over videos of every value the scores carry; an unscorable video counts 0 on
+    each value it lacks."""
     if not scores:
         raise ValueError("summarize_scores got no scores")
-    per_key: dict[str, list[float]] = {}
-    for s in scores:
-        for k, v in score_values(s).items():
-            per_key.setdefault(k, []).append(v)
+    values = [score_values(s) for s in scores]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    per_key: dict[str, list[float]] = {k: [] for k in keys}
+    for s, v in zip(scores, values, strict=True):
+        for k in keys:
+            if k in v:
+                per_key[k].append(v[k])
+            elif s.unscorable is not None:  # counted as 0, like an unscorable adherence entry
+                per_key[k].append(0.0)
     return ScoreSummary(
         num_videos=len(scores),
         num_unscorable=sum(s.unscorable is not None for s in scores),
