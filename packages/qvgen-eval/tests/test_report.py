@@ -61,6 +61,47 @@ def test_summary_means_every_scalar_metric():
         summarize([])
 
 
+def test_fidelity_metrics_carry_their_interval_over_videos():
+    rec = lambda p: SampleRecord(  # noqa: E731
+        prompt="p", index=int(p), seed=0, video=VideoMetrics(path="v", temporal_flickering=1, motion_energy=1),
+        fidelity=FidelityMetrics(latent_mse=p, psnr_db=10 * p, ssim=p, motion_energy_ratio=p,
+                                 step_errors=(StepErrorRecord(step=0, timestep=1, mse=p, relative_mse=p),
+                                              StepErrorRecord(step=1, timestep=0, mse=p, relative_mse=3 * p))),
+    )  # fmt: skip
+    s = summarize([rec(1.0), rec(2.0), rec(6.0)])
+    psnr = s.intervals["psnr_db"]
+    assert psnr.mean == pytest.approx(30.0) and psnr.n == 3
+    assert psnr.ci95 == pytest.approx(4.303 * np.std([10, 20, 60], ddof=1) / np.sqrt(3), rel=1e-3)
+    assert s.intervals["step_relative_mse"].mean == pytest.approx(2 * 3.0)  # per-video step means 2, 4, 12
+    assert summarize([rec(1.0)]).vs_teacher == {}
+
+
+def _scored(prompt: str, seed: int, overall: float | None) -> SampleRecord:
+    from qvgen.eval import ValueScores
+
+    score = (
+        ValueScores(values={}, unscorable="nothing seen")
+        if overall is None
+        else ValueScores(values={"overall": overall})
+    )
+    video = VideoMetrics(path="v", temporal_flickering=1, motion_energy=1)
+    return SampleRecord(prompt=prompt, index=0, seed=seed, video=video, scores={"fake": score})
+
+
+def test_paired_difference_from_the_teacher_joins_videos_by_prompt_and_seed():
+    from qvgen.eval import paired_vs_teacher
+
+    teacher = [_scored("a", 0, 1.0), _scored("b", 1, 1.0), _scored("c", 2, 0.5)]
+    # the variant's videos come in another order; its unscorable video counts 0
+    variant = [_scored("c", 2, 0.5), _scored("a", 0, 0.5), _scored("b", 1, None)]
+    diff = paired_vs_teacher(variant, teacher)["fake.overall"]
+    assert diff.mean == pytest.approx((0.0 - 0.5 - 1.0) / 3) and diff.n == 3
+    assert diff.ci95 == pytest.approx(4.303 * np.std([0.0, -0.5, -1.0], ddof=1) / np.sqrt(3), rel=1e-3)
+    assert summarize(variant, teacher).vs_teacher == {"fake.overall": diff}
+    with pytest.raises(ValueError, match="different videos"):
+        paired_vs_teacher([*variant[:2], _scored("b", 7, 1.0)], teacher)
+
+
 def test_report_round_trips_through_json_and_the_html_escapes_prompts(tmp_path):
     report = _report(tmp_path)
     json_path, html_path = write_report(report, tmp_path)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from tqdm.auto import tqdm
 
 if TYPE_CHECKING:
-    from qvgen.eval import AdherenceReport, EvalReport, GeneratedVideo, VariantReport, VariantSummary
+    from qvgen.eval import AdherenceReport, EvalReport, GeneratedVideo, MeanCI, VariantReport, VariantSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,11 @@ class Row:
     @property
     def unscorable(self) -> int:
         return self.scores.num_unscorable
+
+    @property
+    def adherence_vs_teacher(self) -> MeanCI | None:
+        """This model's adherence − the teacher's, paired over the same videos (None for the teacher)."""
+        return self.summary.vs_teacher.get("adherence.overall")
 
     @property
     def flickering(self) -> float:
@@ -153,6 +158,12 @@ def evaluate(
     return Evaluation(report, rows, out_dir / "report.html", out_dir / "report.json")
 
 
+def _signed(diff: MeanCI | None) -> str:
+    if diff is None:
+        return "—"
+    return f"{diff.mean:+.3f}" if diff.ci95 is None else f"{diff.mean:+.3f} ± {diff.ci95:.3f}"
+
+
 def format_table(rows: Sequence[Row]) -> str:
     """A plain-text table: adherence colour/shape/motion, flickering, PSNR and latent MSE vs the teacher."""
     head = (
@@ -161,6 +172,7 @@ def format_table(rows: Sequence[Row]) -> str:
         "shape",
         "motion",
         "unscorable",
+        "Δ adherence (paired, 95 % CI)",
         "flicker",
         "PSNR dB",
         "latent MSE",
@@ -175,6 +187,7 @@ def format_table(rows: Sequence[Row]) -> str:
                 f"{r.shape:.3f}",
                 f"{r.motion:.3f}",
                 f"{r.unscorable}/{r.scores.num_videos}",
+                _signed(r.adherence_vs_teacher),
                 f"{r.flickering:.5f}",
                 "—" if r.psnr_db is None else f"{r.psnr_db:.3f}",
                 "—" if r.latent_mse is None else f"{r.latent_mse:.5f}",

@@ -35,6 +35,7 @@ from qvgen.eval.report import (
     VariantSummary,
     VideoMetrics,
     load_report,
+    paired_vs_teacher,
     render_html,
     write_report,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "missing_weights",
     "motion_energy",
     "motion_energy_ratio",
+    "paired_vs_teacher",
     "parse_results",
     "pipeline_kwargs",
     "plan_items",
@@ -135,6 +137,7 @@ from qvgen.eval.scorer import (
     ValueScores,
     VideoScore,
     VideoScorer,
+    score_columns,
     score_values,
     summarize_scores,
 )
@@ -161,6 +164,7 @@ __all__ += [
     "mean_ci",
     "paired_diff_ci",
     "parse_caption",
+    "score_columns",
     "score_values",
     "score_video",
     "score_videos",

@@ -285,7 +285,7 @@ def compare_models(
                 kind=variant.kind,
                 source=variant.source,
                 samples=tuple(samples),
-                summary=summarize(samples),
+                summary=summarize(samples, teacher_samples),
             )
         )
         logger.info("%s: %s", variant.name, reports[-1].summary.scalars())

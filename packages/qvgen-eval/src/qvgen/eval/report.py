@@ -16,7 +16,8 @@ from pydantic import Field
 from qvgen.core import Frozen, atomic_write_text
 from qvgen.eval.adherence import VideoAdherence
 from qvgen.eval.plots import bar_plot, fmt, line_plot
-from qvgen.eval.scorer import ScoreSummary, VideoScore, summarize_scores
+from qvgen.eval.scorer import ScoreSummary, VideoScore, score_columns, summarize_scores
+from qvgen.eval.stats import MeanCI, mean_ci, paired_diff_ci
 from qvgen.eval.vbench import VBenchReport
 from qvgen.eval.video import read_video
 
@@ -80,10 +81,20 @@ class VariantSummary(Frozen):
     """Mean over sampling steps and videos of the denoiser output's relative MSE against the teacher."""
     scores: dict[str, ScoreSummary] = Field(default_factory=dict)
     """Per scorer: mean and 95 % CI of each value, and the unscorable count."""
+    intervals: dict[str, MeanCI] = Field(default_factory=dict)
+    """Mean and 95 % CI over videos of the per-video fidelity metrics (psnr_db, latent_mse, ssim,
+    step_relative_mse: each video's mean over sampling steps); empty for the teacher."""
+    vs_teacher: dict[str, MeanCI] = Field(default_factory=dict)
+    """`scorer.value` → this model − the teacher, paired over the same (prompt, index, seed), mean and
+    95 % CI; empty for the teacher."""
 
     def scalars(self) -> dict[str, float]:
         """Every mean as `name` (metrics) or `scorer.value` (scores), for printing."""
-        out = {k: v for k, v in self.model_dump(exclude={"scores"}).items() if v is not None}
+        out = {
+            k: v
+            for k, v in self.model_dump(exclude={"scores", "intervals", "vs_teacher"}).items()
+            if v is not None
+        }
         for scorer, summary in self.scores.items():
             out |= {f"{scorer}.{k}": m.mean for k, m in summary.values.items()}
         return out
@@ -113,8 +124,36 @@ class EvalReport(Frozen):
     """Per run name, (step, training loss) points that the caller attached (shown as a plot)."""
 
 
-def summarize(samples: Sequence[SampleRecord]) -> VariantSummary:
-    """Means of the metrics over `samples`, and a `ScoreSummary` per scorer."""
+def _sample_key(s: SampleRecord) -> tuple[str, int, int]:
+    return (s.prompt, s.index, s.seed)
+
+
+def paired_vs_teacher(samples: Sequence[SampleRecord], teacher: Sequence[SampleRecord]) -> dict[str, MeanCI]:
+    """`scorer.value` → samples − teacher, paired on (prompt, index, seed), for every scorer both carry."""
+    mine = {_sample_key(s): s for s in samples}
+    theirs = {_sample_key(s): s for s in teacher}
+    if mine.keys() != theirs.keys():
+        odd = sorted(mine.keys() ^ theirs.keys())[:3]
+        raise ValueError(f"paired_vs_teacher: the models sampled different videos, e.g. {odd}")
+    keys = sorted(mine)
+    out: dict[str, MeanCI] = {}
+    scorers = dict.fromkeys(k for s in samples for k in s.scores)
+    for scorer in scorers:
+        if not all(scorer in mine[k].scores and scorer in theirs[k].scores for k in keys):
+            continue
+        a = score_columns([mine[k].scores[scorer] for k in keys])
+        b = score_columns([theirs[k].scores[scorer] for k in keys])
+        for value in a.keys() & b.keys():
+            if len(a[value]) == len(b[value]) == len(keys):
+                out[f"{scorer}.{value}"] = paired_diff_ci(a[value], b[value])
+    return dict(sorted(out.items()))
+
+
+def summarize(
+    samples: Sequence[SampleRecord], teacher: Sequence[SampleRecord] | None = None
+) -> VariantSummary:
+    """Means of the metrics over `samples`, a `ScoreSummary` per scorer, and with `teacher` (its samples
+    at the same prompts and seeds) the paired differences of every score value."""
     if not samples:
         raise ValueError("summarize got no samples")
     n = len(samples)
@@ -131,8 +170,19 @@ def summarize(samples: Sequence[SampleRecord]) -> VariantSummary:
         out["motion_energy_ratio"] = math.fsum(f.motion_energy_ratio for f in fid) / m
         steps = [e.relative_mse for f in fid for e in f.step_errors]
         out["step_relative_mse"] = math.fsum(steps) / len(steps) if steps else None
+        intervals = {
+            "psnr_db": mean_ci([f.psnr_db for f in fid]),
+            "latent_mse": mean_ci([f.latent_mse for f in fid]),
+            "ssim": mean_ci([f.ssim for f in fid]),
+        }
+        if all(f.step_errors for f in fid):
+            per_video = [math.fsum(e.relative_mse for e in f.step_errors) / len(f.step_errors) for f in fid]
+            intervals["step_relative_mse"] = mean_ci(per_video)
+        out["intervals"] = intervals
     names = dict.fromkeys(k for s in samples for k in s.scores)
     out["scores"] = {k: summarize_scores([s.scores[k] for s in samples if k in s.scores]) for k in names}
+    if teacher is not None:
+        out["vs_teacher"] = paired_vs_teacher(samples, teacher)
     return VariantSummary(**out)
 
 
@@ -201,9 +251,27 @@ def _summary_table(models: Sequence[VariantReport]) -> list[str]:
     out = ["<h2>Summary</h2><table><tr><th>model</th><th>kind</th>"]
     out += [f"<th>{esc(k)}</th>" for k in keys] + ["</tr>"]
     for m, sc in zip(models, scalars, strict=True):
-        cells = "".join(f"<td class='num'>{fmt(sc[k])}</td>" if k in sc else "<td>—</td>" for k in keys)
+        ci = m.summary.intervals
+        cells = "".join(
+            f"<td class='num'>{esc(str(ci[k]) if k in ci else fmt(sc[k]))}</td>" if k in sc else "<td>—</td>"
+            for k in keys
+        )
         out.append(f"<tr><td>{esc(m.name)}</td><td>{esc(m.kind)}</td>{cells}</tr>")
-    out.append("</table>")
+    out.append("</table><p>Fidelity columns: mean ± 95 % CI over videos, against the teacher's video at the "
+               "same prompt and seed.</p>")  # fmt: skip
+    diffs = list(dict.fromkeys(k for m in models for k in m.summary.vs_teacher))
+    if diffs:
+        out.append("<h2>Difference from the teacher</h2><p>model − teacher per video, paired over the same "
+                   "prompts and seeds: mean ± 95 % CI (an interval that excludes 0 is a measured "
+                   "difference).</p><table><tr><th>model</th>")  # fmt: skip
+        out += [f"<th>{esc(k)}</th>" for k in diffs] + ["</tr>"]
+        for m in models[1:]:
+            vs = m.summary.vs_teacher
+            cells = "".join(
+                f"<td class='num'>{esc(str(vs[k]))}</td>" if k in vs else "<td>—</td>" for k in diffs
+            )
+            out.append(f"<tr><td>{esc(m.name)}</td>{cells}</tr>")
+        out.append("</table>")
     for scorer in dict.fromkeys(k for m in models for k in m.summary.scores):
         values = list(dict.fromkeys(v for m in models if scorer in m.summary.scores
                                     for v in m.summary.scores[scorer].values))  # fmt: skip

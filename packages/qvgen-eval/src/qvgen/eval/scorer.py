@@ -62,6 +62,21 @@ def score_values(score: VideoAdherence | ValueScores) -> dict[str, float]:
     return dict(score.values)
 
 
+def score_columns(scores: Sequence[VideoAdherence | ValueScores]) -> dict[str, list[float]]:
+    """Per value name, one entry per video that has it; an unscorable video counts 0 on each value it
+    lacks (so every column of a list of possibly-unscorable scores lines up with the videos)."""
+    values = [score_values(s) for s in scores]
+    keys = list(dict.fromkeys(k for v in values for k in v))
+    columns: dict[str, list[float]] = {k: [] for k in keys}
+    for s, v in zip(scores, values, strict=True):
+        for k in keys:
+            if k in v:
+                columns[k].append(v[k])
+            elif s.unscorable is not None:
+                columns[k].append(0.0)
+    return columns
+
+
 class ScoreSummary(Frozen):
     """One scorer over one model's videos: mean and 95 % CI of each value, and how many were unscorable."""
 
@@ -75,15 +90,7 @@ def summarize_scores(scores: Sequence[VideoAdherence | ValueScores]) -> ScoreSum
     each value it lacks."""
     if not scores:
         raise ValueError("summarize_scores got no scores")
-    values = [score_values(s) for s in scores]
-    keys = list(dict.fromkeys(k for v in values for k in v))
-    per_key: dict[str, list[float]] = {k: [] for k in keys}
-    for s, v in zip(scores, values, strict=True):
-        for k in keys:
-            if k in v:
-                per_key[k].append(v[k])
-            elif s.unscorable is not None:  # counted as 0, like an unscorable adherence entry
-                per_key[k].append(0.0)
+    per_key = score_columns(scores)
     return ScoreSummary(
         num_videos=len(scores),
         num_unscorable=sum(s.unscorable is not None for s in scores),
