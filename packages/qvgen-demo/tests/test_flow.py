@@ -56,6 +56,12 @@ def test_demo_table_has_teacher_rtn_and_qvgen_rows_scored_against_the_teacher(de
     header = [c.strip() for c in table.splitlines()[0].split("|")]
     assert header[:4] == ["model", "colour", "shape", "motion"]
     assert "qvgen-w4a4" in table and "rtn-w4a4" in table
+    assert teacher.adherence_vs_teacher is None
+    for row in students:  # paired over the same four videos
+        diff = row.adherence_vs_teacher
+        assert diff is not None and diff.n == 4
+        assert diff.mean == pytest.approx(row.adherence - teacher.adherence)
+        assert f"{diff.mean:+.3f}" in table
 
 
 def test_demo_writes_the_html_report_and_one_mp4_per_model(demo: DemoResult) -> None:
@@ -66,7 +72,8 @@ def test_demo_writes_the_html_report_and_one_mp4_per_model(demo: DemoResult) -> 
     for model, row in zip((typed.teacher, *typed.variants), demo.rows, strict=True):
         assert [s.adherence for s in model.samples] == list(row.scores.videos)  # per prompt, in report.json
         assert model.summary.scores["adherence"].values["overall"].mean == pytest.approx(row.adherence)
-    assert "Scores: adherence" in demo.report_html.read_text()
+    page = demo.report_html.read_text()
+    assert "Scores: adherence" in page and "Difference from the teacher" in page
     frames, _, _ = teacher_clip_shape(DEFAULT_TEACHER_DIR)
     for name in ("teacher", "rtn-w4a4", "qvgen-w4a4"):
         videos = list((demo.report_html.parent / name).glob("*.mp4"))
