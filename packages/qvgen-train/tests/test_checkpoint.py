@@ -77,8 +77,19 @@ def test_unfinished_or_tampered_checkpoint_is_refused(saved):
         ckpt.verify_checkpoint(path)
 
 
+def test_a_new_checkpoint_never_prunes_itself_and_a_resave_swaps_folders(saved):
+    accelerator, _, _, gen, root, _ = saved  # steps 4 and 6 kept
+    (root / "step-00000009").mkdir()  # a later folder the pruning must neither count nor keep instead
+    path = ckpt.save_checkpoint(accelerator, root, _state(8), {"sampling": gen}, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000008", "step-00000009"]
+    again = ckpt.save_checkpoint(accelerator, root, _state(8), {"sampling": gen}, keep_last=2)
+    assert again == path and ckpt.verify_checkpoint(path).step == 8
+    assert not any(p.name.endswith((".tmp", ".old")) for p in root.iterdir())
+
+
 def test_unfinished_tmp_folder_is_not_a_resume_candidate(tmp_path):
     (tmp_path / "step-00000008.tmp").mkdir()
+    (tmp_path / "step-00000007.old").mkdir()
     (tmp_path / "step-00000003").mkdir()
     assert ckpt.latest_checkpoint(tmp_path) == tmp_path / "step-00000003"
     assert ckpt.latest_checkpoint(tmp_path / "missing") is None
@@ -95,3 +106,5 @@ def test_checkpoint_of_another_run_is_refused_listing_the_differences(saved):
     with pytest.raises(ckpt.CheckpointError, match="world size: checkpoint 1 vs now 2"):
         ckpt.check_compatible(path, state, state.config, world_size=2)
     ckpt.check_compatible(path, state, {**state.config, "logging": {"x": 1}}, world_size=1)
+    with pytest.raises(ckpt.CheckpointError, match=r"method"):
+        ckpt.check_compatible(path, state, {**state.config, "method": {"kind": "qdm"}}, world_size=1)

@@ -100,3 +100,44 @@ def test_fsdp2_run_decays_phi_checkpoints_resumes_bitwise_and_exports(run_dict, 
     load_student(final / "fake_quant")
     family = get_family("wan")
     quant.load_quantized(family.load_transformer(cfg["model"]["checkpoint"]), final / "deploy")
+
+
+CLIP_CHECK = textwrap.dedent(
+    """
+    import os, sys, torch, torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from qvgen.train import sharding
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1], RANK="0", WORLD_SIZE="1")
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    ref = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 4))
+    model.load_state_dict(ref.state_dict())
+    fully_shard(model, mesh=init_device_mesh("cpu", (1,)))
+    x = torch.randn(5, 8)
+    for m in (ref, model):
+        (m(x).square().sum() * 10).backward()
+    phi, phi_ref = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))  # replicated, not sharded
+    phi.grad, phi_ref.grad = torch.full((3,), 2.0), torch.full((3,), 2.0)
+    want = torch.nn.utils.clip_grad_norm_([*ref.parameters(), phi_ref], 1.0)
+    got = sharding.clip_grad_norm_([*model.parameters(), phi], 1.0)
+    assert float(want) > 1.0 and torch.allclose(got, want), (got, want)
+    for p, q in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.allclose(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(phi.grad, phi_ref.grad)
+    dist.destroy_process_group()
+    print("clip ok")
+    """
+)
+
+
+def test_sharded_clip_matches_torchs_clip_over_sharded_and_replicated_grads(tmp_path):
+    script = tmp_path / "clip_check.py"
+    script.write_text(CLIP_CHECK)
+    done = subprocess.run(
+        [sys.executable, str(script), str(_free_port())], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and "clip ok" in done.stdout, done.stderr[-3000:]

@@ -103,6 +103,29 @@ def test_resume_refuses_a_checkpoint_from_a_different_run(run_dict, wan_shards, 
         run(_cfg(run_dict, "wan", wan_shards, tmp_path / "b", train={"seed": 4}, **sections))
 
 
+def test_a_fresh_run_refuses_a_folder_that_holds_another_runs_checkpoints(run_dict, wan_shards, tmp_path):
+    sections = {"export": {"fake_quant": False, "deploy": False}, "checkpoint": {"every_n_steps": 3}}
+    run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    before = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    with pytest.raises(
+        ValueError, match=r"checkpoints: holds checkpoints of an earlier run .*resume_from=latest"
+    ):
+        run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == before
+
+
+def test_metrics_log_of_a_resumed_run_has_each_step_once(run_dict, wan_shards, tmp_path):
+    sections = {"export": {"fake_quant": False, "deploy": False}, "checkpoint": {"every_n_steps": 2}}
+    full = run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    sections["checkpoint"] = {**sections["checkpoint"], "resume_from": "latest"}
+    shutil.rmtree(tmp_path / "a" / "checkpoints" / "step-00000006")  # as if killed after step 6's log
+    run(_cfg(run_dict, "wan", wan_shards, tmp_path / "a", **sections))
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, len(full.losses) + 1))
+    assert [r["loss"] for r in records] == list(full.losses)
+    assert all(r["lr"] < 1e-3 for r in records)  # the latent weights' lr, not the clip logits' 1e-2
+
+
 def test_ptq_baseline_needs_no_data_and_no_training(run_dict, wan_shards, tmp_path):
     data = run_dict("wan", wan_shards, tmp_path / "out", train={"max_steps": 0}, aux=None)
     data["quant"] = {"weight": {"kind": "minmax"}}

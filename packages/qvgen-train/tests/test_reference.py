@@ -116,7 +116,7 @@ def test_counter_mapping_reproduces_the_reference_sampling_counter():
     assert table.shape == (1000,)
     assert [int(table[int(t)]) for t in timesteps] == [49, 47, 45, 43]
     assert int(table[500]) == 500 % 50  # off the schedule: the training-time `mod` group
-    with pytest.raises(ReferenceImportError, match="share the integer timestep 10"):
+    with pytest.raises(ReferenceImportError, match="sampling steps 0 and 1 share the integer timestep 10"):
         counter_table(ref, [10.2, 10.7], calls_per_step=1)
 
 
@@ -156,6 +156,10 @@ def test_counter_mapping_end_to_end_writes_a_bin_student(wan_reference, tmp_path
             r"key 'proj_out.wquantizer.L'.*Φ is still present",
         ),
         (lambda t: t.update({"extra.w": torch.zeros(3, 3)}), r"key 'extra.w' has no extra.wquantizer.scale"),
+        (
+            lambda t: t.update({"proj_out.loraA.weight": torch.zeros(4, 64)}),
+            r"key 'proj_out.loraA.weight' has no proj_out.loraB.weight",
+        ),
         (lambda t: t.update({"proj_out.w": torch.zeros(3, 3)}), r"key 'proj_out.w' has shape \(3, 3\)"),
     ],
 )

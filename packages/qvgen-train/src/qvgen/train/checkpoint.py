@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -28,10 +29,12 @@ log = logging.getLogger(__name__)
 
 PREFIX = "step-"
 TMP_SUFFIX = ".tmp"
+OLD_SUFFIX = ".old"
+_NAME = re.compile(rf"{PREFIX}\d+")
 TRAIN_STATE = "train_state.json"
 CHECKSUMS = "checksums.json"
 GENERATORS = "generators-rank{rank}.safetensors"
-MUST_MATCH = ("model", "quant", "aux", "data", "optim", "train")
+MUST_MATCH = ("model", "method", "quant", "aux", "data", "optim", "train")
 """Config sections a resumed run must share with its checkpoint (logging/checkpoint/export may change)."""
 
 
@@ -129,25 +132,41 @@ def _save_checkpoint(
         _write_json_atomic(tmp / TRAIN_STATE, state.model_dump(mode="json"))
         sums = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         _write_json_atomic(tmp / CHECKSUMS, sums)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _prune(root, keep_last)
+        if final.exists():  # same step saved again: old aside, new in, then old away (never neither)
+            aside = final.with_name(final.name + OLD_SUFFIX)
+            if aside.exists():
+                shutil.rmtree(aside)
+            os.replace(final, aside)
+            os.replace(tmp, final)
+            shutil.rmtree(aside)
+        else:
+            os.replace(tmp, final)
+        _prune(root, keep_last, state.step)
     accelerator.wait_for_everyone()
     return final
 
 
-def _prune(root: Path, keep_last: int) -> None:
-    done = sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
+def _prune(root: Path, keep_last: int, step: int) -> None:
+    """Keep the newest `keep_last` checkpoints up to `step` (the one just written); later ones are left."""
+    done = [p for p in complete_checkpoints(root) if _step_of(p) <= step]
     for old in done[:-keep_last]:
         shutil.rmtree(old)
 
 
+def _step_of(path: Path) -> int:
+    return int(path.name.removeprefix(PREFIX))
+
+
+def complete_checkpoints(root: Path) -> list[Path]:
+    """The finished `step-N` folders under `root`, oldest first (`.tmp`/`.old` folders are not)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The newest complete checkpoint folder under `root` (unfinished `.tmp` folders are ignored)."""
-    if not root.is_dir():
-        return None
-    done = sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir() and not p.name.endswith(TMP_SUFFIX))
+    done = complete_checkpoints(root)
     return done[-1] if done else None
 
 

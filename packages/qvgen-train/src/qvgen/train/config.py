@@ -70,6 +70,10 @@ class TrainConfig(Frozen):
     Launch both with a multi-process accelerate config (configs/accelerate/ddp.yaml)."""
 
 
+_PIPELINE_SIZE_MULTIPLE = {"wan": 16, "cogvideox": 8}
+"""What diffusers' WanPipeline / CogVideoXPipeline `check_inputs` require of height and width."""
+
+
 class ValidationConfig(Frozen):
     """Sample short clips with the student every N steps and write them as mp4."""
 
@@ -160,6 +164,24 @@ class RunConfig(Frozen):
         kind = getattr(getattr(self, "method", None), "kind", "qat")
         if kind != "qat":
             raise ValueError(f"train.sharding=fsdp2 supports method.kind 'qat' (QVGen, LSQ), not {kind!r}")
+        if self.train.mixed_precision == "fp16":
+            # fp16's loss scaling needs accelerate's unscale before the clip, which the sharded clip skips
+            raise ValueError(
+                "train.sharding=fsdp2 with train.mixed_precision=fp16: use bf16 (no loss scaling)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_size_fits_the_pipeline(self) -> RunConfig:
+        """logging.validation's height/width vs the family pipeline's own check, caught at load rather than
+        at the first validation step (hours in)."""
+        val = self.logging.validation
+        multiple = _PIPELINE_SIZE_MULTIPLE[self.model.family]
+        if val is not None and (val.height % multiple or val.width % multiple):
+            raise ValueError(
+                f"logging.validation: height {val.height} and width {val.width} must be multiples of {multiple} "
+                f"for the {self.model.family} pipeline"
+            )
         return self
 
     @model_validator(mode="after")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -69,7 +69,9 @@ def warmup_steps(cfg: OptimConfig, max_steps: int) -> int:
     return round(cfg.warmup_fraction * max_steps)
 
 
-def lr_multiplier(step: int, *, warmup: int, total: int, schedule: str = "cosine") -> float:
+def lr_multiplier(
+    step: int, *, warmup: int, total: int, schedule: Literal["cosine", "constant"] = "cosine"
+) -> float:
     """Factor applied to every group's base lr at optimizer step `step` (0-based).
 
     1. step < warmup: linear ramp step / warmup (0 at step 0).
@@ -78,10 +80,14 @@ def lr_multiplier(step: int, *, warmup: int, total: int, schedule: str = "cosine
     """
     if step < warmup:
         return step / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    match schedule:
+        case "constant":
+            return 1.0
+        case "cosine":
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        case _:
+            raise ValueError(f"lr_multiplier: schedule {schedule!r} is not 'cosine' or 'constant'")
 
 
 def build_scheduler(

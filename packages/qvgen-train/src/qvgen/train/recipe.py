@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from qvgen import auxiliary, quant
+from qvgen.core import atomic_write_text
 from qvgen.data import LatentBatch, make_loader
 from qvgen.models import get_family
 from qvgen.train import checkpoint as ckpt
@@ -67,6 +68,12 @@ def _batches(loader: Any, skip: int) -> Iterator[LatentBatch]:
 def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.TrainState] | None:
     where = cfg.checkpoint.resume_from
     if where is None:
+        earlier = ckpt.complete_checkpoints(cfg.output_dir / "checkpoints")
+        if earlier:  # a fresh run would prune them, and a later `latest` would pick them up
+            raise ValueError(
+                f"{earlier[-1].parent}: holds checkpoints of an earlier run (up to {earlier[-1].name}); resume it "
+                "with checkpoint.resume_from=latest, or choose another output_dir"
+            )
         return None
     path = ckpt.latest_checkpoint(cfg.output_dir / "checkpoints") if where == "latest" else Path(where)
     if path is None:
@@ -74,6 +81,53 @@ def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.
     state = ckpt.verify_checkpoint(path)
     ckpt.check_compatible(path, state, cfg.model_dump(mode="json"), accelerator.num_processes)
     return path, state
+
+
+_FLUSH_EVERY = 50
+"""Logged steps whose losses are read from the device together."""
+
+
+class _PendingLog:
+    """Logged steps whose loss is still a device tensor; `flush` reads them in one transfer."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[int, float, int | None]] = []
+        self._losses: list[torch.Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def add(self, step: int, loss: torch.Tensor, lr: float, phi_rank: int | None) -> None:
+        self._steps.append((step, lr, phi_rank))
+        self._losses.append(loss.detach().float())
+
+    def flush(self) -> list[dict[str, Any]]:
+        if not self._steps:
+            return []
+        values = torch.stack(self._losses).tolist()
+        records = [
+            {"step": step, "loss": value, "lr": lr, "phi_rank": rank}
+            for (step, lr, rank), value in zip(self._steps, values, strict=True)
+        ]
+        self._steps, self._losses = [], []
+        return records
+
+
+def _lr_group(optimizer: Any) -> int:
+    """Index of the group whose lr the log reports: the latent weights, else the first trained group."""
+    groups = optimizer.param_groups
+    names = [g.get("name") for g in groups]
+    return names.index("weights") if "weights" in names else 0
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Keep the records of steps up to `step` (where a resumed run starts) in the metrics log."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _enable_gradient_checkpointing(model: nn.Module) -> None:
@@ -178,6 +232,9 @@ def run(cfg: RunConfig) -> RunResult:
         metrics_path = cfg.output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
+            _drop_metrics_after(metrics_path, start)  # a resumed run logs those steps again
+        pending = _PendingLog()
+        lr_group = _lr_group(optimizer)
         if cfg.logging.tensorboard:
             accelerator.init_trackers("qvgen")
         bar = tqdm(
@@ -228,28 +285,33 @@ def run(cfg: RunConfig) -> RunResult:
                 sharding.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
             elif cfg.train.grad_clip is not None:
                 accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
-            lr = scheduler.get_last_lr()[0]  # the latent-weight group's lr used by this step
+            lr = scheduler.get_last_lr()[lr_group]  # the latent-weight group's lr used by this step
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            # 7. Log, validate, checkpoint (outside the step's hot path).
+            # 7. Log, checkpoint, validate (outside the step's hot path). The loss stays on the device
+            #    until a flush reads every pending value at once (one host sync per flush, not per step).
             done = step + 1
             if done % cfg.logging.every_n_steps == 0 or done == cfg.train.max_steps:
-                value = loss.item()
-                losses.append(value)
-                record = {"step": done, "loss": value, "lr": lr, "phi_rank": phi_rank}
-                bar.set_postfix(loss=f"{value:.4g}", lr=f"{lr:.3g}", rank=phi_rank)
-                if accelerator.is_main_process:
-                    with metrics_path.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                if cfg.logging.tensorboard:
-                    accelerator.log({"loss": value, "lr": lr, "phi_rank": phi_rank or 0}, step=done)
-            val = cfg.logging.validation
-            if val is not None and done % val.every_n_steps == 0 and accelerator.is_main_process:
-                write_validation_clips(family, cfg, accelerator.unwrap_model(student), done)
+                pending.add(done, loss, lr, phi_rank)
             every = cfg.checkpoint.every_n_steps
-            if every is not None and done % every == 0 and done < cfg.train.max_steps:
+            checkpointing = every is not None and done % every == 0 and done < cfg.train.max_steps
+            if checkpointing or len(pending) >= _FLUSH_EVERY or done == cfg.train.max_steps:
+                records = pending.flush()
+                losses += [r["loss"] for r in records]
+                if records:
+                    last = records[-1]
+                    bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{last['lr']:.3g}", rank=last["phi_rank"])
+                if accelerator.is_main_process and records:
+                    with metrics_path.open("a") as f:
+                        f.writelines(json.dumps(r) + "\n" for r in records)
+                if cfg.logging.tensorboard:
+                    for r in records:
+                        accelerator.log(
+                            {"loss": r["loss"], "lr": r["lr"], "phi_rank": r["phi_rank"] or 0}, step=r["step"]
+                        )
+            if checkpointing:
                 ckpt.save_checkpoint(
                     accelerator,
                     cfg.output_dir / "checkpoints",
@@ -261,6 +323,9 @@ def run(cfg: RunConfig) -> RunResult:
                     cfg.checkpoint.keep_last,
                     save_state,
                 )  # fmt: skip
+            val = cfg.logging.validation
+            if val is not None and done % val.every_n_steps == 0 and accelerator.is_main_process:
+                write_validation_clips(family, cfg, accelerator.unwrap_model(student), done)
         bar.close()
         for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
             tracker.finish()

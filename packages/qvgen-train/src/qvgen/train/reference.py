@@ -85,7 +85,13 @@ def read_reference(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path], di
     except json.JSONDecodeError as e:
         raise ReferenceImportError(f"{config_path}: not valid JSON: {e}") from e
     if (folder / REF_INDEX).is_file():
-        weight_map = json.loads((folder / REF_INDEX).read_text()).get("weight_map", {})
+        index_path = folder / REF_INDEX
+        try:
+            weight_map = json.loads(index_path.read_text()).get("weight_map", {})
+        except (json.JSONDecodeError, AttributeError) as e:
+            raise ReferenceImportError(f"{index_path}: not a valid safetensors index: {e}") from e
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ReferenceImportError(f"{index_path}: weight_map must map keys to file names")
         files = sorted({folder / name for name in weight_map.values()})
     elif (folder / REF_TENSORS).is_file():
         files = [folder / REF_TENSORS]
@@ -114,16 +120,16 @@ def counter_table(ref: Tensor, timesteps: Sequence[float], calls_per_step: int) 
     """1000 logits (bin mode, g = ⌊t⌋) that reproduce the reference's sampling counter on `timesteps`."""
     groups = ref.shape[0]
     table = ref[torch.arange(1000) % groups].clone()  # `mod` semantics off the schedule
-    owner: dict[int, int] = {}
+    owner: dict[int, tuple[int, int]] = {}  # integer timestep → (sampling step, group)
     for s, t in enumerate(timesteps):
         idx = min(max(math.floor(float(t)), 0), 999)
         group = max(groups - 1 - s * calls_per_step, 0)
-        if idx in owner and owner[idx] != group:
+        if idx in owner and owner[idx][1] != group:
             raise ReferenceImportError(
-                f"sampling steps {owner[idx]} and {s} share the integer timestep {idx}; the counter mapping "
+                f"sampling steps {owner[idx][0]} and {s} share the integer timestep {idx}; the counter mapping "
                 "needs distinct timesteps per step (use --groups mod)"
             )
-        owner[idx] = group
+        owner[idx] = (s, group)
         table[idx] = ref[group]
     return table
 
@@ -143,6 +149,12 @@ def _layer_names(tensors: Mapping[str, Tensor], where: Mapping[str, Path]) -> li
                 raise ReferenceImportError(
                     f"{where[name + '.wquantizer.scale']}: key {name}.{suffix!s} is missing: every quantized "
                     f"layer needs {', '.join(REQUIRED)}"
+                )
+    for key in tensors:
+        for mine, other in ((".loraA.weight", ".loraB.weight"), (".loraB.weight", ".loraA.weight")):
+            if key.endswith(mine) and key[: -len(mine)] + other not in tensors:
+                raise ReferenceImportError(
+                    f"{where[key]}: key {key!r} has no {key[: -len(mine)] + other} (LoRA factors come in pairs)"
                 )
     for key in tensors:
         if key.endswith(".w") and key[:-2] not in names:

@@ -61,21 +61,25 @@ def clip_grad_norm_(parameters: Iterable[nn.Parameter], max_norm: float) -> Tens
     ones (Φ, already averaged) are counted once. Returns the total norm.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
-    sharded = [g for g in grads if isinstance(g, DTensor)]
+    sharded = [g.to_local() for g in grads if isinstance(g, DTensor)]
     plain = [g for g in grads if not isinstance(g, DTensor)]
     device = grads[0].device if grads else torch.device("cpu")
-    sq = torch.zeros((), dtype=torch.float32, device=device)
-    for d in sharded:
-        sq += d.to_local().float().pow(2).sum()
+    sq = _sum_of_squares(sharded, device)
     dist.all_reduce(sq)
-    for t in plain:
-        sq += t.float().pow(2).sum()
-    total = sq.sqrt()
-    coef = float(max_norm) / (float(total) + 1e-6)
-    if coef < 1.0:
-        for grad in grads:
-            grad.mul_(coef)
+    total = (sq + _sum_of_squares(plain, device)).sqrt()
+    # no host read of the norm (a sync every step): scale by min(1, coef) on the device
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    local = sharded + plain
+    if local:
+        torch._foreach_mul_(local, coef.to(local[0].dtype))
     return total
+
+
+def _sum_of_squares(tensors: list[Tensor], device: torch.device) -> Tensor:
+    if not tensors:
+        return torch.zeros((), dtype=torch.float32, device=device)
+    norms = torch._foreach_norm([t.float() for t in tensors])
+    return torch.stack(norms).pow(2).sum()
 
 
 def save_sharded_state(folder: Path, model: nn.Module, optimizer: Any, scheduler: Any, rank: int) -> None:
