@@ -98,6 +98,9 @@ def test_group_indices_are_computed_once_per_call_and_reset_on_set() -> None:
     assert ctx.group_index(50, "bin") is first
     ctx.set(torch.tensor([990.0]))
     assert ctx.group_index(50, "bin").tolist() == [49]
+    # every layer on the model's device shares one copy (timesteps given on the host: one transfer per call)
+    on_device = ctx.group_index(50, "bin", torch.device("cpu"))
+    assert ctx.group_index(50, "bin", torch.device("cpu")) is on_device and on_device.tolist() == [49]
 
 
 def test_deepcopy_of_a_model_gets_its_own_shared_context() -> None:

@@ -311,7 +311,7 @@ class ActivationQuantizer(nn.Module):
                 f"{self.label} has no timestep context: call `qvgen.quant.attach_timestep_context_(model)` "
                 "(done by `prepare_`) or `qvgen.quant.set_timesteps_(model, t)`"
             )
-        return self.context.group_index(self.groups, self.group_mode).to(self.clip_logit_lo.device)
+        return self.context.group_index(self.groups, self.group_mode, self.clip_logit_lo.device)
 
     def sample_clips(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Clip factors (lo, hi) gathered per sample and shaped to broadcast over `x`'s tokens."""

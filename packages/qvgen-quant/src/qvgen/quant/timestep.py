@@ -25,7 +25,7 @@ class TimestepContext:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
         self.num_train_timesteps = num_train_timesteps
         self.timesteps: Tensor | None = None
-        self._groups: dict[tuple[int, str], Tensor] = {}
+        self._groups: dict[tuple[int, str, torch.device | None], Tensor] = {}
 
     def set(self, timesteps: Tensor | float | int | None) -> None:
         """Store the timesteps of the coming forward (a scalar becomes shape `[1]`); None clears them."""
@@ -38,12 +38,19 @@ class TimestepContext:
             raise ValueError(f"timestep must be a scalar or a 1-D tensor [B], got shape {tuple(t.shape)}")
         self.timesteps = t.reshape(-1)
 
-    def group_index(self, groups: int, mode: Literal["bin", "mod"]) -> Tensor:
-        """Per-sample group `[B]` (long): `bin` min(G-1, floor(t*G/T)), `mod` int(t) mod G."""
-        key = (groups, mode)
+    def group_index(
+        self, groups: int, mode: Literal["bin", "mod"], device: torch.device | None = None
+    ) -> Tensor:
+        """Per-sample group `[B]` (long): `bin` min(G-1, floor(t*G/T)), `mod` int(t) mod G; on `device`
+        (default: the timesteps'), cached per call so that every layer shares one copy."""
+        key = (groups, mode, device)
         cached = self._groups.get(key)
         if cached is not None:
             return cached
+        if device is not None:
+            g = self.group_index(groups, mode).to(device)
+            self._groups[key] = g
+            return g
         t = self.timesteps
         if t is None:
             raise RuntimeError(
