@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
             name = f"{key}-s{seed}"
             cfg = lsq if key == REFERENCE else method_config(lsq, method, bits, args.tiny_rank, name)
             # a finished run of the same config is reused: a long run that was stopped resumes where it was
-            deploy[name] = Path(train_cached(cfg, args.out / "runs" / f"{name}.trained.json")["deploy_dir"])
+            record = train_cached(cfg, args.out / "runs" / f"{name}.trained.json", teacher_hash=teacher_hash)
+            deploy[name] = Path(record["deploy_dir"])
     evaluation = evaluate(
         teacher, list(deploy.items()), prompts, args.out / "report", seed=args.seed, sampling_steps=sampling_steps,
         guidance_scale=guidance, clip_shape=shape, videos_per_prompt=sampling_seeds, progress=False,

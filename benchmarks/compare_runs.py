@@ -13,7 +13,6 @@ Usage: python benchmarks/compare_runs.py "LSQ lr 2e-4=/tmp/pt4:lsq-w4a4-s0+lsq-w
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from paper_table import (  # benchmarks/ is sys.path[0] as a script
     loss_row,
     make_cell,
     mean_loss_windows,
+    run_records,
     teacher_digest,
 )
 
@@ -85,12 +85,14 @@ def load_rows(specs: list[RowSpec], report_name: str = "report") -> tuple[list[R
         if missing:
             raise ValueError(f"{spec.folder}/{report_name}/report.json: no samples of run(s) {missing} "
                              f"(it has {sorted(by_name)})")  # fmt: skip
+        records = run_records(spec.folder, report_name)  # the records of the report's own students
         losses = []
         for run in spec.runs:
-            marker = spec.folder / "runs" / f"{run}.trained.json"
-            if not marker.is_file():
-                raise ValueError(f"{marker}: no trained-run record for row {spec.label!r}")
-            losses.append(json.loads(marker.read_text())["losses"])
+            if run not in records:
+                raise ValueError(
+                    f"{spec.folder}/{report_name}: no trained-run record of {run} for row {spec.label!r}"
+                )
+            losses.append(records[run]["losses"])
         cell = make_cell(spec.label, "", [by_name[r] for r in spec.runs])  # bits: not shown here
         rows.append(Row(spec, cell, losses))
     assert first is not None, "no rows"

@@ -221,8 +221,14 @@ def main() -> None:
 
         same = bool(np.array_equal(np.load(work / "one_call.npy"), np.load(work / "baseline.npy")))
         one = loads["one_call"]
+        # the baseline load must show reads under base/transformer, or "0 bytes" would prove nothing
+        reads_seen = loads["baseline"]["bytes"] > 0
         result["one_call_load_ok"] = bool(
-            one["finite"] and one["shape"] == [1, 9, 64, 64, 3] and one["deploy_layers"] > 0 and same
+            one["finite"]
+            and one["shape"] == [1, 9, 64, 64, 3]
+            and one["deploy_layers"] > 0
+            and same
+            and reads_seen
         )
         result["base_transformer_bytes_read"] = one["bytes"]
 

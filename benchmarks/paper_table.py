@@ -38,7 +38,7 @@ import re
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -219,22 +219,33 @@ def train_all(args: argparse.Namespace, teacher: Path, shards: Path, budget: Tra
             method, bits, teacher, shards, budget.model_copy(update={"seed": seed}), args.out / "runs" / name,
             progress=False, high_precision_roles=args.high_precision,
         )  # fmt: skip
-        runs[name] = (method, bits, seed, train_cached(cfg, args.out / "runs" / f"{name}.trained.json"))
+        marker = args.out / "runs" / f"{name}.trained.json"
+        runs[name] = (method, bits, seed, train_cached(cfg, marker, teacher_hash=teacher_digest(teacher)))
     return runs
 
 
-def train_cached(cfg: RunConfig, marker: Path) -> dict:
-    """Train `cfg` unless `marker` records a finished run of the same config (then reuse it); returns the
-    marker's record: config hash, deploy folder, Φ's final rank, losses and training seconds."""
+def train_cached(cfg: RunConfig, marker: Path, *, teacher_hash: str) -> dict:
+    """Train `cfg` unless `marker` records a finished run of the same config and teacher weights (then reuse
+    it); returns the marker's record: key, teacher, recipe, deploy folder, Φ's final rank, losses and training
+    seconds. A record of another recipe or teacher whose student still exists is refused, not retrained over
+    (training starts by deleting the run folder)."""
     name = marker.name.removesuffix(".trained.json")
-    key = hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
+    # the config holds only paths to the teacher and shards: the teacher's weights enter the key themselves
+    key = hashlib.sha256(f"{cfg.model_dump_json()};teacher={teacher_hash}".encode()).hexdigest()[:16]
     previous = json.loads(marker.read_text()) if marker.is_file() else {}
-    if previous.get("config") == key and Path(previous["deploy_dir"]).is_dir():
-        print(f"{name}: reused ({marker})", flush=True)
-        return previous
+    if previous and Path(previous["deploy_dir"]).is_dir():
+        if previous.get("config") == key:
+            print(f"{name}: reused ({marker})", flush=True)
+            return previous
+        raise ValueError(
+            f"{marker}: records a finished run of another recipe or teacher (key {previous.get('config')}, now "
+            f"{key}); training it again would delete that student: use another --out, or delete the record "
+            f"and {Path(previous['deploy_dir']).parents[1]} to retrain"
+        )
     t = time.perf_counter()
     result = train_variant(cfg)
-    done = {"config": key, "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
+    done = {"config": key, "teacher": teacher_hash, "recipe": recipe_view(cfg.model_dump(mode="json")),
+            "deploy_dir": str(result.deploy_dir), "phi_rank": result.phi_rank,
             "losses": list(result.losses), "train_s": time.perf_counter() - t,
             "decay_period": None if cfg.aux is None else cfg.aux.decay.period}  # fmt: skip
     atomic_write_text(marker, json.dumps(done))
@@ -243,6 +254,28 @@ def train_cached(cfg: RunConfig, marker: Path) -> dict:
         flush=True,
     )
     return done
+
+
+def recipe_view(config: dict) -> dict:
+    """The parts of a run config that make its student what it is, without the run's paths: what `--merge`
+    compares between a record and the recipe it is asked to tabulate."""
+    view = {k: config[k] for k in ("optim", "train", "quant", "aux", "method") if k in config}
+    view["data"] = {k: v for k, v in config.get("data", {}).items() if k != "shards"}
+    return view
+
+
+def run_records(folder: Path, report_name: str) -> dict[str, dict]:
+    """The trained-run records of the students in `folder/report_name`: its `runs.json` (written when it
+    was sampled), else, for folders sampled before that file existed, the current `runs/*.trained.json`."""
+    frozen = folder / report_name / "runs.json"
+    if frozen.is_file():
+        return json.loads(frozen.read_text())
+    print(f"{folder}/{report_name}: no runs.json; reading loss curves from {folder}/runs (they may belong to "
+          "a later recipe trained in the same folder)", flush=True)  # fmt: skip
+    return {
+        m.name.removesuffix(".trained.json"): json.loads(m.read_text())
+        for m in sorted((folder / "runs").glob("*.trained.json"))
+    }
 
 
 def add_setting_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
@@ -313,7 +346,14 @@ def main() -> int:
     steps, clips, n_prompts, two_object = run.steps, run.clips, run.prompts, run.two_object
     sampling_seeds = run.sampling_seeds
     seeds = [args.seed + k for k in range(run.train_seeds)]
-    teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
+    if args.merge:  # read-only: hash the teacher where it is (a snapshot would overwrite a merged folder's)
+        if any(args.out.resolve() == folder.resolve() for folder in args.merge):
+            raise SystemExit(
+                f"paper_table: --out {args.out} is one of the --merge folders; give another --out"
+            )
+        teacher, teacher_hash = args.teacher, teacher_digest(args.teacher)
+    else:
+        teacher, teacher_hash = teacher_snapshot(args.teacher, args.out)
     budget = TrainBudget(
         steps=steps, lr=args.lr, phi_lr=args.phi_lr, initial_rank=args.initial_rank,
         decay_fraction=args.decay_fraction,
@@ -333,7 +373,18 @@ def main() -> int:
     print(f"metric check: ground truth {truth}, changed attribute {negative}, chance {chance}", flush=True)
 
     if args.merge:
-        runs, report = merge_runs(args.merge, args.report, teacher_hash, steps, period)
+
+        def expected_recipe(method: str, bits: int, seed: int) -> dict:
+            cfg = run_config(
+                method, bits, teacher, args.out / "shards", budget.model_copy(update={"seed": seed}),
+                args.out / "runs" / "x", progress=False, high_precision_roles=args.high_precision,
+            )  # fmt: skip
+            return recipe_view(cfg.model_dump(mode="json"))
+
+        planned = [p for p in prompts for _ in range(sampling_seeds)]
+        runs, report = merge_runs(
+            args.merge, args.report, teacher_hash, steps, period, recipe=expected_recipe, prompts=planned
+        )
         args.bits = sorted({r[1] for r in runs.values()}, reverse=True)
         args.methods = [m for m in ("lsq", "qvgen") if any(r[0] == m for r in runs.values())]
         seeds = sorted({r[2] for r in runs.values() if r[0] != "rtn"})
@@ -354,6 +405,10 @@ def main() -> int:
         curves = {name: curve(r[3]["losses"]) for name, r in runs.items() if r[3]["losses"]}
         report = report.model_copy(update={"training_curves": curves})
         write_report(report, args.out / args.report)
+        # the records of exactly these students, for --merge and compare_runs (runs/ may change later)
+        atomic_write_text(
+            args.out / args.report / "runs.json", json.dumps({n: r[3] for n, r in runs.items()})
+        )
 
     by_name = {v.name: v for v in report.variants}
     fp = make_cell("full precision (teacher)", "FP32", [report.teacher])
@@ -395,7 +450,9 @@ def main() -> int:
         d = diffs.get((bits, "overall"))
         if d is None:
             return "nan"
-        return f"{d.ci95:.3f}" if half and d.ci95 is not None else f"{d.mean:+.3f}"
+        if half:
+            return "nan" if d.ci95 is None else f"{d.ci95:.3f}"
+        return f"{d.mean:+.3f}"
 
     line = (
         f"paper_table fp_colour={fp.ci('colour').mean:.3f} fp_shape={fp.ci('shape').mean:.3f} "
@@ -474,27 +531,45 @@ RUN_NAME = re.compile(r"^(rtn|lsq|qvgen)-w(\d)a\2(?:-s(\d+))?$")
 
 
 def merge_runs(
-    folders: Sequence[Path], report_name: str, teacher_hash: str, steps: int, period: int | None = None
+    folders: Sequence[Path],
+    report_name: str,
+    teacher_hash: str,
+    steps: int,
+    period: int | None = None,
+    *,
+    recipe: Callable[[str, int, int], dict] | None = None,
+    prompts: Sequence[str] | None = None,
 ) -> tuple[dict[str, tuple[str, int, int, dict]], EvalReport]:
     """The trained runs and one `EvalReport` of several paper_table work folders that sampled the same
     teacher, prompts and seeds (e.g. `--bits 4` and `--bits 3` run side by side). Refuses folders whose
     teacher, teacher samples or training steps differ, runs that appear twice, and QVGen runs whose recorded
     decay period is not `period` (another --decay-fraction or --initial-rank; records written before
-    the period was recorded are not checked)."""
+    the period was recorded are not checked), runs whose recorded recipe is not `recipe(method, bits, seed)`
+    (records written before it was stored are not checked), and reports whose videos are not `prompts`
+    (one entry per video, in plan order). The records are the report's own (`run_records`)."""
     runs: dict[str, tuple[str, int, int, dict]] = {}
     variants: dict[str, VariantReport] = {}
     curves: dict[str, tuple[tuple[int, float], ...]] = {}
     merged: EvalReport | None = None
     for folder in folders:
         report = load_paired_report(folder, report_name, teacher_hash, merged, folders[0])
+        if prompts is not None and [s.prompt for s in report.teacher.samples] != list(prompts):
+            raise ValueError(f"{folder}/{report_name}/report.json: its videos are not the planned prompts × "
+                             "sampling seeds (another --prompts, --two-object or --sampling-seeds)")  # fmt: skip
         if merged is None:
             merged = report
-        for marker in sorted((folder / "runs").glob("*.trained.json")):
-            name = marker.name.removesuffix(".trained.json")
+        for name, record in run_records(folder, report_name).items():
+            marker = folder / "runs" / f"{name}.trained.json"
             match = RUN_NAME.match(name)
             if match is None:
                 raise ValueError(f"{marker}: not a paper_table run name (method-wNaN[-sK])")
-            record = json.loads(marker.read_text())
+            if recipe is not None and "recipe" in record:  # records written before it was stored: unchecked
+                want = recipe(match[1], int(match[2]), int(match[3] or 0))
+                if record["recipe"] != want:
+                    diff = sorted(k for k in want.keys() | record["recipe"].keys()
+                                  if want.get(k) != record["recipe"].get(k))  # fmt: skip
+                    raise ValueError(f"{marker}: trained with another recipe than the one asked for "
+                                     f"(differs in {', '.join(diff)}); give the options it ran with")  # fmt: skip
             if match[1] != "rtn" and len(record["losses"]) != steps:
                 raise ValueError(f"{marker}: {len(record['losses'])} training steps, not --steps {steps}")
             recorded = record.get("decay_period")

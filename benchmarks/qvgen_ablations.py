@@ -168,7 +168,7 @@ def key_line(cells: dict[str, Cell], psnr: dict[str, MeanCI]) -> str:
     )
     ci = psnr["qvgen"].ci95
     return (
-        f"qvgen_ablations base_minus_lsq_psnr={psnr['qvgen'].mean:+.2f} ci95_psnr={0.0 if ci is None else ci:.2f} "
+        f"qvgen_ablations base_minus_lsq_psnr={psnr['qvgen'].mean:+.2f} ci95_psnr={'nan' if ci is None else f'{ci:.2f}'} "
         f"best_variant={best} best_minus_lsq_psnr={psnr[best].mean:+.2f} "
         f"seed1_minus_lsq_psnr={psnr['qvgen-s1'].mean:+.2f} seed_spread_psnr={spread:.2f}"
     )
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
             v.method, args.bits, teacher, shards, budgets[name], args.out / "runs" / name, progress=False,
             high_precision_roles=v.high_precision, act_bits=v.act_bits, act_clip_init=v.act_clip_init,
         )  # fmt: skip
-        runs[name] = train_cached(cfg, args.out / "runs" / f"{name}.trained.json")
+        runs[name] = train_cached(cfg, args.out / "runs" / f"{name}.trained.json", teacher_hash=teacher_hash)
     t_eval = time.perf_counter()
     evaluation = evaluate(
         teacher, [(n, Path(r["deploy_dir"])) for n, r in runs.items()], prompts, args.out / "report",

@@ -88,7 +88,7 @@ def test_folders_that_sampled_other_videos_are_refused(compare, tmp_path):
     with pytest.raises(ValueError, match="no samples of run"):
         compare.load_rows([compare.RowSpec.parse(f"L={a}:lsq-w4a4-s9")])
     (a / "runs" / "lsq-w4a4-s0.trained.json").unlink()
-    with pytest.raises(ValueError, match=r"lsq-w4a4-s0\.trained\.json: no trained-run record"):
+    with pytest.raises(ValueError, match=r"report: no trained-run record of lsq-w4a4-s0"):
         compare.load_rows([compare.RowSpec.parse(f"L={a}:lsq-w4a4-s0")])
     with pytest.raises(ValueError, match="LABEL=FOLDER:RUN"):
         compare.RowSpec.parse("no-folder-here")

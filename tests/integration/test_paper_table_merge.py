@@ -82,3 +82,61 @@ def test_kind_table_splits_one_and_two_object_videos(paper_table):
     assert rows == ["| QVGen | W4A4 | 0.667 / 0.500 / 0.833 | 0.500 | 0.200 |"] * 2
     none = paper_table.kind_table(cell, [], two_object_videos=0)
     assert none.splitlines()[-1].endswith("| 0.425 | — |")
+
+
+def test_merge_reads_the_reports_own_run_records_and_checks_prompts_and_recipe(paper_table, tmp_path):
+    prompts = ["a red bar moves left", "a blue circle moves up"]
+    four = _folder(tmp_path / "pt4", 4, 5, prompts)
+    digest = paper_table.teacher_digest(four / "teacher")
+    # a later recipe trained in the same folder replaced runs/; the report keeps its own records
+    frozen = {n: json.loads((four / "runs" / f"{n}.trained.json").read_text()) for n in
+              ("rtn-w4a4", "lsq-w4a4-s0", "qvgen-w4a4-s1")}  # fmt: skip
+    frozen["lsq-w4a4-s0"]["losses"] = [2.0] * 5
+    (four / "report" / "runs.json").write_text(json.dumps(frozen))
+    runs, _ = paper_table.merge_runs([four], "report", digest, steps=5)
+    assert runs["lsq-w4a4-s0"][3]["losses"] == [2.0] * 5
+
+    with pytest.raises(ValueError, match="not the planned prompts"):
+        paper_table.merge_runs([four], "report", digest, steps=5, prompts=list(reversed(prompts)))
+    assert paper_table.merge_runs([four], "report", digest, steps=5, prompts=prompts)
+
+    frozen["lsq-w4a4-s0"]["recipe"] = {"optim": {"lr": 2e-3}, "train": {"seed": 0}}
+    (four / "report" / "runs.json").write_text(json.dumps(frozen))
+
+    def recipe(method: str, bits: int, seed: int) -> dict:
+        return {"optim": {"lr": 2e-4}, "train": {"seed": seed}}
+
+    with pytest.raises(
+        ValueError, match=r"lsq-w4a4-s0.trained.json: trained with another recipe .*differs in optim"
+    ):
+        paper_table.merge_runs([four], "report", digest, steps=5, recipe=recipe)
+
+
+def test_train_cached_keys_on_the_teacher_weights_and_never_trains_over_another_recipe(
+    paper_table, tmp_path, monkeypatch
+):
+    from types import SimpleNamespace
+
+    from qvgen.demo.flow import TrainBudget, run_config
+
+    trained = []
+
+    def fake_train(cfg):
+        trained.append(cfg.output_dir)
+        deploy = cfg.output_dir / "final" / "deploy"
+        deploy.mkdir(parents=True, exist_ok=True)
+        return SimpleNamespace(deploy_dir=deploy, phi_rank=None, losses=[1.0, 0.5])
+
+    monkeypatch.setattr(paper_table, "train_variant", fake_train)
+    cfg = run_config("lsq", 4, tmp_path / "teacher", tmp_path / "shards", TrainBudget(steps=2),
+                     tmp_path / "runs" / "lsq-w4a4-s0", progress=False)  # fmt: skip
+    marker = tmp_path / "runs" / "lsq-w4a4-s0.trained.json"
+    first = paper_table.train_cached(cfg, marker, teacher_hash="aaaa")
+    assert paper_table.train_cached(cfg, marker, teacher_hash="aaaa") == first and len(trained) == 1
+    assert first["teacher"] == "aaaa" and first["recipe"]["optim"]["lr"]["weights"] == cfg.optim.lr.weights
+    with pytest.raises(ValueError, match="another recipe or teacher"):  # same paths, other teacher weights
+        paper_table.train_cached(cfg, marker, teacher_hash="bbbb")
+    other = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"weight_decay": 0.5})})
+    with pytest.raises(ValueError, match="another recipe or teacher"):
+        paper_table.train_cached(other, marker, teacher_hash="aaaa")
+    assert len(trained) == 1 and (tmp_path / "runs" / "lsq-w4a4-s0" / "final" / "deploy").is_dir()

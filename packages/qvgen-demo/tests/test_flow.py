@@ -159,6 +159,14 @@ def test_shards_are_reused_for_the_same_teacher_and_rebuilt_for_another(tmp_path
     assert teacher_fingerprint(other) != teacher_fingerprint(DEFAULT_TEACHER_DIR)
     second = build_shards(other, tmp_path, 4)
     assert second != first and read_manifest(second).num_samples == 4
+    # the same weights drawing another world (here: one object per clip) are another shard set too
+    one_object = tmp_path / "one-object-teacher"
+    shutil.copytree(DEFAULT_TEACHER_DIR, one_object)
+    report = one_object / "training_report.json"
+    data = json.loads(report.read_text())
+    data["config"]["max_objects"] = 1
+    report.write_text(json.dumps(data))
+    assert teacher_fingerprint(one_object) != teacher_fingerprint(DEFAULT_TEACHER_DIR)
 
 
 def test_decay_fraction_removes_phi_within_its_share_of_the_steps(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -181,12 +182,19 @@ def teacher_sampling(teacher: Path) -> tuple[int, float]:
 
 
 def teacher_fingerprint(teacher: Path) -> str:
-    """A short hash of the teacher's VAE, text encoder and tokenizer files (what its latent shards depend on)."""
+    """A short hash of what the teacher's latent shards depend on: its VAE, text encoder and tokenizer files,
+    and the world its clips are drawn from (style, shapes, objects per clip)."""
     folders = [Path(teacher) / sub for sub in ("vae", "text_encoder", "tokenizer")]
     for folder in folders:
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: the teacher has no {folder.name}/ folder")
-    return files_sha256(folders, teacher)[:12]
+    world = f"{teacher_world_style(teacher)!r};max_objects={teacher_max_objects(teacher)}"
+    return hashlib.sha256(f"{files_sha256(folders, teacher)};{world}".encode()).hexdigest()[:12]
+
+
+def teacher_max_objects(teacher: Path) -> int:
+    """Objects per training clip of the teacher's world (1 for a teacher trained before two-object clips)."""
+    return int(json.loads((Path(teacher) / REPORT_NAME).read_text())["config"].get("max_objects", 1))
 
 
 def held_out_clips(
@@ -247,8 +255,7 @@ def build_shards(teacher: Path, out_dir: Path, num_clips: int, *, seed: int = DA
     except (OSError, ValueError):
         pass  # no (complete) shard set yet: write it
     frames, height, width = teacher_clip_shape(teacher)
-    # A teacher trained before two-object clips existed has no max_objects in its config: one object.
-    max_objects = int(json.loads((Path(teacher) / REPORT_NAME).read_text())["config"].get("max_objects", 1))
+    max_objects = teacher_max_objects(teacher)
     components = get_family("wan").load(teacher, dtype="float32")
     write_world_shards(
         components, seed, num_clips, ClipShape(frames, height, width, teacher_world_style(teacher)), shard_dir,
