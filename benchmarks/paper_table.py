@@ -143,6 +143,16 @@ def make_cell(label: str, bits: str, models: list[VariantReport]) -> Cell:
     return Cell(label, bits, videos, seed_means, unscorable, sum(len(m.samples) for m in models))
 
 
+def by_prompt(cell: Cell, sampling_seeds: int) -> Cell:
+    """`cell` with each prompt's videos (its `sampling_seeds` consecutive ones, plan order) averaged into one
+    value, so that intervals and paired differences count prompts, not videos."""
+    videos = {
+        k: [float(x) for x in np.asarray(v).reshape(-1, sampling_seeds).mean(1)]
+        for k, v in cell.videos.items()
+    }
+    return Cell(cell.label, cell.bits, videos, cell.seed_means, cell.unscorable, cell.num_videos)
+
+
 def _fmt(ci: MeanCI, digits: int = 3) -> str:
     return f"{ci.mean:.{digits}f}" + ("" if ci.ci95 is None else f" ± {ci.ci95:.{digits}f}")
 
@@ -332,6 +342,11 @@ def main() -> int:
     parser.add_argument(
         "--report", default="report", help="report subfolder of --out (ablations: another name)"
     )
+    parser.add_argument(
+        "--intervals", choices=("videos", "prompts"), default="videos",
+        help="unit of the 95 %% intervals: every video (default), or every prompt (its sampling seeds' videos "
+        "averaged first: videos of one prompt are not independent)",
+    )  # fmt: skip
     parser.add_argument("--no-write", action="store_true", help="do not touch benchmarks/RESULTS.md")
     parser.add_argument(
         "--merge", nargs="+", type=Path, metavar="OUT",
@@ -418,6 +433,10 @@ def main() -> int:
             models = [by_name[n] for n, r in runs.items() if r[0] == method and r[1] == bits]
             cells[(method, bits)] = make_cell(LABELS[method], f"W{bits}A{bits}", models)
     n_two = two_object * sampling_seeds
+    if args.intervals == "prompts":
+        fp = by_prompt(fp, sampling_seeds)
+        cells = {key: by_prompt(cell, sampling_seeds) for key, cell in cells.items()}
+        n_two = two_object
     two_fp = mean_ci(fp.videos["overall"][-n_two:]) if n_two else None
     one_fp = mean_ci(fp.videos["overall"][: len(fp.videos["overall"]) - n_two])
 
