@@ -103,15 +103,16 @@ def apply_overrides(cfg: M, overrides: Sequence[str], source: str = "--set") -> 
     return validate_config(type(cfg), tree, source + "".join(f" --set {item}" for item in overrides))
 
 
-def add_override_argument(parser: argparse.ArgumentParser) -> None:
-    """Register the repeatable `--set KEY=VALUE` option (stored in `args.overrides`)."""
+def add_override_argument(parser: argparse.ArgumentParser, example: str = "train.max_steps=4") -> None:
+    """Register the repeatable `--set KEY=VALUE` option (stored in `args.overrides`); `example` is a key of the
+    command's own config, shown in the help."""
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one config field, e.g. --set train.max_steps=4 (the value is parsed as YAML; repeatable)",
+        help=f"override one config field, e.g. --set {example} (the value is parsed as YAML; repeatable)",
     )
 
 

@@ -49,7 +49,7 @@ def add_cli(subparsers: Any) -> None:
         help="re-run only the quality check of the teacher in --out (with --set evaluation settings)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_override_argument(p)  # --set KEY=VALUE: any other TeacherConfig field (YAML values)
+    add_override_argument(p, "seed=1")  # --set KEY=VALUE: any other TeacherConfig field (YAML values)
 
 
 def config_from_args(args: Any) -> TeacherConfig:

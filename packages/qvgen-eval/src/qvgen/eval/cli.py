@@ -43,9 +43,9 @@ def _parser() -> argparse.ArgumentParser:
             "config",
             type=Path,
             nargs="?" if name == "vbench" else None,
-            help=f"{name} config YAML (fields: `qvgen-eval schema {name}`; examples in configs/)",
+            help=f"{name} config YAML (fields: `qvgen-eval schema {name}`; an example in packages/qvgen-eval/README.md)",
         )
-        add_override_argument(p)
+        add_override_argument(p, "sampling.num_inference_steps=4" if name != "vbench" else "device=cuda")
         p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
         p.add_argument(
             "--progress",

@@ -34,6 +34,7 @@ from qvgen.quant.linear import QuantLinear
 from qvgen.quant.roles import LayerRole, matches_any, resolve_role
 from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
 from qvgen.quant.timestep import TimestepContext, attach_timestep_context_, set_timesteps_, timestep_context
+from qvgen.quant.triton_dispatch import set_fused_fake_quant
 
 __all__ = [
     "ActivationQuantConfig",
@@ -66,6 +67,7 @@ __all__ = [
     "quant_parameter_groups",
     "quantized_layers",
     "resolve_role",
+    "set_fused_fake_quant",
     "set_timesteps_",
     "shrink_grid_search",
     "smoothing_factors",
