@@ -135,17 +135,29 @@ def test_ptq_baseline_needs_no_data_and_no_training(run_dict, wan_shards, tmp_pa
     assert (result.deploy_dir / "quant_manifest.json").is_file()
 
 
-def test_validation_clips_are_written_as_mp4_every_n_steps(run_dict, wan_shards, tmp_path):
-    validation = {"every_n_steps": 4, "prompts": ["a red square"], "num_frames": 5, "height": 32, "width": 32,
+def test_validation_clips_are_written_as_mp4_every_n_steps(run_dict, wan_shards, tmp_path, monkeypatch):
+    validation = {"every_n_steps": 3, "prompts": ["a red square"], "num_frames": 5, "height": 32, "width": 32,
                   "num_inference_steps": 2, "guidance_scale": 1.0}  # fmt: skip
     sections = {
         "export": {"fake_quant": False, "deploy": False},
         "logging": {"progress_bar": False, "validation": validation},
     }
+    family_type = type(get_family("wan"))
+    loads = []
+    original = family_type.load
+
+    def counting_load(self, *args, **kwargs):
+        loads.append(args[0] if args else kwargs.get("path"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(family_type, "load", counting_load)
     run(_cfg(run_dict, "wan", wan_shards, tmp_path / "out", **sections))
     clips = sorted(p.name for p in (tmp_path / "out" / "validation").iterdir())
-    assert clips == ["step-00000004-0.mp4"]
-    assert (tmp_path / "out" / "validation" / clips[0]).stat().st_size > 0
+    assert clips == ["step-00000003-0.mp4", "step-00000006-0.mp4"]
+    assert all((tmp_path / "out" / "validation" / c).stat().st_size > 0 for c in clips)
+    # the validation components are read once per run, not once per validation
+    checkpoint = str(_cfg(run_dict, "wan", wan_shards, tmp_path / "x").model.checkpoint)
+    assert [str(p) for p in loads].count(checkpoint) == 1
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(run_dict, wan_shards, tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from qvgen.train.loss import distill_loss
 from qvgen.train.method_config import EfficientDMMethod, QDMMethod, SVDQuantMethod
 from qvgen.train.optim import build_optimizer, build_scheduler
 from qvgen.train.prompts import empty_prompt
-from qvgen.train.validation import write_validation_clips
+from qvgen.train.validation import ValidationSampler
 
 log = get_logger(__name__)
 
@@ -235,6 +235,7 @@ def run(cfg: RunConfig) -> RunResult:
             _drop_metrics_after(metrics_path, start)  # a resumed run logs those steps again
         pending = _PendingLog()
         lr_group = _lr_group(optimizer)
+        validate = ValidationSampler(family, cfg) if cfg.logging.validation is not None else None
         if cfg.logging.tensorboard:
             accelerator.init_trackers("qvgen")
         bar = tqdm(
@@ -324,8 +325,9 @@ def run(cfg: RunConfig) -> RunResult:
                     save_state,
                 )  # fmt: skip
             val = cfg.logging.validation
-            if val is not None and done % val.every_n_steps == 0 and accelerator.is_main_process:
-                write_validation_clips(family, cfg, accelerator.unwrap_model(student), done)
+            due = val is not None and done % val.every_n_steps == 0
+            if validate is not None and due and accelerator.is_main_process:
+                validate(accelerator.unwrap_model(student), done)
         bar.close()
         for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
             tracker.finish()
