@@ -352,15 +352,11 @@ def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
     new = {entry.name: _deploy_module(path, model, entry) for entry in manifest.layers}
     for name, module in new.items():
         _set_submodule(model, name, module)
+    # key sets were checked above: inside the layers by check_deploy_tensors, outside by _check_outside_layers
     try:
-        result = model.load_state_dict(tensors, strict=False, assign=assign)
+        model.load_state_dict(tensors, strict=True, assign=assign)
     except RuntimeError as e:
         raise ValueError(f"{path}: tensors do not fit the {type(model).__name__} given: {e}") from e
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path}: state dict does not match the model outside the manifest's layers "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})"
-        )
     if any(entry.target == "w4a4" for entry in manifest.layers):
         attach_timestep_context_(model, manifest.num_train_timesteps)
     return model

@@ -67,8 +67,3 @@ class ValidationSampler:
             components.vae.to("cpu")
             components.text_encoder.to("cpu")
         return written
-
-
-def write_validation_clips(family: Any, cfg: Any, student: nn.Module, step: int) -> list[Path]:
-    """One validation without a kept sampler: `ValidationSampler(family, cfg)(student, step)`."""
-    return ValidationSampler(family, cfg)(student, step)
