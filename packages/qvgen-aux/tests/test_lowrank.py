@@ -62,6 +62,14 @@ def test_low_rank_branch_forward_is_l_diag_gamma_r():
     assert set(dict(branch.named_parameters())) == {"L", "R"} and dict(branch.named_buffers()) == {}
 
 
+def test_low_rank_branch_is_float32_under_autocast():
+    branch = LowRankBranch(torch.randn(20, 4), torch.randn(4, 30), PhiGroup(4))
+    expected = branch()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        phi = branch()
+    assert phi.dtype == torch.float32 and torch.equal(phi, expected)
+
+
 def test_low_rank_branch_stores_float32_masters_and_copies_its_inputs():
     L = torch.randn(6, 2, dtype=torch.bfloat16)
     branch = LowRankBranch(L, torch.randn(2, 5))

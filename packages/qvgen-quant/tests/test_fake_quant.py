@@ -322,3 +322,13 @@ def test_mse_weight_range_is_the_shrink_grid_search_with_the_norm_error() -> Non
 
     expected = shrink_grid_search(w, 3, err, grid=50, max_shrink=0.5)
     torch.testing.assert_close(mse_weight_range(w, 3, grid=50, max_shrink=0.5), expected, atol=0, rtol=0)
+
+
+def test_grad_scale_returns_its_input_bit_for_bit_and_scales_the_gradient():
+    from qvgen.quant.fake_quant import grad_scale
+
+    t = (torch.rand(4096, 1, generator=torch.Generator().manual_seed(0)) * 0.37 + 1e-3).requires_grad_(True)
+    out = grad_scale(t, 0.0123)
+    assert torch.equal(out, t)  # export reads the raw s, z: training must have used exactly those values
+    out.sum().backward()
+    assert t.grad is not None and torch.allclose(t.grad, torch.full_like(t, 0.0123))

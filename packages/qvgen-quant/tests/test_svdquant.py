@@ -169,3 +169,14 @@ def test_convert_refuses_an_unmerged_weight_delta() -> None:
     layer.weight_delta = nn.Identity()
     with pytest.raises(ValueError, match="unmerged weight delta"):
         convert_(model)
+
+
+def test_kept_branch_is_computed_in_float32_under_autocast():
+    kept = SmoothLowRank(32, 48, 8)
+    kept.down.copy_(torch.randn(8, 32))
+    kept.up.copy_(torch.randn(48, 8))
+    x = torch.randn(3, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = kept(x)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, kept(x))

@@ -126,6 +126,31 @@ def test_metrics_log_of_a_resumed_run_has_each_step_once(run_dict, wan_shards, t
     assert all(r["lr"] < 1e-3 for r in records)  # the latent weights' lr, not the clip logits' 1e-2
 
 
+@pytest.mark.parametrize(("loss_target", "loads"), [("teacher", 2), ("data", 1)])
+def test_the_teacher_is_loaded_only_when_a_loss_term_reads_it(
+    loss_target, loads, run_dict, wan_shards, tmp_path, monkeypatch
+):
+    family = get_family("wan")
+    real, seen = family.load_transformer, []
+
+    def counting(path, dtype="float32"):  # type: ignore[no-untyped-def]
+        seen.append(dtype)
+        return real(path, dtype)
+
+    monkeypatch.setattr(family, "load_transformer", counting)
+    run(
+        _cfg(
+            run_dict,
+            "wan",
+            wan_shards,
+            tmp_path / "out",
+            aux=None,
+            train={"max_steps": 2, "loss_target": loss_target},
+        )
+    )
+    assert len(seen) == loads  # the student, and the teacher only when its prediction is the target
+
+
 def test_ptq_baseline_needs_no_data_and_no_training(run_dict, wan_shards, tmp_path):
     data = run_dict("wan", wan_shards, tmp_path / "out", train={"max_steps": 0}, aux=None)
     data["quant"] = {"weight": {"kind": "minmax"}}

@@ -72,7 +72,10 @@ class LowRankBranch(nn.Module):
         shared = self.group
         if shared.values.device != self.L.device:  # once, after the model moved
             shared.values = shared.values.to(self.L.device)
-        return (self.L * shared.values[: self.width]) @ self.R
+        with torch.autocast(
+            self.L.device.type, enabled=False
+        ):  # Φ in the factors' float32, not autocast's bf16
+            return (self.L * shared.values[: self.width]) @ self.R
 
     def extra_repr(self) -> str:
         return f"out={self.L.shape[0]}, in={self.R.shape[1]}, width={self.width}"

@@ -74,9 +74,20 @@ def floor_scale(scale: Tensor, floor: Tensor) -> Tensor:
     return _FloorStraightThrough.apply(scale, floor)  # type: ignore[no-any-return]
 
 
+class _GradScale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t: Tensor, g: float) -> Tensor:  # type: ignore[override]
+        ctx.g = g
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return grad * ctx.g, None
+
+
 def grad_scale(t: Tensor, g: float) -> Tensor:
-    """Same value as `t`, gradient multiplied by `g` (LSQ)."""
-    return (t - t * g).detach() + t * g
+    """Exactly `t` (bit for bit, so export reads the values training used), gradient multiplied by `g` (LSQ)."""
+    return _GradScale.apply(t, g)  # type: ignore[no-any-return]
 
 
 def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:

@@ -91,7 +91,8 @@ class SmoothLowRank(nn.Module):
 
     def forward(self, x_smoothed: Tensor) -> Tensor:
         xf = x_smoothed.float()
-        return (xf @ self.down.float().T) @ self.up.float().T
+        with torch.autocast(xf.device.type, enabled=False):  # float32 as documented, also under autocast
+            return (xf @ self.down.float().T) @ self.up.float().T
 
     def nbytes(self) -> int:
         """Bytes of the stored branch (λ, down, up)."""

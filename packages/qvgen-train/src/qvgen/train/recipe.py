@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.logging import get_logger
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from qvgen import auxiliary, quant
@@ -156,6 +157,8 @@ def run(cfg: RunConfig) -> RunResult:
         step_scheduler_with_optimizer=False,  # one schedule step per optimizer step, whatever the world size
         log_with="tensorboard" if cfg.logging.tensorboard else None,
         project_dir=str(cfg.output_dir),
+        # DDP's grads as views of its buckets: no second copy of every gradient (4 bytes a parameter)
+        kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
     )
     # Python, NumPy and torch's global RNGs from the run seed, per rank (seed + rank): nothing draws from
     # them today, but whatever does later stays reproducible (the sampling generator below is separate)
@@ -167,10 +170,18 @@ def run(cfg: RunConfig) -> RunResult:
     resume = _resume_point(cfg, accelerator)
     start = resume[1].step if resume is not None else 0
 
-    # 1. Teacher: frozen, eval, its own dtype. Student: the same checkpoint in float32 master weights.
-    teacher = family.load_transformer(cfg.model.checkpoint, dtype=cfg.model.dtype).to(device)
-    teacher.eval().requires_grad_(False)
+    # 1. Teacher (only when a loss term or the calibration reads it): frozen, eval, its own dtype.
+    #    Student: the same checkpoint in float32 master weights, on the device before the range search
+    #    and the SVDs (unless FSDP2 shards it: then the full fp32 copy would not fit beside the teacher).
+    teacher_target = _uses_teacher_target(cfg)
+    teacher = None
+    if teacher_target or isinstance(cfg.method, SVDQuantMethod):
+        teacher = family.load_transformer(cfg.model.checkpoint, dtype=cfg.model.dtype).to(device)
+        teacher.eval().requires_grad_(False)
+    fsdp = cfg.train.sharding == "fsdp2"  # Φ outside the shards: no re-wrap, gradients all-reduced
     student = family.load_transformer(cfg.model.checkpoint, dtype="float32").train()
+    if not fsdp:
+        student.to(device)
 
     # 2. Quantize and calibrate (fp32, before anything is wrapped), then attach Φ from SVD(W − Q(W)).
     quant.prepare_(
@@ -181,6 +192,7 @@ def run(cfg: RunConfig) -> RunResult:
         num_train_timesteps=family.num_train_timesteps,
     )
     if isinstance(cfg.method, SVDQuantMethod):  # smoothing + kept 16-bit branch; ranges are the residual's
+        assert teacher is not None
         _fit_svdquant(cfg, family, teacher, student, device)
     quant.initialize_(student, progress=cfg.logging.progress_bar and accelerator.is_main_process)
     branches = None
@@ -200,7 +212,6 @@ def run(cfg: RunConfig) -> RunResult:
             "accelerate's FSDP plugin is not used by the recipe: launch with a multi-process config "
             "(configs/accelerate/ddp.yaml) and set train.sharding=fsdp2 (the recipe shards the student)"
         )
-    fsdp = cfg.train.sharding == "fsdp2"  # Φ outside the shards: no re-wrap, gradients all-reduced
     if fsdp:
         sharding.shard_student_(student, device)
     # a run with Φ keeps its `phi` group even once empty: checkpoints after removal then resume (issue 13)
@@ -250,7 +261,7 @@ def run(cfg: RunConfig) -> RunResult:
                 state = auxiliary.rank_at(step, cfg.aux.decay)
                 changed = auxiliary.apply_(branches, state, optimizer.optimizer)
                 phi_rank = state.rank
-                if changed and accelerator.num_processes > 1 and not fsdp:
+                if changed and isinstance(student, DistributedDataParallel):  # a 1-process CPU run too
                     student, optimizer, scheduler = _rewrap(accelerator, student, optimizer, scheduler)
 
             # 5. One batch: posterior sample, normalise, per-family timesteps and noise (this rank's RNG).
@@ -266,7 +277,8 @@ def run(cfg: RunConfig) -> RunResult:
                 lengths = empty[1].to(device).expand_as(lengths)
 
             # 6. Target: the frozen teacher on the same noisy input (or the data target), then MSE in fp32.
-            if cfg.train.loss_target == "teacher":
+            if teacher_target:
+                assert teacher is not None
                 with torch.no_grad():
                     tdtype = next(teacher.parameters()).dtype
                     xt = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
@@ -360,6 +372,13 @@ def run(cfg: RunConfig) -> RunResult:
     accelerator.wait_for_everyone()
     phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
     return RunResult(final, cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
+
+
+def _uses_teacher_target(cfg: RunConfig) -> bool:
+    """Whether a training step reads the teacher's prediction (Q-DM reads it only for its mimicking term)."""
+    if isinstance(cfg.method, QDMMethod):
+        return cfg.method.mimic_weight > 0
+    return cfg.train.loss_target == "teacher"
 
 
 def _fit_svdquant(cfg: RunConfig, family: Any, teacher: nn.Module, student: nn.Module, device: Any) -> None:
