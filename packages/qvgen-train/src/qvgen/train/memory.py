@@ -6,9 +6,10 @@ trainable parameter, weight quantizer and clip parameters included), Φ at its i
 16 B per parameter, replicated under both: FSDP2 keeps it outside the shards), the frozen teacher in its
 dtype (replicated, never sharded), and under FSDP2 the largest block gathered for its forward/backward
 (fp32 weights + gradients). Not counted: activations (they depend on resolution, frames, batch and
-checkpointing), the CUDA context, allocator fragmentation, DDP's gradient buckets (+4 B per parameter
-unless `gradient_as_bucket_view`) and the VAE/text encoder (not loaded by training: latents are
-precomputed).
+checkpointing), the CUDA context, allocator fragmentation and the VAE/text encoder (not loaded by
+training: latents are precomputed). DDP's gradient buckets add nothing: the recipe sets
+`gradient_as_bucket_view`, so the gradients counted above are the buckets. The teacher is counted whenever a
+loss term reads it (the default).
 """
 
 from __future__ import annotations
