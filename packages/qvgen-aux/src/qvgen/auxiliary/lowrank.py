@@ -72,9 +72,8 @@ class LowRankBranch(nn.Module):
         shared = self.group
         if shared.values.device != self.L.device:  # once, after the model moved
             shared.values = shared.values.to(self.L.device)
-        with torch.autocast(
-            self.L.device.type, enabled=False
-        ):  # Φ in the factors' float32, not autocast's bf16
+        # Φ in the factors' float32, not in autocast's bf16
+        with torch.autocast(self.L.device.type, enabled=False):
             return (self.L * shared.values[: self.width]) @ self.R
 
     def extra_repr(self) -> str:

@@ -8,8 +8,8 @@ dtype (replicated, never sharded), and under FSDP2 the largest block gathered fo
 (fp32 weights + gradients). Not counted: activations (they depend on resolution, frames, batch and
 checkpointing), the CUDA context, allocator fragmentation and the VAE/text encoder (not loaded by
 training: latents are precomputed). DDP's gradient buckets add nothing: the recipe sets
-`gradient_as_bucket_view`, so the gradients counted above are the buckets. The teacher is counted whenever a
-loss term reads it (the default).
+`gradient_as_bucket_view`, so the gradients counted above are the buckets. The teacher is always counted,
+though a run whose loss reads no teacher (`loss_target: data`) does not load it.
 """
 
 from __future__ import annotations
