@@ -132,7 +132,7 @@ def _dispatch(args: list[str]) -> int:
 
 def test_cli_main_prints_user_errors_as_one_line_and_returns_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main("qvgen-x", _dispatch, ["fail"]) == 1
-    assert capsys.readouterr().err.startswith("qvgen-x: error: [Errno 28] No space left on device\n")
+    assert capsys.readouterr().err.startswith("qvgen-x: error: [Errno 28] No space left on device (run again")
     assert cli_main("qvgen-x", _dispatch, ["ok"]) == 0
     with pytest.raises(RuntimeError):  # not a user error: a traceback
         cli_main("qvgen-x", _dispatch, ["bug"])

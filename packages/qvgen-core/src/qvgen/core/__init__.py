@@ -6,6 +6,15 @@
 - Config loading: `load_config(cls, path, overrides)` with `--set KEY=VALUE` (YAML values), `ConfigError`,
   `add_override_argument` for CLIs, `schema_json` for their `schema` subcommands, `cli_main` (user errors → one line, exit 1; `--debug`).
 
+- Provenance: `Provenance` (what produced an artefact), `write_provenance`/`read_provenance`/`check_provenance`
+  (a rerun with other inputs is `ProvenanceMismatch`, listing each change), `canonical_digest`,
+  `file_fingerprint`/`tree_fingerprint`.
+- Output folders: `claim_output_dir` (never into a folder another tool or the user filled, never over an
+  input), `replace_output_dir` (`--overwrite`: temp sibling + rename), `expand_path`, `check_disjoint`.
+- Logs: `append_jsonl` (whole lines, fsynced), `read_jsonl`/`repair_jsonl` (a torn last line dropped).
+- Interrupts: `Interrupted`/`Terminated`, `raise_on_sigterm`; `cli_main` prints one line, exits 130/143.
+- Write errors: `write_errors_named(path)` turns torch's/safetensors' full-disk errors into one OSError.
+
 Depends on pydantic and PyYAML only.
 """
 
@@ -15,6 +24,7 @@ from qvgen.core.atomic import (
     atomic_write_bytes,
     atomic_write_text,
     file_sha256,
+    write_errors_named,
     files_sha256,
     remove_stale_temps,
 )
@@ -24,19 +34,72 @@ from qvgen.core.config import (
     apply_overrides,
     apply_overrides_to_tree,
     cli_main,
+    expand_model_paths,
     load_config,
     parse_override,
     read_config_tree,
     schema_json,
     set_dotted,
     validate_config,
+    yaml_load_strict,
 )
 from qvgen.core.frozen import Frozen
+from qvgen.core.interrupt import Interrupted, Terminated, interrupt_exit_code, interrupt_signal, raise_on_sigterm
+from qvgen.core.jsonl import append_jsonl, read_jsonl, repair_jsonl
+from qvgen.core.outputs import (
+    MARKER_NAME,
+    OutputMarker,
+    check_disjoint,
+    claim_output_dir,
+    expand_path,
+    is_tool_output,
+    read_marker,
+    replace_output_dir,
+)
+from qvgen.core.provenance import (
+    Provenance,
+    ProvenanceMismatch,
+    canonical_digest,
+    canonical_json,
+    check_provenance,
+    file_fingerprint,
+    read_provenance,
+    tree_fingerprint,
+    write_provenance,
+)
 from qvgen.core.quiet import run_quiet_cli, silence_known_import_noise
 
 __all__ = [
+    "MARKER_NAME",
     "ConfigError",
     "Frozen",
+    "Interrupted",
+    "OutputMarker",
+    "Provenance",
+    "ProvenanceMismatch",
+    "Terminated",
+    "append_jsonl",
+    "canonical_digest",
+    "canonical_json",
+    "check_disjoint",
+    "check_provenance",
+    "claim_output_dir",
+    "expand_model_paths",
+    "expand_path",
+    "file_fingerprint",
+    "interrupt_exit_code",
+    "interrupt_signal",
+    "is_tool_output",
+    "raise_on_sigterm",
+    "read_jsonl",
+    "read_marker",
+    "read_provenance",
+    "repair_jsonl",
+    "replace_output_dir",
+    "tree_fingerprint",
+    "write_errors_named",
+    "write_provenance",
+    "yaml_load_strict",
     "add_override_argument",
     "apply_overrides",
     "apply_overrides_to_tree",

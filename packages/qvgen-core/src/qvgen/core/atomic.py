@@ -8,13 +8,15 @@ target path, with the original as their cause.
 
 from __future__ import annotations
 
+import errno
 import glob
 import hashlib
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -36,8 +38,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         _fsync(tmp)
         os.replace(tmp, target)
     except BaseException as e:
+        full = _disk_full(target.parent)
         _remove(tmp)
-        _reraise_naming(e, target)
+        _reraise_naming(e, target, full)
         raise
     _fsync_dir(target.parent)
     return target
@@ -88,8 +91,9 @@ def atomic_dir(path: str | os.PathLike[str], write: Callable[[Path], object]) ->
         else:
             os.replace(tmp, target)
     except BaseException as e:
+        full = _disk_full(target.parent)
         _remove(tmp)
-        _reraise_naming(e, target)
+        _reraise_naming(e, target, full)
         raise
     _fsync_dir(target.parent)
     if old is not None:
@@ -152,13 +156,53 @@ def _make_parent(target: Path) -> None:
         raise
 
 
-def _reraise_naming(e: BaseException, target: Path) -> None:
-    """Raise a plain built-in OSError again with `target` in its message (keeps errno and subclass)."""
-    if not isinstance(e, OSError) or type(e).__module__ != "builtins" or str(target) in str(e):
+@contextmanager
+def write_errors_named(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Within the block, a failed write (a built-in OSError, or torch's / safetensors' / accelerate's own
+    exception for a full disk) becomes one `OSError` naming `path` and the cause, e.g.
+    `cannot write PATH: no space left on device`."""
+    target = Path(path)
+    try:
+        yield
+    except Exception as e:
+        _reraise_naming(e, target, _disk_full(target if target.is_dir() else target.parent))
+        raise
+
+
+_FULL_DISK_HINTS = ("no space left on device", "errno 28", "os error 28")
+_SHORT_WRITE_HINTS = ("unexpected pos", "file write failed", "failed to write", "write failed", "pytorchstreamwriter")
+
+
+def _reraise_naming(e: BaseException, target: Path, disk_full: bool = False) -> None:
+    """Raise a write failure again as one built-in OSError with `target` and the cause in its message.
+
+    Built-in OSErrors keep their errno. torch (`RuntimeError: [enforce fail at inline_container.cc] unexpected
+    pos`), safetensors (`SafetensorError: ... No space left on device`) and others report a full disk in their
+    own words; those become `OSError(ENOSPC)`. Anything else propagates unchanged.
+    """
+    if isinstance(e, OSError) and type(e).__module__ == "builtins":
+        if str(target) in str(e):
+            return
+        if e.errno == errno.ENOSPC:
+            raise OSError(errno.ENOSPC, f"cannot write {target}: no space left on device") from e
+        if e.errno is None:
+            raise OSError(f"cannot write {target}: {e}") from e
+        raise OSError(e.errno, f"cannot write {target}: {e.strerror or e}") from e
+    if not isinstance(e, Exception) or isinstance(e, OSError):
         return
-    if e.errno is None:
-        raise OSError(f"cannot write {target}: {e}") from e
-    raise OSError(e.errno, f"cannot write {target}: {e.strerror or e}") from e
+    text = str(e).lower()
+    if any(h in text for h in _FULL_DISK_HINTS) or (disk_full and any(h in text for h in _SHORT_WRITE_HINTS)):
+        raise OSError(errno.ENOSPC, f"cannot write {target}: no space left on device") from e
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """True when the filesystem holding `folder` has less than `margin` bytes free (or cannot be asked)."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def _remove(path: Path) -> None:

@@ -18,11 +18,40 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from qvgen.core.interrupt import Interrupted, interrupt_exit_code, raise_on_sigterm
+from qvgen.core.outputs import expand_path
+
 M = TypeVar("M", bound=BaseModel)
 
 
 class ConfigError(ValueError):
     """A config file or `--set` override that cannot be read or does not validate; CLIs print it, exit 2."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key that appears twice in one mapping (YAML says keys are unique;
+    PyYAML would keep the last silently)."""
+
+
+def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {seen[key]}, again on line {line})", key_node.start_mark
+            )
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def yaml_load_strict(text: str) -> Any:
+    """`yaml.safe_load`, but a duplicate key in a mapping is a `yaml.YAMLError` naming both lines."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -34,7 +63,7 @@ def parse_override(item: str) -> tuple[str, Any]:
             f"--set expects KEY=VALUE with a dotted key such as train.max_steps=4; got {item!r}"
         )
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load_strict(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
     return key, value
@@ -70,7 +99,7 @@ def read_config_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from e
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load_strict(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from e
     if data is None:
@@ -81,11 +110,52 @@ def read_config_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def validate_config(cls: type[M], tree: Mapping[str, Any], source: str) -> M:
-    """`cls.model_validate(tree)`, a validation error becoming a `ConfigError` that names `source`."""
+    """Validate `tree` as `cls` strictly, then expand `~` and `$VAR` in every path field.
+
+    Strict as JSON is: no bool↔number and no string→number coercion (`caption_dropout: yes` is refused, not
+    1.0), while strings still name enums and paths. Errors are `ConfigError`s naming `source`.
+    """
     try:
-        return cls.model_validate(tree)
+        payload = json.dumps(tree, default=str, allow_nan=True)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: not a tree of plain values: {e}") from e
+    try:
+        cfg = cls.model_validate_json(payload, strict=True)
     except ValidationError as e:
         raise ConfigError(f"{source}: invalid {cls.__name__}\n{e}") from e
+    try:
+        return expand_model_paths(cfg)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from e
+
+
+def expand_model_paths(model: M, where: str = "") -> M:
+    """A copy of `model` with `~` and `$VAR` expanded in every `Path` value, nested models and sequences
+    included (an unset variable is a `ValueError` naming the field)."""
+    update: dict[str, Any] = {}
+    for name, value in model:
+        dotted = f"{where}{name}"
+        new = _expand_value(value, dotted)
+        if new is not value:
+            update[name] = new
+    return model.model_copy(update=update) if update else model
+
+
+def _expand_value(value: Any, dotted: str) -> Any:
+    if isinstance(value, Path):
+        expanded = expand_path(value, dotted)
+        return value if expanded == value else expanded
+    if isinstance(value, BaseModel):
+        return expand_model_paths(value, dotted + ".")
+    if isinstance(value, list | tuple):
+        items = [_expand_value(v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(items)
+    if isinstance(value, dict):
+        expanded = {k: _expand_value(v, f"{dotted}.{k}") for k, v in value.items()}
+        return value if all(expanded[k] is value[k] for k in value) else expanded
+    return value
 
 
 def load_config(cls: type[M], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> M:
@@ -124,15 +194,24 @@ def schema_json(cls: type[BaseModel]) -> str:
 def cli_main(prog: str, dispatch: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
     """Run a CLI's `dispatch(args)`; a user error (ValueError/OSError) becomes one line on stderr and exit 1.
 
-    `--debug` anywhere on the line is removed from the arguments and lets every error propagate with its
-    traceback. `dispatch` itself returns 2 for a `ConfigError` it caught, 0 on success.
+    Ctrl-C (SIGINT) and SIGTERM print one line (an `Interrupted`'s own message, e.g. where to resume) and
+    return 130 / 143. `--debug` anywhere on the line is removed from the arguments and lets every error and
+    interrupt propagate with its traceback. `dispatch` itself returns 2 for a `ConfigError` it caught, 0 on
+    success.
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        return dispatch([a for a in args if a != "--debug"])
+        with raise_on_sigterm():
+            return dispatch([a for a in args if a != "--debug"])
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        message = str(e) if isinstance(e, Interrupted) and str(e) else "interrupted"
+        print(f"{prog}: {message}", file=sys.stderr)
+        return interrupt_exit_code(e)
     except (ValueError, OSError) as e:
         if debug:
             raise
-        print(f"{prog}: error: {e}\n(run again with --debug for the traceback)", file=sys.stderr)
+        print(f"{prog}: error: {e} (run again with --debug for the traceback)", file=sys.stderr)
         return 1
