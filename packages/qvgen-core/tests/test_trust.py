@@ -77,7 +77,7 @@ def test_check_provenance_lists_every_changed_fact(tmp_path: Path) -> None:
 def test_a_corrupt_provenance_record_is_an_error_naming_it(tmp_path: Path) -> None:
     record = tmp_path / "p.json"
     record.write_text('{"tool": 1}')
-    with pytest.raises(ValueError, match="p.json: not a readable provenance record"):
+    with pytest.raises(ValueError, match=r"p\.json: not a readable provenance record"):
         check_provenance(record, Provenance.of("t", {}), tmp_path, "x")
 
 
@@ -93,7 +93,11 @@ def test_claim_refuses_a_folder_the_user_filled_and_keeps_it(tmp_path: Path) -> 
         claim_output_dir(out, "qvgen-x")
     with pytest.raises(ValueError, match="never replaces a folder it did not create"):
         replace_output_dir(out, "qvgen-x", lambda tmp: (tmp / "model.bin").write_bytes(b""))
-    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["notes.txt", "sub", "sub/important.bin"]
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "notes.txt",
+        "sub",
+        "sub/important.bin",
+    ]
 
 
 def test_claim_marks_new_folders_and_accepts_its_own_again(tmp_path: Path) -> None:
@@ -168,7 +172,9 @@ def test_a_duplicate_key_is_refused_with_both_lines(tmp_path: Path) -> None:
         _load(tmp_path, "output_dir: out\ntrain:\n  max_steps: 4\n  max_steps: 8\n")
 
 
-def test_path_fields_expand_home_and_variables_everywhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_path_fields_expand_home_and_variables_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("QVGEN_DATA", "/d")
     cfg = _load(tmp_path, "output_dir: ~/x\ndata:\n  root: $QVGEN_DATA/r\n  shards: ['~/a', b]\n")

@@ -170,7 +170,13 @@ def write_errors_named(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 _FULL_DISK_HINTS = ("no space left on device", "errno 28", "os error 28")
-_SHORT_WRITE_HINTS = ("unexpected pos", "file write failed", "failed to write", "write failed", "pytorchstreamwriter")
+_SHORT_WRITE_HINTS = (
+    "unexpected pos",
+    "file write failed",
+    "failed to write",
+    "write failed",
+    "pytorchstreamwriter",
+)
 
 
 def _reraise_naming(e: BaseException, target: Path, disk_full: bool = False) -> None:

@@ -40,7 +40,10 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
         line = key_node.start_mark.line + 1
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {seen[key]}, again on line {line})", key_node.start_mark
+                None,
+                None,
+                f"duplicate key {key!r} (first on line {seen[key]}, again on line {line})",
+                key_node.start_mark,
             )
         seen[key] = line
     return loader.construct_mapping(node, deep=deep)
@@ -51,7 +54,7 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def yaml_load_strict(text: str) -> Any:
     """`yaml.safe_load`, but a duplicate key in a mapping is a `yaml.YAMLError` naming both lines."""
-    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def parse_override(item: str) -> tuple[str, Any]:

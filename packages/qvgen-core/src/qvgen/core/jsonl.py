@@ -53,7 +53,9 @@ def _parse(p: Path) -> tuple[list[dict[str, Any]], int]:
     data = p.read_bytes()
     whole, _, tail = data.rpartition(b"\n")
     if tail:
-        logger.warning("%s: line %d is torn (a write was cut off); dropped it", p, whole.count(b"\n") + 2 if whole else 1)
+        logger.warning(
+            "%s: line %d is torn (a write was cut off); dropped it", p, whole.count(b"\n") + 2 if whole else 1
+        )
     records: list[dict[str, Any]] = []
     if not whole and not data.startswith(b"\n"):
         return records, 0

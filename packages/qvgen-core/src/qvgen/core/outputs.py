@@ -100,7 +100,9 @@ def claim_output_dir(
                 "qvgen never writes into a folder it did not create: choose a new or empty folder"
             )
         if marker.tool != tool:
-            raise ValueError(f"the {what} {target} was written by {marker.tool}, not {tool}; choose another folder")
+            raise ValueError(
+                f"the {what} {target} was written by {marker.tool}, not {tool}; choose another folder"
+            )
         return target
     target.mkdir(parents=True, exist_ok=True)
     _write_marker(target, tool)

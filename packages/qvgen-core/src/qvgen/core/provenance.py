@@ -68,7 +68,9 @@ class Provenance(Frozen):
     @classmethod
     def of(cls, tool: str, facts: Mapping[str, Any]) -> Provenance:
         """Build from any JSON-able values (non-strings are stored as their canonical JSON)."""
-        return cls(tool=tool, facts={k: v if isinstance(v, str) else canonical_json(v) for k, v in facts.items()})
+        return cls(
+            tool=tool, facts={k: v if isinstance(v, str) else canonical_json(v) for k, v in facts.items()}
+        )
 
     @property
     def digest(self) -> str:
