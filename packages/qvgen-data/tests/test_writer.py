@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from qvgen.core import ProvenanceMismatch
 from qvgen.data import (
     BadSampleError,
     Bucket,
@@ -125,10 +126,13 @@ def test_rerun_keeps_finished_shards_and_rewrites_nothing(tmp_path: Path, make_s
     assert stamps == {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
 
 
-def test_resume_with_another_config_is_refused(tmp_path: Path, make_samples: Samples) -> None:
+def test_resume_with_another_config_is_refused_naming_the_shard_and_setting(
+    tmp_path: Path, make_samples: Samples
+) -> None:
     write_shards(make_samples(2), tmp_path, WriterConfig(samples_per_shard=2), encoder_name="x")
-    with pytest.raises(ValueError, match=r"writer\.json: this directory was written with a different"):
+    with pytest.raises(ProvenanceMismatch, match=r"shard-000000\.tar: writer\.samples_per_shard: 2 → 1\)"):
         write_shards(make_samples(2), tmp_path, WriterConfig(samples_per_shard=1), encoder_name="x")
+    assert sorted(p.name for p in tmp_path.glob("shard-*.tar")) == ["shard-000000.tar"]
 
 
 def test_two_ranks_write_disjoint_shards_and_the_last_writes_the_manifest(

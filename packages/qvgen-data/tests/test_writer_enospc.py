@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qvgen.core import MARKER_NAME
 from qvgen.data import EncodedSample, LoaderConfig, WriterConfig, make_loader, read_manifest, write_shards
 from qvgen.data import writer as writer_module
 from qvgen.data.ingest import BadSampleError
@@ -17,7 +18,7 @@ CFG = WriterConfig(samples_per_shard=4)
 
 
 def _debris(out: Path) -> list[str]:
-    return sorted(p.name for p in out.iterdir() if p.name.startswith("."))
+    return sorted(p.name for p in out.iterdir() if p.name.startswith(".") and p.name != MARKER_NAME)
 
 
 def _intact(out: Path, name: str) -> bool:

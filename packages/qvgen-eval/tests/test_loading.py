@@ -69,14 +69,16 @@ def test_missing_student_manifest_names_the_path(tmp_path):
 
 
 def test_deploy_without_a_local_base_asks_for_one(student_dirs, tmp_path):
+    from qvgen.core import seal_manifest
+
     _, _, deploy = student_dirs
     moved = tmp_path / "deploy"
     moved.mkdir()
     for f in deploy.iterdir():
         (moved / f.name).write_bytes(f.read_bytes())
     data = json.loads((moved / "quant_manifest.json").read_text())
-    data["source"]["identity"] = "run-42"
-    (moved / "quant_manifest.json").write_text(json.dumps(data))
+    data["source"]["identity"] = "run-42"  # sealed again: an unsealed edit is refused first (issue 32)
+    (moved / "quant_manifest.json").write_text(json.dumps(seal_manifest(data)))
     with pytest.raises(FileNotFoundError, match="set `base`"):
         load_model("wan", DeployModel(path=moved), "float32", torch.device("cpu"))
     loaded = load_model(

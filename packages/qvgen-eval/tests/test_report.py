@@ -6,7 +6,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from qvgen.eval import EvalReport, load_report, parse_results, write_report, write_video
+from qvgen.core import Provenance, write_provenance
+from qvgen.eval import EvalReport, load_report, parse_results, sidecar_path, write_report, write_video
 from qvgen.eval.report import (
     FidelityMetrics,
     SampleRecord,
@@ -20,11 +21,17 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 PROMPT = 'a <b>bold</b> "cat"'
 
 
+def _write_video(frames, path, kind: str, digest: str) -> None:
+    """An mp4 and its sidecar naming the model that made it (what `qvgen-eval` writes)."""
+    write_video(frames, path, fps=8)
+    write_provenance(sidecar_path(path), Provenance.of("test", {"model.kind": kind, "model.digest": digest}))
+
+
 def _report(tmp_path) -> EvalReport:
     t = np.linspace(0, 1, 6)[:, None, None, None]
     frames = np.broadcast_to(t * np.ones((1, 16, 32, 3)) * 0.8, (6, 16, 32, 3))
-    write_video(frames, tmp_path / "teacher" / "clip-0.mp4", fps=8)
-    write_video(frames[::-1], tmp_path / "w4" / "clip-0.mp4", fps=8)
+    _write_video(frames, tmp_path / "teacher" / "clip-0.mp4", "full_precision", "tree:t")
+    _write_video(frames[::-1], tmp_path / "w4" / "clip-0.mp4", "fake_quant", "sha256:w4")
     video = VideoMetrics(path="teacher/clip-0.mp4", temporal_flickering=0.9, motion_energy=0.1)
     teacher = [SampleRecord(prompt=PROMPT, index=0, seed=1, video=video)]
     fid = FidelityMetrics(
@@ -39,9 +46,9 @@ def _report(tmp_path) -> EvalReport:
         created="2026-01-01T00:00:00+00:00",
         pipeline_kwargs={"num_inference_steps": 2},
         teacher=VariantReport(name="teacher", kind="full_precision", source="x", samples=tuple(teacher),
-                              summary=summarize(teacher)),
+                              summary=summarize(teacher), model_digest="tree:t"),
         variants=(VariantReport(name="w4", kind="fake_quant", source="y", samples=tuple(variant),
-                                summary=summarize(variant)),),
+                                summary=summarize(variant), model_digest="sha256:w4"),),
         vbench={"w4": parse_results(__import__("pathlib").Path(__file__).parent / "data" / "vbench"
                                     / "all_dimensions_eval_results.json")},
     )  # fmt: skip
@@ -115,6 +122,21 @@ def test_report_round_trips_through_json_and_the_html_escapes_prompts(tmp_path):
     assert 'src="teacher/clip-0.mp4"' in linked
 
 
+def test_report_refuses_a_video_without_sidecar_or_made_by_another_model(tmp_path):
+    report = _report(tmp_path)
+    other = report.variants[0].model_copy(update={"model_digest": "sha256:other"})
+    with pytest.raises(ValueError, match=r"w4/clip-0.mp4: its sidecar names the fake_quant model sha256:w4, but "
+                                         r"report row 'w4' claims the fake_quant model sha256:other"):  # fmt: skip
+        write_report(report.model_copy(update={"variants": (other,)}), tmp_path)
+    as_deploy = report.variants[0].model_copy(update={"kind": "deploy"})
+    with pytest.raises(ValueError, match="report row 'w4' claims the deploy model"):
+        write_report(report.model_copy(update={"variants": (as_deploy,)}), tmp_path)
+    sidecar_path(tmp_path / "teacher" / "clip-0.mp4").unlink()
+    with pytest.raises(ValueError, match=r"teacher/clip-0.mp4: no sidecar .* \(report row 'teacher'"):
+        write_report(report, tmp_path)
+    assert not (tmp_path / "report.json").exists()  # refused before anything is written
+
+
 def test_linked_video_paths_are_url_quoted(tmp_path):
     from qvgen.eval.report import _video_src
 
@@ -150,7 +172,7 @@ def test_report_carries_per_prompt_and_summary_adherence_with_looping_poster_vid
 
     clip = make_clip(3, 0, frames=8, num_objects=1)
     frames = ((clip.frames.permute(1, 2, 3, 0) + 1) / 2).numpy()
-    write_video(frames, tmp_path / "teacher" / "v.mp4", fps=8)
+    _write_video(frames, tmp_path / "teacher" / "v.mp4", "full_precision", "tree:t")
     scorer = AdherenceScorer()
     records = [
         SampleRecord(prompt=clip.caption, index=0, seed=s, scores={"adherence": scorer.score(f, clip.caption)},

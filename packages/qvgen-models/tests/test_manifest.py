@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from qvgen import quant
+from qvgen.core import MARKER_NAME, seal_manifest
 from qvgen.models import (
     FAMILIES,
     STUDENT_MANIFEST,
@@ -98,17 +99,33 @@ def test_rebuild_uses_the_recorded_layers_and_roles_not_the_family_globs(tmp_pat
     assert _states_equal(loaded, student)
 
 
-def test_save_replaces_an_existing_folder_and_leaves_no_temp_folders(wan_student, tmp_path):
+def test_save_replaces_its_own_folder_and_leaves_no_temp_folders(wan_student, tmp_path):
     student, _ = wan_student
     out = tmp_path / "s"
-    out.mkdir()
+    kwargs = {"family": "wan", "checkpoint": tiny_checkpoint("wan"), "quant_config": quant.QuantConfig()}
+    save_student(student, out, **kwargs)
     (out / "stale.txt").write_text("old")
-    path = save_student(
-        student, out, family="wan", checkpoint=tiny_checkpoint("wan"), quant_config=quant.QuantConfig()
-    )
+    path = save_student(student, out, **kwargs)
     assert path == out.resolve()
-    assert sorted(p.name for p in out.iterdir()) == sorted([STUDENT_MANIFEST, STUDENT_TENSORS])
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER_NAME, STUDENT_MANIFEST, STUDENT_TENSORS])
     assert [p.name for p in tmp_path.iterdir()] == ["s"]
+
+
+def test_save_refuses_a_folder_it_did_not_write_and_leaves_it_alone(wan_student, tmp_path):
+    """Issue 32: no tool deletes or replaces a folder it did not create."""
+    student, _ = wan_student
+    user = tmp_path / "mine"
+    (user / "sub").mkdir(parents=True)
+    (user / "notes.txt").write_text("keep")
+    (user / "sub" / "important.bin").write_bytes(b"\x01")
+    kwargs = {"family": "wan", "checkpoint": tiny_checkpoint("wan"), "quant_config": quant.QuantConfig()}
+    with pytest.raises(ValueError, match=r"not empty and was not written by qvgen\.models\.save_student"):
+        save_student(student, user, **kwargs)
+    assert sorted(p.relative_to(user).as_posix() for p in user.rglob("*")) == [
+        "notes.txt",
+        "sub",
+        "sub/important.bin",
+    ]
 
 
 def test_save_refuses_a_student_with_phi_attached_or_without_quantized_layers(wan_student, tmp_path):
@@ -167,7 +184,7 @@ def test_recorded_layer_missing_from_the_checkpoint_is_refused(wan_student, tmp_
     _, out = wan_student
     data = json.loads((out / STUDENT_MANIFEST).read_text())
     data["layers"]["blocks.9.ffn.net.2"] = "ffn_down"
-    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(data))
+    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(seal_manifest(data)))  # sealed: reach the check
     (tmp_path / STUDENT_TENSORS).write_bytes((out / STUDENT_TENSORS).read_bytes())
     with pytest.raises(
         ValueError, match=r"does not have the recorded quantized layers.*blocks\.9\.ffn\.net\.2"
@@ -194,7 +211,7 @@ def test_unreadable_or_mismatched_tensors_name_the_tensor_file(wan_student, tmp_
         load_student(tmp_path)
     data = json.loads((out / STUDENT_MANIFEST).read_text())  # a consistent manifest for the foreign tensors
     data["tensors_sha256"] = hashlib.sha256((tmp_path / STUDENT_TENSORS).read_bytes()).hexdigest()
-    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(data))
+    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(seal_manifest(data)))
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: tensors do not fit")):
         load_student(tmp_path)
 
@@ -211,3 +228,81 @@ def test_flipped_bytes_in_the_student_tensors_are_refused_naming_the_file(wan_st
     (tmp_path / STUDENT_TENSORS).write_bytes(bytes(data))
     with pytest.raises(ValueError, match=re.escape(f"{tmp_path / STUDENT_TENSORS}: sha256 does not match")):
         load_student(tmp_path)
+
+
+# --- issue 32, item 4: a hand-edited student manifest ------------------------------------------------------
+
+
+def _set(path: tuple[str, ...], value):
+    def edit(m):
+        node = m
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        return m
+
+    return edit
+
+
+STUDENT_EDITS = {
+    "activation bits 4->8": (_set(("quant", "activation", "bits"), 8), r"quant\.activation\.bits", True),
+    "num_train_timesteps": (_set(("num_train_timesteps",), 2000), r"num_train_timesteps", True),
+    "a layer's role": (
+        _set(("layers", "blocks.0.ffn.net.0.proj"), "other"),
+        r"layers\['blocks\.0\.ffn",
+        False,
+    ),
+}
+
+
+def _copy_student(out, tmp_path, edit, *, seal_again):
+    data = edit(json.loads((out / STUDENT_MANIFEST).read_text()))
+    (tmp_path / STUDENT_MANIFEST).write_text(json.dumps(seal_manifest(data) if seal_again else data))
+    (tmp_path / STUDENT_TENSORS).write_bytes((out / STUDENT_TENSORS).read_bytes())
+
+
+def _output(model):
+    g = torch.Generator().manual_seed(2)
+    inputs = dict(
+        hidden_states=torch.randn(1, 16, 2, 8, 8, generator=g),
+        timestep=torch.tensor([870.0]),
+        encoder_hidden_states=torch.randn(1, 8, 64, generator=g),
+    )
+    with torch.no_grad():
+        return model(**inputs)[0]
+
+
+@pytest.mark.parametrize("name", list(STUDENT_EDITS))
+def test_an_edited_student_manifest_loaded_silently_before_seals(wan_student, tmp_path, name):
+    _, out = wan_student
+    edit, _, changes_output = STUDENT_EDITS[name]
+    assert "blocks.0.ffn.net.0.proj" in read_student_manifest(out).layers
+    _copy_student(out, tmp_path, edit, seal_again=True)  # what the loader saw before manifests were sealed
+    edited = load_student(tmp_path)  # no error
+    assert torch.equal(_output(edited), _output(load_student(out))) is not changes_output
+
+
+@pytest.mark.parametrize("name", list(STUDENT_EDITS))
+def test_an_edited_field_of_the_student_manifest_is_refused_naming_file_and_field(
+    wan_student, tmp_path, name
+):
+    _, out = wan_student
+    edit, field, _ = STUDENT_EDITS[name]
+    _copy_student(out, tmp_path, edit, seal_again=False)
+    with pytest.raises(
+        ValueError, match=rf"student_manifest\.json: the manifest was edited .*changed: {field}"
+    ) as info:
+        load_student(tmp_path)
+    assert str(tmp_path / STUDENT_MANIFEST) in str(info.value)
+
+
+def test_a_student_manifest_without_a_seal_is_refused_with_the_fix(wan_student, tmp_path):
+    _, out = wan_student
+    _copy_student(
+        out,
+        tmp_path,
+        lambda m: {k: v for k, v in m.items() if k not in ("digest", "field_digests")},
+        seal_again=False,
+    )
+    with pytest.raises(ValueError, match=r"student_manifest\.json: the manifest has no digest.*save_student"):
+        read_student_manifest(tmp_path)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from qvgen.core import MARKER_NAME, seal_manifest
 from qvgen.quant import (
     ClippedDynamicActivation,
     LSQPlusWeight,
@@ -133,7 +134,7 @@ def test_save_then_load_reproduces_outputs_and_state_exactly(
 
 def test_save_quantized_writes_manifest_with_layers_bits_shapes_roles(tmp_path: Path) -> None:
     _, folder = saved_tiny(tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == [TENSORS_FILE, MANIFEST_FILE]  # no temp files left
+    assert sorted(p.name for p in folder.iterdir()) == [MARKER_NAME, TENSORS_FILE, MANIFEST_FILE]  # no temps
     manifest = DeployManifest.model_validate_json((folder / MANIFEST_FILE).read_text())
     assert manifest.schema_version == 1
     assert manifest.tensors_bytes == (folder / TENSORS_FILE).stat().st_size
@@ -160,7 +161,7 @@ def test_load_refuses_truncated_tensors_file(tmp_path: Path) -> None:
     manifest_path = folder / MANIFEST_FILE
     raw = json.loads(manifest_path.read_text())
     raw["tensors_bytes"] = len(data) // 2
-    manifest_path.write_text(json.dumps(raw))
+    manifest_path.write_text(json.dumps(seal_manifest(raw)))  # sealed again: reach the tensors check
     with pytest.raises(ValueError, match=rf"{TENSORS_FILE}.*(truncated|corrupt)"):
         load_quantized(TinyBlock(), folder)
 
@@ -171,7 +172,7 @@ def edit_manifest(folder: Path, layer: str, **changes: object) -> None:
     for entry in raw["layers"]:
         if entry["name"] == layer:
             entry.update(changes)
-    path.write_text(json.dumps(raw))
+    path.write_text(json.dumps(seal_manifest(raw)))  # sealed again: reach the checks against the tensors
 
 
 @pytest.mark.parametrize(
@@ -223,7 +224,7 @@ def test_a_refused_load_leaves_the_callers_model_untouched(tmp_path: Path) -> No
     _, folder = saved_tiny(tmp_path)
     raw = json.loads((folder / MANIFEST_FILE).read_text())
     raw["source"]["class_name"] = "TinyBlockWithExtra"
-    (folder / MANIFEST_FILE).write_text(json.dumps(raw))
+    (folder / MANIFEST_FILE).write_text(json.dumps(seal_manifest(raw)))
     target = TinyBlockWithExtra()
     before = {k: v.clone() for k, v in target.state_dict().items()}
     with pytest.raises(

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from qvgen.core import seal_manifest
 from qvgen.quant import QuantConfig, convert_, initialize_, load_quantized, prepare_, save_quantized
 from qvgen.quant.deploy import DeployLinear
 from qvgen.quant.manifest import MANIFEST_FILE
@@ -79,8 +80,8 @@ def test_manifest_without_module_names_the_fix(tmp_path: Path) -> None:
     saved_block(tmp_path)
     path = tmp_path / MANIFEST_FILE
     data = json.loads(path.read_text())
-    del data["source"]["module"]  # a manifest from before the module was recorded
-    path.write_text(json.dumps(data))
+    del data["source"]["module"]  # a manifest from before the module was recorded (sealed since)
+    path.write_text(json.dumps(seal_manifest(data)))
     with pytest.raises(ValueError, match=r"records no module for 'Block'.*model_class="):
         load_quantized(tmp_path)
     assert isinstance(load_quantized(tmp_path, model_class=Block).up, DeployLinear)
@@ -91,7 +92,7 @@ def test_bad_recorded_config_is_named(tmp_path: Path) -> None:
     path = tmp_path / MANIFEST_FILE
     data = json.loads(path.read_text())
     data["source"]["config"] = {"depth": 3}
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(seal_manifest(data)))  # sealed again: reach the skeleton's check
     with pytest.raises(
         ValueError, match=r"quant_manifest\.json: cannot build Block from the recorded config"
     ):

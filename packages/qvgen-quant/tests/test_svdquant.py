@@ -151,13 +151,15 @@ def test_deploy_runs_the_branch_beside_the_integer_gemm_and_round_trips(tmp_path
 def test_load_refuses_a_kept_branch_of_the_wrong_rank(tmp_path: Path) -> None:
     import json
 
+    from qvgen.core import seal_manifest
+
     model, _ = _svdquant_model(rank=8, act_bits=4)
     convert_(model)
     save_quantized(model, tmp_path)
     path = tmp_path / "quant_manifest.json"
     data = json.loads(path.read_text())
     data["layers"][0]["kept_rank"] = 4
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(seal_manifest(data)))  # sealed again: reach the tensors check
     with pytest.raises(ValueError, match=r"layer 'a'.*kept.down"):
         load_quantized(Two(), tmp_path)
 

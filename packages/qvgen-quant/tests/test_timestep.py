@@ -9,6 +9,8 @@ from qvgen.quant import (
     ClippedDynamicActivation,
     TimestepContext,
     attach_timestep_context_,
+    record_call_groups,
+    reference_call_groups,
     set_timesteps_,
     timestep_context,
 )
@@ -126,3 +128,86 @@ def test_activation_quantizers_are_bound_through_the_protocol_not_an_import_of_f
     quantizer = ActivationQuantizer(ClippedDynamicActivation(bits=4, groups=2))
     assert isinstance(quantizer, timestep.UsesTimestepContext)
     assert not isinstance(nn.Linear(2, 2), timestep.UsesTimestepContext)
+
+
+class _Reference(nn.Module):
+    """Stand-in transformer whose quantizers replay the reference's sampling counter."""
+
+    def __init__(self, mode: str = "reference", groups: int = 10) -> None:
+        super().__init__()
+        self.a = ActivationQuantizer(ClippedDynamicActivation(groups=groups, group_mode=mode))
+        self.b = ActivationQuantizer(ClippedDynamicActivation(groups=groups, group_mode=mode))
+        self.seen: list[list[int]] = []
+
+    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
+        self.seen.append(self.a.group_index().tolist())
+        return self.b(self.a(hidden_states))
+
+
+def _cfg_run(model: nn.Module, timesteps: list[float], batch: int = 1) -> None:
+    """One sampling run as Wan's pipeline makes it: a conditional then an unconditional call per step."""
+    x = torch.randn(batch, 3, 8)
+    for t in timesteps:
+        model(x, timestep=torch.full((batch,), t))
+        model(x, timestep=torch.full((batch,), t))
+
+
+def test_reference_mode_counts_calls_and_restarts_when_the_timestep_rises() -> None:
+    model = _Reference()
+    attach_timestep_context_(model)
+    steps = [999.0 - 20 * s for s in range(8)]  # 16 calls, G = 10: groups 9..0 then 0
+    _cfg_run(model, steps, batch=2)
+    expected = reference_call_groups(8, groups=10, cfg=True, fix=True)
+    assert expected == [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert model.seen == [[g, g] for g in expected]  # every sample of a call shares the call's group
+    model.seen.clear()
+    _cfg_run(model, steps[:2])  # a new run starts high again: counted from 1
+    assert model.seen == [[9], [8], [7], [6]]
+
+
+def test_reference_nofix_uses_the_last_group_for_every_call() -> None:
+    model = _Reference("reference_nofix")
+    attach_timestep_context_(model)
+    _cfg_run(model, [999.0, 500.0, 3.0])
+    assert [g for (g,) in model.seen] == reference_call_groups(3, groups=10, fix=False) == [9] * 6
+
+
+def test_reset_calls_starts_a_new_run_where_the_timestep_does_not_rise() -> None:
+    model = _Reference()
+    ctx = attach_timestep_context_(model)
+    _cfg_run(model, [999.0])
+    _cfg_run(model, [999.0])  # a one-step schedule: same timestep, so the counter goes on
+    assert [g for (g,) in model.seen] == [9, 8, 7, 6]
+    model.seen.clear()
+    ctx.reset_calls()
+    _cfg_run(model, [999.0])
+    assert [g for (g,) in model.seen] == [9, 8]
+
+
+def test_only_reference_modes_count_calls_and_other_modes_ignore_the_counter() -> None:
+    assert not attach_timestep_context_(_Denoiser()).counts_calls
+    ctx = attach_timestep_context_(_Reference())
+    assert ctx.counts_calls
+    ctx.set(torch.tensor([5.0]))  # set by hand: no call counted, the first group
+    assert ctx.group_index(10, "reference").tolist() == [9]
+    assert ctx.group_index(10, "mod").tolist() == [5] and ctx.group_index(10, "bin").tolist() == [0]
+
+
+def test_record_call_groups_reads_the_group_each_call_used() -> None:
+    model = _Reference()
+    attach_timestep_context_(model)
+    with record_call_groups(model) as groups:
+        _cfg_run(model, [999.0, 979.0, 959.0])
+    assert groups == [9, 8, 7, 6, 5, 4] == reference_call_groups(3, groups=10)
+    model(torch.randn(1, 3, 8), timestep=torch.tensor([1.0]))
+    assert len(groups) == 6  # the hook is gone after the block
+    with pytest.raises(ValueError, match="no activation quantizer"), record_call_groups(nn.Linear(2, 2)):
+        pass
+
+
+def test_reference_call_groups_matches_the_reference_wan_and_cogvideox_schedules() -> None:
+    wan = reference_call_groups(50, groups=50, cfg=True, fix=True)
+    assert len(wan) == 100 and wan[:4] == [49, 48, 47, 46] and wan[48:] == [1, 0] + [0] * 50
+    cog = reference_call_groups(50, groups=50, cfg=True, fix=True, batched_cfg=True)
+    assert cog == list(range(49, -1, -1))
+    assert reference_call_groups(25, groups=50, cfg=False) == list(range(49, 24, -1))

@@ -161,6 +161,30 @@ def test_counter_mapping_end_to_end_writes_a_bin_student(wan_reference, tmp_path
             r"key 'proj_out.loraA.weight' has no proj_out.loraB.weight",
         ),
         (lambda t: t.update({"proj_out.w": torch.zeros(3, 3)}), r"key 'proj_out.w' has shape \(3, 3\)"),
+        (
+            lambda t: t["blocks.0.attn1.to_q.wquantizer.scale"].__setitem__((3, 0), float("nan")),
+            r"key blocks.0.attn1.to_q.wquantizer.scale: 1 non-finite value\(s\), first at index \(3, 0\)",
+        ),
+        (
+            lambda t: t["blocks.1.ffn.net.2.wquantizer.scale"].__setitem__((5, 0), -0.01),
+            r"key blocks.1.ffn.net.2.wquantizer.scale: scales must be > 0, row 5 is -0.01",
+        ),
+        (
+            lambda t: t["proj_out.wquantizer.scale"].__setitem__((0, 0), 0.0),
+            r"key proj_out.wquantizer.scale: scales must be > 0, row 0 is 0 ",
+        ),
+        (
+            lambda t: t["proj_out.wquantizer.zero_point"].__setitem__((2, 0), float("inf")),
+            r"key proj_out.wquantizer.zero_point: 1 non-finite value\(s\), first at index \(2, 0\)",
+        ),
+        (
+            lambda t: t["blocks.0.attn2.to_k.aquantizer.lower"].__setitem__(7, float("nan")),
+            r"key blocks.0.attn2.to_k.aquantizer.lower: 1 non-finite value\(s\), first at group 7",
+        ),
+        (
+            lambda t: t["proj_out.aquantizer.upper"].__setitem__(49, float("-inf")),
+            r"key proj_out.aquantizer.upper: 1 non-finite value\(s\), first at group 49",
+        ),
     ],
 )
 def test_bad_reference_checkpoint_names_the_key_and_the_file(wan_reference, tmp_path, edit, message):
@@ -186,3 +210,113 @@ def test_cli_imports_and_reports_bad_input_with_exit_code_2(wan_reference, tmp_p
     code = main(["import-reference", str(bad), "--base", str(base), "--out", str(tmp_path / "t")])
     assert code == 2
     assert "proj_out.w" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("bits", "message"),
+    [
+        (dict(weight_bits=8), r"imply 4-bit weights, not --weight-bits 8: the largest is 1[5-9] of 255"),
+        (
+            dict(weight_bits=3, act_bits=8),
+            r"imply 4-bit weights, not --weight-bits 3: [4-6]\d% of them fall outside \[0, 7\]",
+        ),
+    ],
+)
+def test_weight_bits_that_contradict_the_codes_are_refused(wan_reference, tmp_path, bits, message):
+    base, folder = wan_reference
+    with pytest.raises(ReferenceImportError, match=message) as info:
+        import_reference(folder, base, tmp_path / "s", **bits)
+    first = str(info.value).split(":")[0]
+    assert first == str(folder / REF_TENSORS) and ".wquantizer.scale" in str(info.value)
+    assert not (tmp_path / "s").exists()
+
+
+def test_weight_bits_default_to_the_width_the_codes_imply(tmp_path):
+    base = tiny_checkpoint("wan")
+    transformer = get_family("wan").load_transformer(base, dtype="float32")
+    folder = write_reference_checkpoint(transformer, tmp_path / "ref", bits=3, seed=3)
+    manifest = read_student_manifest(import_reference(folder, base, tmp_path / "s"))
+    assert (manifest.quant.weight.bits, manifest.quant.activation.bits) == (3, 3)
+    manifest = read_student_manifest(
+        import_reference(folder, base, tmp_path / "t", weight_bits=3, act_bits=8)
+    )
+    assert (manifest.quant.weight.bits, manifest.quant.activation.bits) == (3, 8)  # A bits: not in the codes
+
+
+def _sample(student, base, *, steps, guidance=5.0):
+    fam = get_family("wan")
+    components = dataclasses.replace(fam.load(base), transformer=student)
+    kwargs = fam.sample_kwargs(
+        components, prompt="a red square", negative_prompt="blur", height=16, width=16, num_frames=1,
+        num_inference_steps=steps, guidance_scale=guidance, generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )  # fmt: skip
+    with torch.no_grad():
+        return fam.pipeline(components)(**kwargs).frames
+
+
+@pytest.mark.parametrize("fix", [True, False])
+def test_reference_mode_replays_the_reference_sampling_counter_call_for_call(wan_reference, tmp_path, fix):
+    base, folder = wan_reference
+    out = import_reference(folder, base, tmp_path / "s", groups="reference", reference_fix=fix)
+    manifest = read_student_manifest(out)
+    assert manifest.quant.activation.group_mode == ("reference" if fix else "reference_nofix")
+    assert (manifest.quant.activation.groups, manifest.run_config["reference_fix"]) == (50, fix)
+    student = load_student(out)  # the manifest alone makes the reloaded student replay the counter
+    with quant.record_call_groups(student) as groups:
+        _sample(student, base, steps=50)
+    expected = quant.reference_call_groups(50, groups=50, cfg=True, fix=fix)
+    assert len(groups) == 100
+    assert sum(g == e for g, e in zip(groups, expected, strict=True)) == 100
+    if fix:  # the unconditional call of step s has its own group 48 - 2s, not the conditional one's
+        assert groups[:4] == [49, 48, 47, 46] and groups[50:] == [0] * 50
+    with quant.record_call_groups(student) as again:  # the next pipeline call starts over
+        _sample(student, base, steps=3)
+    assert again == quant.reference_call_groups(3, groups=50, cfg=True, fix=fix)
+
+
+def test_reference_mode_layers_compute_the_reference_forward_of_each_calls_group(wan_reference, tmp_path):
+    base, folder = wan_reference
+    student = load_student(import_reference(folder, base, tmp_path / "s", groups="reference")).double()
+    ref = load_file(str(folder / REF_TENSORS))
+    name = "blocks.1.attn1.to_v"
+    layer = quant.quantized_layers(student)[name]
+    r = {k[len(name) + 1 :]: v.double() for k, v in ref.items() if k.startswith(name + ".")}
+    context = quant.timestep_context(student)
+    x = torch.randn(1, 12, layer.in_features, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    for call, t in enumerate([999.0, 999.0, 979.0, 979.0], start=1):
+        context.begin_call(torch.tensor([t]))  # what the transformer's pre-hook does each call
+        expected = reference_layer(
+            x, r["w"], r["b"], r["wquantizer.scale"], r["wquantizer.zero_point"],
+            r["aquantizer.lower"], r["aquantizer.upper"], quant.reference_group(call, 50),
+        )  # fmt: skip
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), expected, rtol=1e-6, atol=1e-6, msg=f"call {call}")
+
+
+def test_reference_mode_exports_to_deploy_with_its_group_mode(wan_reference, tmp_path):
+    base, folder = wan_reference
+    student = load_student(import_reference(folder, base, tmp_path / "s", groups="reference"))
+    quant.convert_(student)
+    quant.save_quantized(student, tmp_path / "deploy")
+    assert quant.read_manifest(tmp_path / "deploy").layers[0].act_group_mode == "reference"
+
+
+def test_cli_reference_groups_and_bit_checks(wan_reference, tmp_path, capsys):
+    from typing import get_args
+
+    from qvgen.train.cli import IMPORT_GROUP_MAPPINGS
+    from qvgen.train.reference import GroupMapping
+
+    assert get_args(GroupMapping) == IMPORT_GROUP_MAPPINGS
+    base, folder = wan_reference
+    args = ["import-reference", str(folder), "--base", str(base)]
+    assert main([*args, "--out", str(tmp_path / "s"), "--groups", "reference", "--no-reference-fix"]) == 0
+    manifest = read_student_manifest(tmp_path / "s")
+    assert (manifest.quant.activation.group_mode, manifest.quant.weight.bits) == ("reference_nofix", 4)
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "t"), "--weight-bits", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "imply 4-bit weights" in err and str(folder) in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--out", str(tmp_path / "u"), "--no-reference-fix"]) == 2
+    assert "only applies to groups='reference'" in capsys.readouterr().err

@@ -14,6 +14,8 @@
 - Logs: `append_jsonl` (whole lines, fsynced), `read_jsonl`/`repair_jsonl` (a torn last line dropped).
 - Interrupts: `Interrupted`/`Terminated`, `raise_on_sigterm`; `cli_main` prints one line, exits 130/143.
 - Write errors: `write_errors_named(path)` turns torch's/safetensors' full-disk errors into one OSError.
+- Sealed manifests: `sealed_manifest_json`/`seal_manifest` (a `digest` + per-field digests written with a
+  manifest), `check_manifest_seal` (an edited manifest is refused naming the file and field), `seal_manifest_file`.
 
 Depends on pydantic and PyYAML only.
 """
@@ -74,9 +76,19 @@ from qvgen.core.provenance import (
     write_provenance,
 )
 from qvgen.core.quiet import run_quiet_cli, silence_known_import_noise
+from qvgen.core.seal import (
+    SEAL_FIELDS,
+    check_manifest_seal,
+    field_digests,
+    is_sealed,
+    seal_manifest,
+    seal_manifest_file,
+    sealed_manifest_json,
+)
 
 __all__ = [
     "MARKER_NAME",
+    "SEAL_FIELDS",
     "ConfigError",
     "Frozen",
     "Interrupted",
@@ -95,16 +107,19 @@ __all__ = [
     "canonical_digest",
     "canonical_json",
     "check_disjoint",
+    "check_manifest_seal",
     "check_provenance",
     "claim_output_dir",
     "cli_main",
     "expand_model_paths",
     "expand_path",
+    "field_digests",
     "file_fingerprint",
     "file_sha256",
     "files_sha256",
     "interrupt_exit_code",
     "interrupt_signal",
+    "is_sealed",
     "is_tool_output",
     "load_config",
     "parse_override",
@@ -118,6 +133,9 @@ __all__ = [
     "replace_output_dir",
     "run_quiet_cli",
     "schema_json",
+    "seal_manifest",
+    "seal_manifest_file",
+    "sealed_manifest_json",
     "set_dotted",
     "silence_known_import_noise",
     "tree_fingerprint",

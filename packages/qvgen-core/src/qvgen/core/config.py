@@ -38,6 +38,10 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
+        if isinstance(key, list | dict | set):  # `? [a, b]`: unhashable, and no config field is named so
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a mapping key must be a plain value, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -52,9 +56,41 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
 
 
+MAX_TREE_VALUES = 100_000
+"""A config tree holding more values than this (counting each use of a YAML alias) is refused: an alias bomb."""
+MAX_TREE_DEPTH = 64
+
+
 def yaml_load_strict(text: str) -> Any:
-    """`yaml.safe_load`, but a duplicate key in a mapping is a `yaml.YAMLError` naming both lines."""
-    return yaml.load(text, Loader=_StrictLoader)
+    """`yaml.safe_load`, but a duplicate key in a mapping is a `yaml.YAMLError` naming both lines.
+
+    Every other way a document cannot become a config tree is a `yaml.YAMLError` too: an integer past
+    Python's digit limit, nesting deeper than `MAX_TREE_DEPTH`, aliases expanding past `MAX_TREE_VALUES`.
+    """
+    try:
+        tree = yaml.load(text, Loader=_StrictLoader)
+    except RecursionError as e:
+        raise yaml.YAMLError(f"nested too deeply (a config is at most {MAX_TREE_DEPTH} levels)") from e
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. int("9" * 5000) in PyYAML's int constructor
+        raise yaml.YAMLError(f"a value cannot be read: {e}") from e
+    _check_tree_size(tree)
+    return tree
+
+
+def _check_tree_size(tree: Any) -> None:
+    count = 0
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_TREE_VALUES:
+            raise yaml.YAMLError(f"more than {MAX_TREE_VALUES} values once aliases are expanded (an alias bomb?)")
+        if depth > MAX_TREE_DEPTH:
+            raise yaml.YAMLError(f"nested deeper than {MAX_TREE_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -101,6 +137,8 @@ def read_config_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{p}: cannot read the config file: {e.strerror or e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); a config file is YAML or JSON") from e
     try:
         data = yaml_load_strict(text)
     except yaml.YAMLError as e:

@@ -6,6 +6,7 @@ from qvgen.data.config import (
     FrameSampling,
     IngestConfig,
     LoaderConfig,
+    OnChange,
     OnError,
     UniformSampling,
     WriterConfig,
@@ -56,6 +57,7 @@ from qvgen.data.schema import (
     SkippedSample,
     read_manifest,
 )
+from qvgen.data.shard_inputs import SHARD_TOOL, claim_shard_dir
 from qvgen.data.video import PixelFormat, encode_video, read_video_frames, to_uint8, write_video
 from qvgen.data.writer import EncodedSample, WriteSummary, finalize_manifest, write_shards
 
@@ -69,6 +71,7 @@ __all__ = [
     "RADIUS_FRACTION",
     "SHAPES",
     "SHAPE_SETS",
+    "SHARD_TOOL",
     "TRAVEL_FRACTION",
     "Background",
     "BadSampleError",
@@ -85,6 +88,7 @@ __all__ = [
     "Layout",
     "LoaderConfig",
     "MovingShape",
+    "OnChange",
     "OnError",
     "PixelFormat",
     "ProceduralClip",
@@ -102,6 +106,7 @@ __all__ = [
     "WriteSummary",
     "WriterConfig",
     "caption_for",
+    "claim_shard_dir",
     "encode_mp4",
     "encode_video",
     "finalize_manifest",

@@ -13,6 +13,10 @@ from qvgen.data.schema import TensorDType
 OnError = Literal["raise", "skip"]
 """What to do with a bad sample: stop with an error naming it, or skip it and count it in the summary."""
 
+OnChange = Literal["error", "rebuild"]
+"""What a rerun does with a finished shard whose inputs changed (rows, encoder or writer settings): stop with
+an error listing each changed shard and fact, or rewrite exactly those shards."""
+
 
 class Bucket(Frozen):
     """A resolution bucket: clips are resized and centre-cropped to exactly frames × height × width."""
@@ -74,6 +78,9 @@ class WriterConfig(Frozen):
     """Model family recorded in the manifest ("wan", "cogvideox")."""
     on_error: OnError = "raise"
     """Unreadable video, empty caption: stop naming the sample, or skip it and count it in the manifest."""
+    on_change: OnChange = "error"
+    """A rerun into the same folder whose inputs changed for some finished shards: refuse, listing what
+    changed, or rebuild only those shards (`qvgen-train precompute --overwrite`). Unchanged shards are kept."""
 
 
 class LoaderConfig(Frozen):

@@ -69,7 +69,18 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
         case ".csv":
             # csv's own line handling: quoted newlines stay in the caption, U+2028 is not a row break
             reader = csv.DictReader(io.StringIO(text, newline=""))
-            return [(reader.line_num, dict(row)) for row in reader]
+            csv_rows: list[tuple[int, dict[str, object]]] = []
+            try:
+                for row in reader:
+                    if None in row:  # DictReader's restkey: the row has more fields than the header
+                        raise ValueError(
+                            f"{path}:{reader.line_num}: {len(reader.fieldnames or ()) + len(row[None])} fields, "
+                            f"the header has {len(reader.fieldnames or ())}; quote a caption that holds a comma"
+                        )
+                    csv_rows.append((reader.line_num, dict(row)))
+            except csv.Error as e:  # e.g. a field past csv.field_size_limit()
+                raise ValueError(f"{path}:{reader.line_num}: not a valid CSV row: {e}") from e
+            return csv_rows
         case ".jsonl":
             rows = []
             for i, line in enumerate(text.split("\n"), start=1):
@@ -77,8 +88,8 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i}: invalid JSON line: {e}") from e
+                except (ValueError, RecursionError) as e:  # JSONDecodeError, an int past 4300 digits, deep nesting
+                    raise ValueError(f"{path}:{i}: invalid JSON line: {type(e).__name__}: {e}") from e
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")
                 rows.append((i, row))

@@ -2,8 +2,10 @@
 
 Sample i of the input goes to shard i // samples_per_shard; shard k is written by rank k % world_size.
 Each shard is streamed to a temp file and renamed when complete, then its record (`shard-K.json`,
-with the sha256) is written the same way. A re-run keeps every shard whose record matches its file and
-redoes the rest, so a crash loses and duplicates nothing. The rank that finishes last writes the manifest.
+with the sha256 and the provenance of its inputs, see `shard_inputs`) is written the same way. A re-run
+keeps every shard whose record matches its file and its current inputs, writes the missing ones (so a crash
+loses and duplicates nothing), and refuses shards whose inputs changed (or, with `on_change="rebuild"`,
+rewrites only those). The rank that finishes last writes the manifest.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Literal, TypeAlias, TypeVar
+from typing import Any, Literal, TypeAlias, TypeVar
 
 import safetensors.torch
 import torch
@@ -24,7 +26,7 @@ import webdataset as wds
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
-from qvgen.core import Frozen, atomic_write, atomic_write_text, remove_stale_temps
+from qvgen.core import Frozen, Provenance, atomic_write, atomic_write_text, remove_stale_temps
 from qvgen.data.config import WriterConfig
 from qvgen.data.encoder import VideoEncoder
 from qvgen.data.ingest import BadSampleError, VideoRecord, nearest_bucket, read_video, video_size
@@ -42,11 +44,18 @@ from qvgen.data.schema import (
     SkippedSample,
     TensorDType,
 )
+from qvgen.data.shard_inputs import (
+    SHARD_TOOL,
+    WRITER_RECORD,
+    claim_shard_dir,
+    run_facts,
+    shard_mismatch,
+    shard_provenance,
+)
 
 logger = logging.getLogger(__name__)
 
 _M = TypeVar("_M", bound=BaseModel)
-WRITER_RECORD = "writer.json"
 _DTYPES: dict[TensorDType, torch.dtype] = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
@@ -88,6 +97,8 @@ class WriteSummary:
     """Samples this call skipped under `on_error="skip"`."""
     manifest: ShardManifest | None
     """The dataset manifest, once every rank has finished (None while others still write)."""
+    rebuilt: tuple[str, ...] = ()
+    """Shards of `written` that replaced a shard made from other inputs (`on_change="rebuild"`)."""
 
 
 class _WriterRecord(Frozen):
@@ -95,6 +106,8 @@ class _WriterRecord(Frozen):
     config: WriterConfig
     encoder: str
     world_size: int
+    inputs: Provenance | None = None
+    """The run-wide facts (encoder, writer settings); None in folders written before shards had provenance."""
 
 
 class _ShardRecord(Frozen):
@@ -103,6 +116,8 @@ class _ShardRecord(Frozen):
     text_shape: tuple[int, int] | None
     buckets: tuple[BucketStats, ...]
     skipped: tuple[SkippedSample, ...]
+    inputs: Provenance | None = None
+    """What the shard was made from (`shard_inputs.shard_provenance`); None in older folders."""
 
 
 class _RankRecord(Frozen):
@@ -124,24 +139,36 @@ def write_shards(
     encoder_name: str | None = None,
     rank: int = 0,
     world_size: int = 1,
+    encoder_facts: Mapping[str, Any] | None = None,
+    tool: str = SHARD_TOOL,
+    inputs: Iterable[str | Path | None] = (),
 ) -> WriteSummary:
     """Encode and write this rank's shards of `samples` into `out_dir` (resumes a crashed run).
 
     `samples` must come in the same order on every rank and every re-run. `VideoRecord`s need `encoder`;
     `EncodedSample`s need `encoder_name` (the encoder identity recorded in the manifest) when `encoder`
     is None. Every rank passes the full sequence: other ranks' samples are skipped without decoding.
+
+    `out_dir` is claimed for `tool` (`claim_shard_dir`: never a folder another tool or the user filled,
+    never one overlapping `inputs`). Each shard records its inputs (rows, encoder name plus
+    `encoder_facts`, writer settings); a finished shard is kept only if they are unchanged. Changed shards
+    raise `qvgen.core.ProvenanceMismatch` naming each shard and fact, before any of them is touched, or are
+    rewritten (only they) with `cfg.on_change="rebuild"`.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, world_size={world_size}); got {rank}")
     name = encoder.name if encoder is not None else encoder_name
     if not name:
         raise ValueError("write_shards needs `encoder` or, for EncodedSample input, `encoder_name`")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_writer_record(out, _WriterRecord(config=cfg, encoder=name, world_size=world_size))
+    out = claim_shard_dir(out_dir, tool, inputs, cfg.on_change)
+    run = run_facts(cfg, name, encoder_facts)
+    _check_writer_record(out, _WriterRecord(config=cfg, encoder=name, world_size=world_size,
+                                            inputs=Provenance.of(tool, run)))  # fmt: skip
 
     written: list[str] = []
     kept: list[str] = []
+    rebuilt: list[str] = []
+    changed: list[tuple[str, list[str]]] = []
     skipped: list[SkippedSample] = []
     num_written = 0
     num_source = 0
@@ -151,14 +178,23 @@ def write_shards(
         first = shard * cfg.samples_per_shard
         num_source = first + len(chunk)
         if shard % world_size == rank:
-            if _is_finished(out, shard, first, len(chunk)):
+            expected = shard_provenance(tool, run, list(enumerate(chunk, start=first)))
+            found = _finished_record(out, shard)
+            changes = _changes(found, expected)
+            if found is not None and not changes:
                 kept.append(shard_name(shard))
-            else:
-                record = _write_shard(out, shard, first, chunk, cfg, encoder)
+            elif changes and cfg.on_change == "error":
+                changed.append((shard_name(shard), changes))
+            elif not changed:  # a refused rerun writes nothing after its first changed shard
+                record = _write_shard(out, shard, first, chunk, cfg, encoder, expected)
                 written.append(record.info.name)
+                rebuilt += [record.info.name] if changes else []
                 num_written += record.info.num_samples
                 skipped += record.skipped
         shard += 1
+    changed += _beyond_the_input(out, shard, rank, world_size, cfg.on_change == "rebuild")
+    if changed:
+        raise shard_mismatch(out, changed)
     atomic_write_text(
         out / f"rank-{rank:05d}-of-{world_size:05d}.json",
         _RankRecord(num_source_samples=num_source, num_shards=shard).model_dump_json(indent=1),
@@ -166,7 +202,9 @@ def write_shards(
     manifest = finalize_manifest(out) if _all_ranks_done(out, world_size) else None
     if skipped:
         logger.warning("%s: skipped %d bad sample(s) (see the manifest's `skipped`)", out, len(skipped))
-    return WriteSummary(out, tuple(written), tuple(kept), num_written, tuple(skipped), manifest)
+    return WriteSummary(
+        out, tuple(written), tuple(kept), num_written, tuple(skipped), manifest, rebuilt=tuple(rebuilt)
+    )
 
 
 def finalize_manifest(out_dir: str | Path) -> ShardManifest:
@@ -228,6 +266,7 @@ def _write_shard(
     chunk: list[SourceSample],
     cfg: WriterConfig,
     encoder: VideoEncoder | None,
+    inputs: Provenance,
 ) -> _ShardRecord:
     name = shard_name(shard)
     remove_stale_temps(out / name)
@@ -267,6 +306,7 @@ def _write_shard(
             for v, n in counts.items()
         ),
         skipped=tuple(skipped),
+        inputs=inputs,
     )
     atomic_write_text(out / name.replace(".tar", ".json"), record.model_dump_json(indent=1))
     logger.info("%s: wrote %s (%d samples, %d skipped)", out, name, info.num_samples, len(skipped))
@@ -398,33 +438,67 @@ def _serialize(s: EncodedSample, index: int, cfg: WriterConfig) -> dict[str, obj
 # ---------------------------------------------------------------- records on disk
 
 
-def _is_finished(out: Path, shard: int, first: int, size: int) -> bool:
-    """True when shard `shard` and its record exist and agree (sha256, first index)."""
+def _finished_record(out: Path, shard: int) -> _ShardRecord | None:
+    """The record of shard `shard` when it and its tar exist and agree (sha256); None otherwise (a crash,
+    or a damaged or deleted file: the shard is written again)."""
     name = shard_name(shard)
     record_path = out / name.replace(".tar", ".json")
     if not (out / name).is_file() or not record_path.is_file():
-        return False
+        return None
     try:
         record = _ShardRecord.model_validate_json(record_path.read_text())
     except ValidationError:
-        return False
+        return None
     with (out / name).open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    info = record.info
-    return info.sha256 == digest and info.first_index == first and info.num_samples + info.num_skipped == size
+    return record if record.info.sha256 == digest else None
+
+
+def _changes(found: _ShardRecord | None, expected: Provenance) -> list[str]:
+    """How a finished shard's recorded inputs differ from `expected` (empty: unchanged or not finished)."""
+    if found is None:
+        return []
+    if found.inputs is None:
+        return ["no record of its inputs (written by an older qvgen)"]
+    return found.inputs.changes(expected)
+
+
+def _beyond_the_input(
+    out: Path, num_shards: int, rank: int, world_size: int, remove: bool
+) -> list[tuple[str, list[str]]]:
+    """This rank's finished shards numbered past the current input (its rows are gone): removed when
+    `remove` (rebuild), else reported as changed."""
+    stale = []
+    for index in _recorded_shards(out):
+        if index < num_shards or index % world_size != rank:
+            continue
+        name = shard_name(index)
+        if remove:
+            (out / name).unlink(missing_ok=True)
+            (out / name.replace(".tar", ".json")).unlink()
+            logger.info("%s: removed %s (the input has %d shard(s) now)", out, name, num_shards)
+        else:
+            stale.append((name, [f"its rows are no longer in the input (which fills {num_shards} shard(s))"]))
+    return stale
+
+
+def _recorded_shards(out: Path) -> list[int]:
+    """Indices of the shards that have a record in `out`, ascending."""
+    stems = (p.stem.removeprefix("shard-") for p in out.glob("shard-*.json"))
+    return sorted(int(s) for s in stems if s.isdigit())
 
 
 def _check_writer_record(out: Path, record: _WriterRecord) -> None:
+    """Refuse a rerun whose run-wide facts (encoder, writer settings) changed while finished shards exist,
+    before anything is encoded (unless `on_change="rebuild"`); then record the current run."""
     path = out / WRITER_RECORD
-    if path.is_file():
+    if path.is_file() and record.config.on_change == "error":
         found = _load(path, _WriterRecord)
-        if found != record:
-            raise ValueError(
-                f"{path}: this directory was written with a different writer config, encoder or world size "
-                f"({found.model_dump()} vs now {record.model_dump()}); resume with the same settings or use "
-                "a new directory"
-            )
-        return
+        assert record.inputs is not None
+        changes = [] if found.inputs is None else found.inputs.changes(record.inputs)
+        finished = [shard_name(k) for k in _recorded_shards(out)]
+        if changes and finished:
+            raise shard_mismatch(out, [(s, changes) for s in finished])
     atomic_write_text(path, record.model_dump_json(indent=1))
 
 

@@ -1,55 +1,14 @@
-"""`qvgen train-teacher`: arguments, config, and the guard around the committed teacher."""
+"""`qvgen train-teacher`: its config from the parsed arguments (the parser is `qvgen.entrypoints.qvgen`'s),
+and the guard around the committed teacher."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from qvgen.core import add_override_argument, apply_overrides_to_tree, validate_config
+from qvgen.core import apply_overrides_to_tree, validate_config
 from qvgen.demo.teacher import reevaluate_teacher, train_teacher
 from qvgen.demo.teacher_config import DEFAULT_TEACHER_DIR, EVAL_FIELDS, REPORT_NAME, TeacherConfig, recipe_of
-
-
-def add_cli(subparsers: Any) -> None:
-    """Register `qvgen train-teacher` on the `qvgen` command's subparsers."""
-    p = subparsers.add_parser(
-        "train-teacher",
-        help="train the tiny Wan teacher on the procedural world (VAE, latent shards, transformer)",
-        description="Train the tiny Wan teacher and write it as a diffusers folder with a model card.",
-        epilog=(
-            "--set takes any other TeacherConfig field, its value parsed as YAML, e.g. --set batch_size=16 "
-            "--set guidance_sweep=[2.0,4.0]."
-        ),
-    )
-    p.add_argument(
-        "--out", type=Path, default=None,
-        help="output folder (default: the embedded teacher, which needs --overwrite-embedded)",
-    )  # fmt: skip
-    p.add_argument(
-        "--overwrite-embedded", action="store_true",
-        help="allow replacing the committed teacher inside the installed package",
-    )  # fmt: skip
-    p.add_argument(
-        "--work-dir", type=Path, default=None,
-        help="folder for the trained VAE and the latent shards, reused by a rerun (default: temporary)",
-    )  # fmt: skip
-    p.add_argument(
-        "--recipe-of", type=Path, default=None, metavar="TEACHER",
-        help="start from the recipe a trained teacher folder was trained with (its training_report.json "
-        "config; e.g. the embedded teacher's), then apply --set and the options here",
-    )  # fmt: skip
-    p.add_argument("--minutes", type=float, default=None, help="wall-clock cap; phases stop early when spent")
-    p.add_argument("--steps", type=int, default=None, help="transformer steps (default: TeacherConfig.steps)")
-    p.add_argument(
-        "--vae-steps", type=int, default=None, help="VAE clip steps (default: TeacherConfig.vae_steps)"
-    )
-    p.add_argument(
-        "--evaluate-only", action="store_true",
-        help="re-run only the quality check of the teacher in --out (with --set evaluation settings)",
-    )  # fmt: skip
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_override_argument(p, "seed=1")  # --set KEY=VALUE: any other TeacherConfig field (YAML values)
 
 
 def config_from_args(args: Any) -> TeacherConfig:

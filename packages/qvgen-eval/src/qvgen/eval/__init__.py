@@ -130,6 +130,10 @@ from qvgen.eval.adherence import (
     summarize_adherence,
 )
 
+# Video sidecars and model identity (sidecar.py, loading.py): what produced each video, checked on reuse.
+from qvgen.eval.loading import base_folder, model_facts
+from qvgen.eval.sample import OnChange, check_rerun, plan_videos
+
 # Scorers (scorer.py) and confidence intervals (stats.py).
 from qvgen.eval.scorer import (
     AdherenceScorer,
@@ -141,10 +145,20 @@ from qvgen.eval.scorer import (
     score_values,
     summarize_scores,
 )
+from qvgen.eval.sidecar import (
+    COMPARE_TOOL,
+    SAMPLE_TOOL,
+    check_video_sidecar,
+    sidecar_path,
+    video_provenance,
+    write_video_with_sidecar,
+)
 from qvgen.eval.stats import MeanCI, mean_ci, paired_diff_ci, t975
 
 __all__ += [
     "ATTRIBUTES",
+    "COMPARE_TOOL",
+    "SAMPLE_TOOL",
     "AdherenceConfig",
     "AdherenceReport",
     "AdherenceScorer",
@@ -152,23 +166,32 @@ __all__ += [
     "CaptionGrammarError",
     "MeanCI",
     "ObjectAdherence",
+    "OnChange",
     "ScoreSummary",
     "TrackedObject",
     "ValueScores",
     "VideoAdherence",
     "VideoScore",
     "VideoScorer",
+    "base_folder",
     "chance_levels",
     "change_attribute",
+    "check_rerun",
+    "check_video_sidecar",
     "find_objects",
     "mean_ci",
+    "model_facts",
     "paired_diff_ci",
     "parse_caption",
+    "plan_videos",
     "score_columns",
     "score_values",
     "score_video",
     "score_videos",
+    "sidecar_path",
     "summarize_adherence",
     "summarize_scores",
     "t975",
+    "video_provenance",
+    "write_video_with_sidecar",
 ]

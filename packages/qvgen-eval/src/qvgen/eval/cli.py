@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
 
-from qvgen.core import add_override_argument, atomic_write_text, cli_main, load_config, schema_json
+from qvgen.core import atomic_write_text, cli_main, load_config, schema_json
+from qvgen.entrypoints.qvgen_eval import build_parser as _parser
 from qvgen.eval.config import CompareConfig, SampleConfig
 from qvgen.eval.report import EvalReport
 from qvgen.eval.vbench import VBenchConfig, VBenchReport
@@ -27,43 +27,6 @@ _COMMAND_CONFIGS: dict[str, type[SampleConfig] | type[CompareConfig] | type[VBen
     "compare": CompareConfig,
     "vbench": VBenchConfig,
 }
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qvgen-eval", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of any error")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_ in (
-        ("sample", "generate {prompt}-{index}.mp4 videos (splits the work under `accelerate launch`)"),
-        ("compare", "teacher vs variants at the same seeds: metrics, report.json, report.html"),
-        ("vbench", "run VBench on a folder of videos and aggregate its scores"),
-    ):
-        p = sub.add_parser(name, help=help_)
-        p.add_argument(
-            "config",
-            type=Path,
-            nargs="?" if name == "vbench" else None,
-            help=f"{name} config YAML (fields: `qvgen-eval schema {name}`; an example in packages/qvgen-eval/README.md)",
-        )
-        add_override_argument(p, "sampling.num_inference_steps=4" if name != "vbench" else "device=cuda")
-        p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-        p.add_argument(
-            "--progress",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="progress bars (default: only when stdout is a terminal)",
-        )
-        if name == "vbench":
-            p.add_argument(
-                "--parse",
-                type=Path,
-                metavar="RESULTS_JSON",
-                help="only parse an existing VBench *_eval_results.json (no run)",
-            )
-            p.add_argument("--out", type=Path, help="where to write the typed report (default: stdout)")
-    s = sub.add_parser("schema", help="print the JSON schema of a config or report")
-    s.add_argument("which", choices=sorted(SCHEMAS))
-    return parser
 
 
 def _emit(model: BaseModel, out: Path | None) -> None:
@@ -100,6 +63,8 @@ def _dispatch(argv: Sequence[str]) -> int:
     except ValueError as e:
         print(f"qvgen-eval {args.command}: {e}", file=sys.stderr)
         return 2
+    if isinstance(cfg, SampleConfig) and args.overwrite:
+        cfg = cfg.model_copy(update={"on_change": "resample"})
     if args.dry_run:
         print(cfg.model_dump_json(indent=2))
         return 0

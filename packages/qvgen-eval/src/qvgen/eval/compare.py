@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from qvgen.core import atomic_write
+from qvgen.core import Provenance, atomic_write, claim_output_dir, write_provenance
 from qvgen.data import parse_caption
 from qvgen.eval import metrics
 from qvgen.eval.config import CompareConfig, ModelSource, SamplingSettings
-from qvgen.eval.loading import LoadedModel, load_model
+from qvgen.eval.loading import LoadedModel, base_folder, load_model
 from qvgen.eval.prompts import SampleItem, plan_items
 from qvgen.eval.report import (
     EvalReport,
@@ -38,6 +38,7 @@ from qvgen.eval.report import (
 )
 from qvgen.eval.sample import DEFAULT_FPS, Generated, generate, pipeline_kwargs, resolve_prompts
 from qvgen.eval.scorer import AdherenceScorer, VideoScorer
+from qvgen.eval.sidecar import COMPARE_TOOL, sidecar_path, video_provenance
 from qvgen.eval.vbench import VBenchConfig, check_weights, default_cache_dir, run_vbench
 from qvgen.eval.video import read_video, write_video
 
@@ -113,6 +114,24 @@ def run_batch(
         ]
         write_video(gen.frames, path, fps)
         runs.append(Run(gen, own, path))
+    return runs
+
+
+def _run_chunk(
+    model: LoadedModel,
+    chunk: list[tuple[int, SampleItem]],
+    kwargs: dict[str, Any],
+    folder: Path,
+    fps: int,
+    sidecar: Callable[[SampleItem], Provenance],
+) -> list[Run]:
+    """`run_batch` on `chunk` into `folder`, each mp4 followed by its sidecar (the old one removed first)."""
+    paths = [folder / item.filename for _, item in chunk]
+    for p in paths:
+        sidecar_path(p).unlink(missing_ok=True)
+    runs = run_batch(model, [i for _, i in chunk], kwargs, paths, fps)
+    for (_, item), run in zip(chunk, runs, strict=True):
+        write_provenance(sidecar_path(run.video_path), sidecar(item))
     return runs
 
 
@@ -228,14 +247,18 @@ def compare_models(
         raise ValueError(f"compare_models: scorer names must be unique, got {names}")
     out_dir.mkdir(parents=True, exist_ok=True)
     fps = settings.fps or DEFAULT_FPS[family]
+
+    def sidecars(facts: dict[str, str]) -> Callable[[SampleItem], Provenance]:
+        return lambda item: video_provenance(COMPARE_TOOL, family, facts, item, settings, fps)
+
     model = teacher.load()
+    facts = model.identity()
     kwargs = pipeline_kwargs(model, settings)
     traj_dir = out_dir / teacher.name / "trajectories"
     teacher_samples = []
     for chunk in _chunks(items, batch_size):
-        paths = [out_dir / teacher.name / item.filename for _, item in chunk]
         for (k, item), run in zip(
-            chunk, run_batch(model, [i for _, i in chunk], kwargs, paths, fps), strict=True
+            chunk, _run_chunk(model, chunk, kwargs, out_dir / teacher.name, fps, sidecars(facts)), strict=True
         ):
             save_trajectory(run, traj_dir / f"{k:05d}.safetensors")
             record = SampleRecord(
@@ -255,16 +278,19 @@ def compare_models(
         source=teacher.source,
         samples=tuple(teacher_samples),
         summary=summarize(teacher_samples),
+        model_digest=facts.get("model.digest"),
     )
 
     reports = []
     for variant in variants:
         model = variant.load()
+        facts = model.identity()
         samples = []
         for chunk in _chunks(items, batch_size):
-            paths = [out_dir / variant.name / item.filename for _, item in chunk]
             for (k, item), run in zip(
-                chunk, run_batch(model, [i for _, i in chunk], kwargs, paths, fps), strict=True
+                chunk,
+                _run_chunk(model, chunk, kwargs, out_dir / variant.name, fps, sidecars(facts)),
+                strict=True,
             ):
                 ref, ref_calls = load_trajectory(traj_dir / f"{k:05d}.safetensors")
                 record = SampleRecord(
@@ -286,6 +312,7 @@ def compare_models(
                 source=variant.source,
                 samples=tuple(samples),
                 summary=summarize(samples, teacher_samples),
+                model_digest=facts.get("model.digest"),
             )
         )
         logger.info("%s: %s", variant.name, reports[-1].summary.scalars())
@@ -304,6 +331,9 @@ def compare_models(
 def compare(cfg: CompareConfig) -> EvalReport:
     """`qvgen-eval compare`: the models of `cfg` at the same prompts and seeds."""
     device = resolve_device(cfg.device)
+    models = (cfg.teacher, *(v.model for v in cfg.variants))
+    inputs = [p for m in models for p in (m.path, base_folder(m))] + [cfg.prompts.file]
+    out_dir = claim_output_dir(cfg.out_dir, COMPARE_TOOL, inputs=inputs, what="compare out_dir")
 
     def contender(name: str, source: ModelSource) -> Contender:
         return Contender(
@@ -330,7 +360,7 @@ def compare(cfg: CompareConfig) -> EvalReport:
         [contender(v.name, v.model) for v in cfg.variants],
         items,
         cfg.sampling,
-        cfg.out_dir,
+        out_dir,
         embed_videos=cfg.embed_videos,
         scorers=(AdherenceScorer(),) if cfg.adherence else (),
     )
@@ -339,9 +369,9 @@ def compare(cfg: CompareConfig) -> EvalReport:
     scores = {}
     for m in (report.teacher, *report.variants):
         vb = VBenchConfig(
-            videos_dir=cfg.out_dir / m.name,
+            videos_dir=out_dir / m.name,
             dimensions=cfg.vbench.dimensions,
-            output_dir=cfg.out_dir / "vbench" / m.name,
+            output_dir=out_dir / "vbench" / m.name,
             cache_dir=cache_dir,
             python=cfg.vbench.python,
             device=cfg.vbench.device,
@@ -349,5 +379,5 @@ def compare(cfg: CompareConfig) -> EvalReport:
         )
         scores[m.name] = run_vbench(vb)
     report = report.model_copy(update={"vbench": scores})
-    write_report(report, cfg.out_dir, embed_videos=cfg.embed_videos)
+    write_report(report, out_dir, embed_videos=cfg.embed_videos)
     return report

@@ -113,7 +113,11 @@ class SampleConfig(Frozen):
     device: DeviceName = "auto"
     """"auto": the accelerate process's device (cuda:<local rank> when there is a GPU, else cpu)."""
     skip_existing: bool = True
-    """Leave videos already in out_dir alone (resume)."""
+    """Reuse the videos already in out_dir whose sidecar matches this config and model (resume); False
+    samples every video again."""
+    on_change: Literal["error", "resample"] = "error"
+    """An existing video whose sidecar differs (another model, seed, setting) or that has none: "error"
+    refuses the run listing them and what changed; "resample" samples just those again (`--overwrite`)."""
 
     @model_validator(mode="after")
     def _family_settings(self) -> SampleConfig:

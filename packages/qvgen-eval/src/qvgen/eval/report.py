@@ -17,6 +17,7 @@ from qvgen.core import Frozen, atomic_write_text
 from qvgen.eval.adherence import VideoAdherence
 from qvgen.eval.plots import bar_plot, fmt, line_plot
 from qvgen.eval.scorer import ScoreSummary, VideoScore, score_columns, summarize_scores
+from qvgen.eval.sidecar import check_video_sidecar
 from qvgen.eval.stats import MeanCI, mean_ci, paired_diff_ci
 from qvgen.eval.vbench import VBenchReport
 from qvgen.eval.video import read_video
@@ -106,6 +107,9 @@ class VariantReport(Frozen):
     source: str
     samples: tuple[SampleRecord, ...]
     summary: VariantSummary
+    model_digest: str | None = None
+    """The `model.digest` fact of the model that made the videos (`qvgen.eval.model_facts`); every video's
+    sidecar must name it (`write_report` checks). None in reports written before sidecars existed."""
 
 
 class EvalReport(Frozen):
@@ -196,8 +200,14 @@ def load_report(path: str | Path) -> EvalReport:
 
 
 def write_report(report: EvalReport, out_dir: str | Path, *, embed_videos: bool = True) -> tuple[Path, Path]:
-    """Write `report.json` and `report.html` into `out_dir` (video paths are relative to it), atomically."""
+    """Write `report.json` and `report.html` into `out_dir` (video paths are relative to it), atomically.
+
+    Refuses (`ValueError`) a video whose sidecar is missing or names another model than its row
+    (`check_video_sidecar`): a report never scores one model's video as another's."""
     out = Path(out_dir)
+    for m in (report.teacher, *report.variants):
+        for s in m.samples:
+            check_video_sidecar(out.resolve() / s.video.path, row=m.name, kind=m.kind, digest=m.model_digest)
     json_path = atomic_write_text(out / "report.json", report.model_dump_json(indent=2))
     html_path = atomic_write_text(out / "report.html", render_html(report, out, embed_videos=embed_videos))
     return json_path, html_path

@@ -24,6 +24,12 @@ from qvgen.models.real_models import (
     build_real_on_meta,
     get_real_model,
 )
+from qvgen.models.real_width import (
+    REAL_TEXT_ENCODERS,
+    REAL_WIDTH_MODELS,
+    build_real_width,
+    save_real_width,
+)
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
 from qvgen.models.spec import CogVideoXSpec, DType, FamilyName, ModelSpec, WanSpec, to_torch_dtype
@@ -32,6 +38,8 @@ from qvgen.models.wan import WanFamily
 __all__ = [
     "FAMILIES",
     "REAL_MODELS",
+    "REAL_TEXT_ENCODERS",
+    "REAL_WIDTH_MODELS",
     "STUDENT_MANIFEST",
     "STUDENT_TENSORS",
     "CogVideoXFamily",
@@ -49,6 +57,7 @@ __all__ = [
     "WanFamily",
     "WanSpec",
     "build_real_on_meta",
+    "build_real_width",
     "encoder_identity",
     "get_family",
     "get_real_model",
@@ -59,6 +68,7 @@ __all__ = [
     "progress_default",
     "read_student_manifest",
     "roles_of",
+    "save_real_width",
     "save_student",
     "set_hf_progress_bars",
     "to_torch_dtype",

@@ -3,6 +3,11 @@
 qvgen-train writes it (`save_student`), qvgen-eval reads it (`load_student`); neither knows the other.
 A student is rebuilt from its base checkpoint: `family.load_transformer(checkpoint)`, `qvgen.quant.prepare_`
 with the recorded `QuantConfig` and layer roles, then the tensors loaded strictly.
+
+The manifest is sealed (`qvgen.core.sealed_manifest_json`): a field edited by hand (the quant config's bits,
+`num_train_timesteps`, a layer's role, the checkpoint) is refused on load naming the file and the field, and
+so is a manifest without a seal. `save_student` writes only into a folder that is missing, empty or its own
+(`qvgen.core.replace_output_dir`), and records what produced the student (`provenance`).
 """
 
 from __future__ import annotations
@@ -19,13 +24,26 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from qvgen import quant
-from qvgen.core import Frozen, atomic_dir, file_sha256
+from qvgen.core import (
+    Frozen,
+    Provenance,
+    check_manifest_seal,
+    file_sha256,
+    replace_output_dir,
+    sealed_manifest_json,
+)
 from qvgen.models.registry import FAMILIES, get_family
 from qvgen.models.spec import FamilyName
 from qvgen.quant import LayerRole, QuantConfig
 
 STUDENT_MANIFEST = "student_manifest.json"
 STUDENT_TENSORS = "model.safetensors"
+STUDENT_TOOL = "qvgen.models.save_student"
+"""The tool name in a student folder's output marker (`qvgen.core.MARKER_NAME`)."""
+REEXPORT = (
+    "export the student again with `qvgen.models.save_student` (a training run writes it to "
+    "`final/fake_quant`; `qvgen-train import-reference` for a reference checkpoint)"
+)
 
 
 class StudentManifest(Frozen):
@@ -60,6 +78,13 @@ class StudentManifest(Frozen):
     """The resolved run config (JSON mode), for the record; loading does not read it."""
     tensors_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     """sha256 of `model.safetensors`, verified by `load_student` (flipped bytes keep the file's size)."""
+    provenance: Provenance | None = None
+    """What produced the student (the run, the reference checkpoint), for the record."""
+    digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Seal: `qvgen.core.canonical_digest` of this manifest without `digest` and `field_digests`, verified
+    by `read_student_manifest`."""
+    field_digests: dict[str, str] | None = None
+    """Seal: a short digest per field, so the refusal names the edited field (`qvgen.core.seal_manifest`)."""
 
 
 def save_student(
@@ -73,11 +98,13 @@ def save_student(
     qvgen_train_version: str | None = None,
     git_sha: str | None = None,
     run_config: Mapping[str, Any] | None = None,
+    provenance: Provenance | None = None,
 ) -> Path:
     """Write `student` (prepared with `quant_config`, Φ removed) to `out_dir`, replacing it atomically.
 
-    The folder is assembled beside `out_dir` and renamed into place, so a crash leaves either the old
-    folder or the new one. Returns the resolved `out_dir`.
+    The folder is assembled beside `out_dir` and renamed into place, so a crash (or a full disk: one
+    `OSError` naming `out_dir`) leaves either the old folder or the new one. `out_dir` must be missing,
+    empty or an earlier `save_student` folder; anything else is refused. Returns the resolved `out_dir`.
     """
     layers = quant.quantized_layers(student)
     if not layers:
@@ -104,6 +131,7 @@ def save_student(
         qvgen_train_version=qvgen_train_version,
         git_sha=git_sha,
         run_config=dict(run_config or {}),
+        provenance=provenance,
         tensors_sha256="0" * 64,  # the real digest is filled in once the tensors are written
     )
     tensors = {k: v.detach().cpu().contiguous() for k, v in student.state_dict().items()}
@@ -111,22 +139,29 @@ def save_student(
     def write(tmp: Path) -> None:
         save_file(tensors, str(tmp / STUDENT_TENSORS), metadata={"format": "pt"})
         final = manifest.model_copy(update={"tensors_sha256": file_sha256(tmp / STUDENT_TENSORS)})
-        (tmp / STUDENT_MANIFEST).write_text(final.model_dump_json(indent=2) + "\n")
+        (tmp / STUDENT_MANIFEST).write_text(sealed_manifest_json(final), encoding="utf-8")
 
-    return atomic_dir(Path(out_dir).expanduser().resolve(), write)
+    return replace_output_dir(
+        Path(out_dir).expanduser().resolve(), STUDENT_TOOL, write, what="student folder"
+    )
 
 
 def read_student_manifest(directory: str | Path) -> StudentManifest:
-    """The validated `student_manifest.json` in `directory`; errors name the file."""
+    """The validated, seal-checked `student_manifest.json` in `directory`; errors name the file (and, for a
+    hand-edited manifest, the edited fields)."""
     path = Path(directory) / STUDENT_MANIFEST
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise FileNotFoundError(f"{path}: no fake-quant student manifest here ({e.strerror or e})") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: invalid student manifest: not UTF-8 text (byte {e.start}); {REEXPORT}") from e
     try:
-        return StudentManifest.model_validate_json(text)
+        manifest = StudentManifest.model_validate_json(text)
     except (ValidationError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: invalid student manifest: {e}") from e
+    check_manifest_seal(path, json.loads(text), REEXPORT)
+    return manifest
 
 
 def load_student(directory: str | Path, *, family: str | None = None) -> nn.Module:

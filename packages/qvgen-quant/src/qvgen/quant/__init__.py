@@ -12,6 +12,7 @@ from qvgen.quant.api import (
 from qvgen.quant.config import (
     ActivationQuantConfig,
     ClippedDynamicActivation,
+    GroupMode,
     KeptLowRank,
     LSQPlusWeight,
     MinMaxWeight,
@@ -33,13 +34,22 @@ from qvgen.quant.fake_quant import (
 from qvgen.quant.linear import QuantLinear
 from qvgen.quant.roles import LayerRole, matches_any, resolve_role
 from qvgen.quant.svdquant import SmoothLowRank, smoothing_factors
-from qvgen.quant.timestep import TimestepContext, attach_timestep_context_, set_timesteps_, timestep_context
+from qvgen.quant.timestep import (
+    TimestepContext,
+    attach_timestep_context_,
+    record_call_groups,
+    reference_call_groups,
+    reference_group,
+    set_timesteps_,
+    timestep_context,
+)
 from qvgen.quant.triton_dispatch import set_fused_fake_quant
 
 __all__ = [
     "ActivationQuantConfig",
     "ActivationQuantizer",
     "ClippedDynamicActivation",
+    "GroupMode",
     "KeptLowRank",
     "LSQPlusWeight",
     "LayerRole",
@@ -66,6 +76,9 @@ __all__ = [
     "prepare_",
     "quant_parameter_groups",
     "quantized_layers",
+    "record_call_groups",
+    "reference_call_groups",
+    "reference_group",
     "resolve_role",
     "set_fused_fake_quant",
     "set_timesteps_",

@@ -10,6 +10,8 @@ from qvgen.core import Frozen
 from qvgen.quant.roles import LayerRole
 
 Bits = Annotated[int, Field(ge=2, le=8)]
+GroupMode = Literal["bin", "mod", "reference", "reference_nofix"]
+"""How an activation quantizer picks its clip group each call (see `ClippedDynamicActivation.group_mode`)."""
 
 
 def _kind_or(default: str) -> Any:
@@ -69,8 +71,11 @@ class ClippedDynamicActivation(Frozen):
     """Activation bit width."""
     groups: Annotated[int, Field(ge=1, le=1000)] = 50
     """Number of timestep groups G, each with its own clip logits."""
-    group_mode: Literal["bin", "mod"] = "bin"
-    """`bin`: g = min(G-1, floor(t*G/T)); `mod`: g = int(t) mod G (the reference checkpoints)."""
+    group_mode: GroupMode = "bin"
+    """`bin`: g = min(G-1, floor(t*G/T)); `mod`: g = int(t) mod G (the reference's training grouping).
+    `reference`: the reference's sampling with `--fix`, by call count, not timestep: the k-th transformer
+    call of a sampling run uses group max(G-k, 0); `reference_nofix`: its sampling without `--fix`, group
+    G-1 for every call. Only the two `reference*` modes reproduce the released checkpoints' own videos."""
     clip_init: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.9025
     """Initial clip factor sigmoid(logit) on per-token min and max (0.95 * 0.95 of the reference, B1)."""
 

@@ -4,6 +4,13 @@ On disk a deploy model is a folder with ``model.safetensors`` (the whole state d
 scales, zero points and clip logits of each deploy layer, plus every tensor that stays high precision)
 and ``quant_manifest.json`` (`DeployManifest`). Loading never unpickles and checks every layer's tensors
 against the manifest before touching the model.
+
+The manifest is sealed (`qvgen.core.sealed_manifest_json`): a field edited by hand (``act_bits``, ``eps``,
+``num_train_timesteps``, ...) is refused on load naming the file and the field, and so is a manifest
+without a seal (written before seals existed). The folder is `save_quantized`'s own: it is built in a temp
+sibling and swapped in (`qvgen.core.replace_output_dir`), and a non-empty folder that `save_quantized` did
+not write is refused, never replaced. A full disk ends as one `OSError` ("cannot write DIR: no space left
+on device") with the previous export intact.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qvgen.core import atomic_dir, file_sha256
+from qvgen.core import Provenance, check_manifest_seal, file_sha256, replace_output_dir, sealed_manifest_json
 from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
@@ -37,6 +44,12 @@ from qvgen.quant.manifest import (
 from qvgen.quant.packing import packed_columns, unpack_int4
 from qvgen.quant.svdquant import SmoothLowRank
 from qvgen.quant.timestep import attach_timestep_context_, timestep_context
+
+DEPLOY_TOOL = "qvgen.quant.save_quantized"
+"""The tool name in a deploy folder's output marker (`qvgen.core.MARKER_NAME`)."""
+REEXPORT = (
+    "export the model again with `qvgen.quant.save_quantized` (a training run writes it to `final/deploy`)"
+)
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -94,11 +107,18 @@ def _layer_entry(name: str, layer: DeployLinear) -> DeployLayer:
 
 
 def save_quantized(
-    model: nn.Module, directory: str | os.PathLike[str], *, identity: str = ""
+    model: nn.Module,
+    directory: str | os.PathLike[str],
+    *,
+    identity: str = "",
+    provenance: Provenance | None = None,
 ) -> DeployManifest:
-    """Write ``model`` (after `convert_`) to ``directory`` as safetensors + manifest, atomically.
+    """Write ``model`` (after `convert_`) to ``directory`` as safetensors + sealed manifest, atomically.
 
-    ``identity`` names the source weights in the manifest (checkpoint folder, run id, ...).
+    ``identity`` names the source weights in the manifest (checkpoint folder, run id, ...); ``provenance``
+    records what produced the export (run config, student). ``directory`` must be missing, empty, or an
+    earlier `save_quantized` folder (which is replaced only once the new one is complete); anything else is
+    refused with a `ValueError`. Write errors are one `OSError` naming ``directory`` and the cause.
     """
     layers = deployed_layers(model)
     if not layers:
@@ -123,6 +143,7 @@ def save_quantized(
         tensors_path = tmp / TENSORS_FILE
         save_file(tensors, str(tensors_path), metadata={"format": "pt"})
         manifest = DeployManifest(
+            provenance=provenance,
             tensors_bytes=tensors_path.stat().st_size,
             tensors_sha256=file_sha256(tensors_path),
             num_train_timesteps=context.num_train_timesteps if context is not None else 1000,
@@ -134,24 +155,29 @@ def save_quantized(
             ),
             layers=entries,
         )
-        (tmp / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
-        written.append(manifest)
+        text = sealed_manifest_json(manifest)
+        (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
+        written.append(DeployManifest.model_validate_json(text))
 
-    atomic_dir(out, write)
+    replace_output_dir(out, DEPLOY_TOOL, write, what="deploy folder")
     return written[0]
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> DeployManifest:
-    """Parse and validate ``quant_manifest.json`` in ``directory``; errors name the file."""
+    """Parse, validate and check the seal of ``quant_manifest.json`` in ``directory``; errors name the file
+    (and, for a hand-edited manifest, the edited fields)."""
     path = Path(directory) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(
             f"{path}: no deploy manifest here; was the folder written by `save_quantized`?"
         )
     try:
-        return DeployManifest.model_validate_json(path.read_text())
+        text = path.read_text(encoding="utf-8")
+        manifest = DeployManifest.model_validate_json(text)
     except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: invalid deploy manifest: {e}") from e
+    check_manifest_seal(path, json.loads(text), REEXPORT)
+    return manifest
 
 
 def _expected_tensors(entry: DeployLayer) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:

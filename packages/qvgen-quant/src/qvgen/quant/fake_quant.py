@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from qvgen.quant._torchao_compat import ste_round
-from qvgen.quant.config import ClippedDynamicActivation, LSQPlusWeight, MinMaxWeight
+from qvgen.quant.config import ClippedDynamicActivation, GroupMode, LSQPlusWeight, MinMaxWeight
 from qvgen.quant.timestep import TimestepContext
 from qvgen.quant.triton_dispatch import use_fused_fake_quant
 
@@ -301,7 +301,7 @@ class ActivationQuantizer(nn.Module):
         super().__init__()
         self.bits = cfg.bits
         self.groups = cfg.groups
-        self.group_mode: Literal["bin", "mod"] = cfg.group_mode
+        self.group_mode: GroupMode = cfg.group_mode
         init = _logit(cfg.clip_init)
         self.clip_logit_lo = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.clip_logit_hi = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))

@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, JsonValue, model_validator
 
-from qvgen.core import Frozen
+from qvgen.core import Frozen, Provenance
+from qvgen.quant.config import GroupMode
 from qvgen.quant.roles import LayerRole
 
 MANIFEST_FILE = "quant_manifest.json"
@@ -43,7 +44,7 @@ class DeployLayer(Frozen):
     """Activation bits (``w4a4`` only)."""
     act_groups: Annotated[int, Field(ge=1)] | None = None
     """Number of timestep clip groups (``w4a4`` only)."""
-    act_group_mode: Literal["bin", "mod"] | None = None
+    act_group_mode: GroupMode | None = None
     kept_rank: Annotated[int, Field(ge=1)] | None = None
     """Rank of the SVDQuant branch kept beside the GEMM (None: no kept branch)."""
     kept_dtype: Literal["bfloat16", "float16"] | None = None
@@ -79,6 +80,13 @@ class DeployManifest(Frozen):
     """Timestep range of the shared timestep context that picks activation clip groups."""
     source: SourceModel
     layers: tuple[DeployLayer, ...]
+    provenance: Provenance | None = None
+    """What produced the export (e.g. the training run and the fake-quant student), for the record."""
+    digest: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    """Seal: `qvgen.core.canonical_digest` of this manifest without `digest` and `field_digests`, verified by
+    `read_manifest`, so a hand edit (``act_bits``, ``num_train_timesteps``, ``source.config``) is refused."""
+    field_digests: dict[str, str] | None = None
+    """Seal: a short digest per field, so the refusal names the edited field (`qvgen.core.seal_manifest`)."""
 
     @model_validator(mode="after")
     def _unique_layer_names(self) -> Self:

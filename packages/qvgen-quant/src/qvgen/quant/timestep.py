@@ -3,18 +3,58 @@
 Every activation quantizer of a model holds a reference to the same `TimestepContext`; the hook stores
 the call's `timestep` tensor once per transformer call, and each quantizer derives its per-sample clip
 group from it with a few tensor ops (no loop over modules, no host sync).
+
+The two `reference*` group modes ignore the timestep's value and replay how the reference implementation
+(ModelTC/QVGen `inference/*.py`) samples its released checkpoints: a per-layer counter that every call
+advances. Here one call counter per context stands for it, advanced by the same pre-hook once per
+transformer call (a device tensor: no host sync) and reset at the start of each sampling run, recognised
+by the timestep rising above the previous call's (schedules run from high to low timesteps) or by an
+explicit `TimestepContext.reset_calls()`. `reference_call_groups` gives the groups such a run uses, and
+`record_call_groups` records the group each call really used.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 
+from qvgen.quant.config import GroupMode
+
 CONTEXT_ATTR = "_qvgen_timestep_context"
 HOOK_ATTR = "_qvgen_timestep_hook"
+REFERENCE_MODES: tuple[GroupMode, ...] = ("reference", "reference_nofix")
+"""Group modes that pick the group by call count (the reference's sampling), not by timestep value."""
+
+
+def reference_group(call: int, groups: int, *, fix: bool = True) -> int:
+    """The clip group of the `call`-th transformer call (1-based) of a sampling run in the reference.
+
+    With `--fix` every call first decrements a counter that starts at G, so call k uses G - k while k <= G,
+    then 0 for good; without it the counter is never used and its initial index -1 selects G - 1.
+    """
+    if call < 1 or groups < 1:
+        raise ValueError(f"call and groups must be >= 1, got call={call}, groups={groups}")
+    return max(groups - call, 0) if fix else groups - 1
+
+
+def reference_call_groups(
+    num_steps: int, *, groups: int = 50, cfg: bool = True, fix: bool = True, batched_cfg: bool = False
+) -> list[int]:
+    """The clip group of every transformer call of one reference sampling run, in call order.
+
+    `cfg`: classifier-free guidance on; Wan's pipeline then makes two calls per step (conditional first,
+    then unconditional), CogVideoX's one batched call (`batched_cfg=True`). E.g. 50 Wan steps with CFG and
+    `--fix`: step s uses 49 - 2s (conditional) and 48 - 2s (unconditional) for s <= 24, then 0.
+    """
+    if num_steps < 0:
+        raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+    calls = num_steps * (2 if cfg and not batched_cfg else 1)
+    return [reference_group(k, groups, fix=fix) for k in range(1, calls + 1)]
 
 
 class TimestepContext:
@@ -26,6 +66,33 @@ class TimestepContext:
         self.num_train_timesteps = num_train_timesteps
         self.timesteps: Tensor | None = None
         self._groups: dict[tuple[int, str, torch.device | None], Tensor] = {}
+        self.counts_calls = False
+        """Whether `begin_call` counts calls (set by `attach_timestep_context_` when a quantizer uses a
+        `reference*` mode, so the other modes pay nothing)."""
+        self._calls: Tensor | None = None  # 0-d long: calls of the current sampling run, on the device
+        self._last: Tensor | None = None  # the previous call's first timestep
+
+    def begin_call(self, timesteps: Tensor | float | int | None) -> None:
+        """`set` for one transformer call (what the pre-hook calls): also advances the call counter,
+        which restarts at 1 when the timestep rises above the previous call's (a new sampling run)."""
+        self.set(timesteps)
+        t = self.timesteps
+        if not self.counts_calls or t is None or t.numel() == 0:
+            return
+        first = t[0].clone()
+        prev = self._last
+        if self._calls is None or prev is None or prev.device != first.device or prev.dtype != first.dtype:
+            self._calls = torch.ones((), dtype=torch.long, device=first.device)
+        else:
+            self._calls = torch.where(first > prev, torch.ones_like(self._calls), self._calls + 1)
+        self._last = first
+
+    def reset_calls(self) -> None:
+        """Start a new sampling run: the next call is call 1 (`reference` mode). Needed only where the
+        timestep does not rise between runs (e.g. one-step schedules)."""
+        self._calls = None
+        self._last = None
+        self._groups = {}
 
     def set(self, timesteps: Tensor | float | int | None) -> None:
         """Store the timesteps of the coming forward (a scalar becomes shape `[1]`); None clears them."""
@@ -38,11 +105,10 @@ class TimestepContext:
             raise ValueError(f"timestep must be a scalar or a 1-D tensor [B], got shape {tuple(t.shape)}")
         self.timesteps = t.reshape(-1)
 
-    def group_index(
-        self, groups: int, mode: Literal["bin", "mod"], device: torch.device | None = None
-    ) -> Tensor:
-        """Per-sample group `[B]` (long): `bin` min(G-1, floor(t*G/T)), `mod` int(t) mod G; on `device`
-        (default: the timesteps'), cached per call so that every layer shares one copy."""
+    def group_index(self, groups: int, mode: GroupMode, device: torch.device | None = None) -> Tensor:
+        """Per-sample group `[B]` (long): `bin` min(G-1, floor(t*G/T)), `mod` int(t) mod G, `reference`
+        max(G-k, 0) for the k-th call of the run (G-1 before any counted call), `reference_nofix` G-1; on
+        `device` (default: the timesteps'), cached per call so that every layer shares one copy."""
         key = (groups, mode, device)
         cached = self._groups.get(key)
         if cached is not None:
@@ -61,8 +127,12 @@ class TimestepContext:
             # float64 so that float32 timesteps near a bin edge land where exact arithmetic puts them
             g = torch.floor(t.to(torch.float64) * groups / self.num_train_timesteps)
             g = g.clamp(0, groups - 1).long()
-        else:
+        elif mode == "mod":
             g = torch.remainder(t.long(), groups)
+        elif mode == "reference" and self._calls is not None:
+            g = (groups - self._calls).clamp(0, groups - 1).reshape(1).expand(t.shape[0])
+        else:  # reference_nofix, or reference before any counted call
+            g = torch.full(t.shape, groups - 1, dtype=torch.long, device=t.device)
         self._groups[key] = g
         return g
 
@@ -90,11 +160,11 @@ class _TimestepHook:
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if self.kwarg in kwargs:
-            self.context.set(kwargs[self.kwarg])
+            self.context.begin_call(kwargs[self.kwarg])
         elif self.position is not None and len(args) > self.position:
-            self.context.set(args[self.position])
+            self.context.begin_call(args[self.position])
         else:
-            self.context.set(None)
+            self.context.begin_call(None)
 
 
 @runtime_checkable
@@ -112,6 +182,8 @@ def _bind(model: nn.Module, context: TimestepContext) -> None:
     for module in model.modules():
         if isinstance(module, UsesTimestepContext):
             module.context = context
+            if getattr(module, "group_mode", None) in REFERENCE_MODES:
+                context.counts_calls = True
 
 
 def attach_timestep_context_(
@@ -154,3 +226,41 @@ def set_timesteps_(model: nn.Module, timesteps: Tensor | float | int | None) -> 
         context = attach_timestep_context_(model)
     context.set(timesteps)
     return context
+
+
+@contextmanager
+def record_call_groups(model: nn.Module) -> Iterator[list[int]]:
+    """Record the clip group every call of `model` uses inside the block (e.g. one pipeline call).
+
+    Yields a list that holds, once the block exits, one int per transformer call: the group of the call's
+    first sample, read from the first activation quantizer with more than one group (all of a model's
+    quantizers share the mode). The groups stay on the device until the block exits (one sync then).
+    For tests and benchmarks: compare it with `reference_call_groups`.
+    """
+    probe = next(
+        (
+            m
+            for m in model.modules()
+            if isinstance(m, UsesTimestepContext) and getattr(m, "groups", 1) > 1 and m.context is not None
+        ),
+        None,
+    )
+    if probe is None:
+        raise ValueError(
+            "record_call_groups: the model has no activation quantizer with more than one clip group bound "
+            "to a timestep context (`attach_timestep_context_`)"
+        )
+    seen: list[Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(probe.group_index()[:1])
+
+    # registered after the context's own pre-hook, so it runs after the call's timestep was stored
+    handle = model.register_forward_pre_hook(hook, with_kwargs=True)
+    groups: list[int] = []
+    try:
+        yield groups
+    finally:
+        handle.remove()
+        if seen:
+            groups.extend(int(g) for g in torch.cat([g.cpu() for g in seen]).tolist())

@@ -1,6 +1,7 @@
 """The QVGen distillation recipe (QAT with Phi and rank decay) on accelerate.
 
-Importing this package is light: `run` (accelerate, the model families) is imported on first use.
+Importing this package is light: `run` (accelerate, the model families) and the reference importer
+(`import_reference`, `ReferenceImportError`, `infer_weight_bits`) are imported on first use.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from qvgen.train.precompute import PrecomputeConfig, load_precompute_config, pre
 
 if TYPE_CHECKING:
     from qvgen.train.recipe import RunResult, run
+    from qvgen.train.reference import ReferenceImportError, import_reference, infer_weight_bits
 
 __all__ = [
     "CheckpointConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "LoggingConfig",
     "OptimConfig",
     "PrecomputeConfig",
+    "ReferenceImportError",
     "RunConfig",
     "RunResult",
     "TrainConfig",
@@ -43,6 +46,8 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "distill_loss",
+    "import_reference",
+    "infer_weight_bits",
     "load_config",
     "load_precompute_config",
     "lr_multiplier",
@@ -57,4 +62,8 @@ def __getattr__(name: str) -> Any:
         from qvgen.train import recipe
 
         return getattr(recipe, name)
+    if name in ("import_reference", "ReferenceImportError", "infer_weight_bits"):
+        from qvgen.train import reference
+
+        return getattr(reference, name)
     raise AttributeError(f"module 'qvgen.train' has no attribute {name!r}")

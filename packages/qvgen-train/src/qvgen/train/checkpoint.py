@@ -23,7 +23,7 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from qvgen.core import Frozen, atomic_write_text, file_sha256
+from qvgen.core import Frozen, atomic_write_text, file_sha256, write_errors_named
 
 log = logging.getLogger(__name__)
 
@@ -88,18 +88,18 @@ def save_checkpoint(
 ) -> Path:
     """Write `root/step-<N>` on every process (collective call); return its final path.
 
-    On any failure (a full disk, OSError 28, included) the unfinished `step-<N>.tmp` is removed, the
-    earlier checkpoints are untouched, and an OSError is raised again naming the checkpoint folder.
+    On any failure (a full disk included) the unfinished `step-<N>.tmp` is removed and the earlier
+    checkpoints are untouched. A write error becomes one OSError naming the checkpoint folder and the
+    cause, whichever library raised it (`qvgen.core.write_errors_named`): torch's `unexpected pos`
+    RuntimeError or safetensors' error on a full disk read `cannot write PATH: no space left on device`.
     """
     final = checkpoint_dir(root, state.step)
     try:
-        return _save_checkpoint(accelerator, root, state, generators, keep_last, save_state)
-    except BaseException as e:
+        with write_errors_named(final):
+            return _save_checkpoint(accelerator, root, state, generators, keep_last, save_state)
+    except BaseException:
         if accelerator.is_main_process:
             shutil.rmtree(final.with_name(final.name + TMP_SUFFIX), ignore_errors=True)
-        if isinstance(e, OSError) and type(e).__module__ == "builtins" and str(final) not in str(e):
-            message = f"cannot write the checkpoint {final}: {e.strerror or e}"
-            raise (OSError(e.errno, message) if e.errno is not None else OSError(message)) from e
         raise
 
 

@@ -146,7 +146,10 @@ class RunConfig(Frozen):
             )
         if self.aux is not None:
             validate_against_steps(self.aux, self.train.max_steps)  # Φ must be gone before the last step
-        check_method(self)  # the method's rules on family, bit widths and the other sections
+        check_method(  # the method's rules on family, bit widths and the other sections
+            self.method, family=self.model.family, quant=self.quant, has_aux=self.aux is not None,
+            has_data=self.data is not None, max_steps=self.train.max_steps, loss_target=self.train.loss_target,
+        )  # fmt: skip
         if self.data is not None and self.data.mode != "train":
             raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
         return self

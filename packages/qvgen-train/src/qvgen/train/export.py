@@ -16,7 +16,8 @@ from pathlib import Path
 from torch import nn
 
 from qvgen import quant
-from qvgen.models import save_student
+from qvgen.core import Provenance, canonical_digest
+from qvgen.models import read_student_manifest, save_student
 from qvgen.train.config import RunConfig
 
 
@@ -35,8 +36,15 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
     """Write `final/fake_quant` and/or `final/deploy` (convert_ runs in place: call it last)."""
     if cfg.model.checkpoint is None:
         raise ValueError("model.checkpoint: set the local diffusers folder the student was quantized from")
-    final = Path(cfg.output_dir) / "final"
-    final.mkdir(parents=True, exist_ok=True)
+    final = Path(cfg.output_dir) / "final"  # created by the writers below: an empty final/ means no export
+    version, git_sha = importlib.metadata.version("qvgen-train"), _git_sha()
+    facts = {
+        "run_config": canonical_digest(cfg),
+        "checkpoint": str(Path(cfg.model.checkpoint).resolve()),
+        "steps": cfg.train.max_steps,
+        "qvgen_train_version": version,
+        "git_sha": git_sha or "",
+    }  # what produced the exports; the manifests are sealed with it (issue 32)
     fake_dir = None
     if cfg.export.fake_quant:
         fake_dir = save_student(
@@ -46,10 +54,12 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
             checkpoint=cfg.model.checkpoint,
             quant_config=cfg.quant,
             steps=cfg.train.max_steps,
-            qvgen_train_version=importlib.metadata.version("qvgen-train"),
-            git_sha=_git_sha(),
+            qvgen_train_version=version,
+            git_sha=git_sha,
             run_config=cfg.model_dump(mode="json"),
+            provenance=Provenance.of("qvgen-train run", facts),
         )
+        facts["student_manifest_digest"] = read_student_manifest(fake_dir).digest or ""
     deploy_dir = None
     if cfg.export.deploy:
         student = student.cpu().eval()
@@ -59,5 +69,10 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
         )
         quant.convert_(student, target=target)
         deploy_dir = final / "deploy"
-        quant.save_quantized(student, deploy_dir, identity=str(Path(cfg.model.checkpoint).resolve()))
+        quant.save_quantized(
+            student,
+            deploy_dir,
+            identity=str(Path(cfg.model.checkpoint).resolve()),
+            provenance=Provenance.of("qvgen-train run", facts),
+        )
     return fake_dir, deploy_dir

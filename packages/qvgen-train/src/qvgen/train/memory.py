@@ -68,11 +68,16 @@ def memory_plan(
     initial_rank: int = 32,
     teacher_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16",
     act_groups: int = 50,
+    num_layers: int | None = None,
 ) -> MemoryPlan:
-    """The per-GPU plan for a real model (`qvgen.models.REAL_MODELS` name) built on the meta device."""
+    """The per-GPU plan for a real model (`qvgen.models.REAL_MODELS` name) built on the meta device;
+    `num_layers` plans the same widths at another depth (`qvgen.models.build_real_width`)."""
     real = get_real_model(model_name)
     family = get_family(real.family)
-    model = build_real_on_meta(model_name)
+    if num_layers is None:
+        model = build_real_on_meta(model_name)
+    else:
+        model = family.build_transformer_on_meta({**real.transformer, "num_layers": num_layers})
     plan = quant.plan_quantization(
         model,
         quant.QuantConfig(),

@@ -10,20 +10,19 @@ as before. The baselines of the paper's comparison are methods of the same recip
 - `svdquant`: post-training; smoothing migrated into the weights and a 16-bit low-rank branch kept at
   inference (`quant.kept_lowrank`), calibrated on a few batches of the training data.
 
-Every cross-field rule is checked when the config is loaded (`check_method`), naming the fields.
+Every cross-field rule is checked when the config is loaded (`check_method`), naming the fields. This module
+knows nothing of `RunConfig`: `config.py` imports it and hands `check_method` the sections it reads (one
+direction).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
 from qvgen.core import Frozen
-from qvgen.quant import MAX_WEIGHT_BITS, ClippedDynamicActivation, LSQPlusWeight
-
-if TYPE_CHECKING:
-    from qvgen.train.config import RunConfig
+from qvgen.quant import MAX_WEIGHT_BITS, ClippedDynamicActivation, LSQPlusWeight, QuantConfig
 
 SMALLEST_LINEAR: dict[str, int] = {"wan": 64, "cogvideox": 64}
 """min(in, out) over every Linear of a family, real and tiny configs: `proj_out` has out_channels (16)
@@ -78,8 +77,8 @@ MethodConfig = Annotated[
 MethodName = Literal["qat", "efficientdm", "qdm", "svdquant"]
 
 
-def _timestep_grouped(cfg: RunConfig, method: str) -> None:
-    act = cfg.quant.activation
+def _timestep_grouped(quant: QuantConfig, method: str) -> None:
+    act = quant.activation
     if not isinstance(act, ClippedDynamicActivation) or act.groups < 2:
         raise ValueError(
             f"method.kind={method!r} needs timestep-aware activation quantization: set "
@@ -87,28 +86,39 @@ def _timestep_grouped(cfg: RunConfig, method: str) -> None:
         )
 
 
-def _qat_shape(cfg: RunConfig, method: str) -> None:
-    if cfg.train.max_steps == 0:
+def _qat_shape(quant: QuantConfig, has_aux: bool, max_steps: int, method: str) -> None:
+    if max_steps == 0:
         raise ValueError(f"method.kind={method!r} trains: set train.max_steps > 0")
-    if cfg.aux is not None:
+    if has_aux:
         raise ValueError(f"method.kind={method!r} has no auxiliary branch Φ: set aux=null")
-    if not isinstance(cfg.quant.weight, LSQPlusWeight):
+    if not isinstance(quant.weight, LSQPlusWeight):
         raise ValueError(f"method.kind={method!r} needs quant.weight.kind='lsq_plus' (learned weight ranges)")
 
 
-def _rank_fits(cfg: RunConfig, rank: int, field: str) -> None:
-    limit = SMALLEST_LINEAR.get(cfg.model.family)
+def _rank_fits(family: str, rank: int, field: str) -> None:
+    limit = SMALLEST_LINEAR.get(family)
     if limit is not None and rank > limit:
         raise ValueError(
-            f"{field}={rank} does not fit the {cfg.model.family} family: its smallest Linear has "
+            f"{field}={rank} does not fit the {family} family: its smallest Linear has "
             f"min(in, out) = {limit}; use a rank <= {limit}"
         )
 
 
-def check_method(cfg: RunConfig) -> None:
-    """Refuse a method option that the model family, the bit widths or the other sections cannot take."""
-    method = cfg.method
-    if cfg.quant.kept_lowrank is not None and not isinstance(method, SVDQuantMethod):
+def check_method(
+    method: MethodConfig,
+    *,
+    family: str,
+    quant: QuantConfig,
+    has_aux: bool,
+    has_data: bool,
+    max_steps: int,
+    loss_target: str,
+) -> None:
+    """Refuse a method option that the model family, the bit widths or the other sections cannot take.
+
+    The arguments are the run config's `method`, `model.family`, `quant`, whether `aux` and `data` are set,
+    `train.max_steps` and `train.loss_target` (`RunConfig` calls this from its validator)."""
+    if quant.kept_lowrank is not None and not isinstance(method, SVDQuantMethod):
         raise ValueError(
             "quant.kept_lowrank is SVDQuant's kept branch: set method.kind='svdquant' or drop it"
         )
@@ -116,48 +126,48 @@ def check_method(cfg: RunConfig) -> None:
         case QATMethod():
             return
         case EfficientDMMethod():
-            _qat_shape(cfg, method.kind)
-            _timestep_grouped(cfg, method.kind)
-            _rank_fits(cfg, method.lora_rank, "method.lora_rank")
-            if cfg.train.loss_target != "teacher":
+            _qat_shape(quant, has_aux, max_steps, method.kind)
+            _timestep_grouped(quant, method.kind)
+            _rank_fits(family, method.lora_rank, "method.lora_rank")
+            if loss_target != "teacher":
                 raise ValueError(
                     "method.kind='efficientdm' distils the full-precision teacher: train.loss_target='teacher'"
                 )
         case QDMMethod():
-            _qat_shape(cfg, method.kind)
-            _timestep_grouped(cfg, method.kind)
+            _qat_shape(quant, has_aux, max_steps, method.kind)
+            _timestep_grouped(quant, method.kind)
             if method.data_weight == 0 and method.mimic_weight == 0:
                 raise ValueError("method.data_weight and method.mimic_weight are both 0: the loss would be 0")
-            if cfg.train.loss_target != "teacher":
+            if loss_target != "teacher":
                 raise ValueError(
                     "method.kind='qdm' sets its own loss (method.data_weight, method.mimic_weight); "
                     "leave train.loss_target='teacher'"
                 )
         case SVDQuantMethod():
-            if cfg.train.max_steps != 0:
+            if max_steps != 0:
                 raise ValueError(
                     "method.kind='svdquant' is post-training quantization: set train.max_steps=0"
                 )
-            if cfg.aux is not None:
+            if has_aux:
                 raise ValueError("method.kind='svdquant' keeps its own branch, not Φ: set aux=null")
-            if cfg.data is None:
+            if not has_data:
                 raise ValueError("method.kind='svdquant' calibrates the smoothing on `data`: set data.shards")
-            kept = cfg.quant.kept_lowrank
+            kept = quant.kept_lowrank
             if kept is None:
                 raise ValueError("method.kind='svdquant' needs quant.kept_lowrank (e.g. {rank: 32})")
-            _rank_fits(cfg, kept.rank, "quant.kept_lowrank.rank")
-            if cfg.quant.weight.bits > MAX_DEPLOY_WEIGHT_BITS:
+            _rank_fits(family, kept.rank, "quant.kept_lowrank.rank")
+            if quant.weight.bits > MAX_DEPLOY_WEIGHT_BITS:
                 raise ValueError(
-                    f"method.kind='svdquant': quant.weight.bits={cfg.quant.weight.bits} cannot be deployed "
+                    f"method.kind='svdquant': quant.weight.bits={quant.weight.bits} cannot be deployed "
                     f"(int4 container); use <= {MAX_DEPLOY_WEIGHT_BITS} (W4A4 / W4A6)"
                 )
-            if not isinstance(cfg.quant.activation, ClippedDynamicActivation):
+            if not isinstance(quant.activation, ClippedDynamicActivation):
                 raise ValueError(
                     "method.kind='svdquant' quantizes activations (W4A4 / W4A6): "
                     "quant.activation.kind='clipped_dynamic'"
                 )
-            if cfg.quant.activation.bits < 4:
+            if quant.activation.bits < 4:
                 raise ValueError(
                     f"method.kind='svdquant' is defined for 4-8 bit activations (W4A4 / W4A6); "
-                    f"quant.activation.bits={cfg.quant.activation.bits} is below that"
+                    f"quant.activation.bits={quant.activation.bits} is below that"
                 )

@@ -23,7 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from qvgen import auxiliary, quant
-from qvgen.core import atomic_write_text
+from qvgen.core import (
+    Interrupted,
+    append_jsonl,
+    expand_model_paths,
+    interrupt_signal,
+    write_errors_named,
+)
 from qvgen.data import LatentBatch, make_loader
 from qvgen.models import get_family
 from qvgen.train import checkpoint as ckpt
@@ -34,6 +40,7 @@ from qvgen.train.loss import distill_loss
 from qvgen.train.method_config import EfficientDMMethod, QDMMethod, SVDQuantMethod
 from qvgen.train.optim import build_optimizer, build_scheduler
 from qvgen.train.prompts import empty_prompt
+from qvgen.train.run_folder import claim_run_folder, trim_metrics
 from qvgen.train.validation import ValidationSampler
 
 log = get_logger(__name__)
@@ -121,16 +128,6 @@ def _lr_group(optimizer: Any) -> int:
     return names.index("weights") if "weights" in names else 0
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Keep the records of steps up to `step` (where a resumed run starts) in the metrics log."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
-        atomic_write_text(path, "".join(line + "\n" for line in kept))
-
-
 def _enable_gradient_checkpointing(model: nn.Module) -> None:
     """diffusers' block-level switch (`ModelMixin.enable_gradient_checkpointing`)."""
     enable = getattr(model, "enable_gradient_checkpointing", None)
@@ -142,8 +139,14 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
     enable()
 
 
-def run(cfg: RunConfig) -> RunResult:
-    """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`."""
+def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None = None) -> RunResult:
+    """Quantize, (optionally) train with Φ + rank decay, export. Collective under `accelerate launch`.
+
+    `output_dir` is claimed first (`qvgen.train.run_folder`): a folder holding another config's run or a
+    finished run is refused unless `overwrite` replaces it. Ctrl-C / SIGTERM in the loop raise
+    `qvgen.core.Interrupted` naming the last checkpoint and `resume_command` (how the user resumes).
+    """
+    cfg = expand_model_paths(cfg)  # `~`/`$VAR` in every path, as `load_config` does: one folder, not two
     if cfg.logging.tensorboard and not any(
         importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
     ):
@@ -160,6 +163,9 @@ def run(cfg: RunConfig) -> RunResult:
         # DDP's grads as views of its buckets: no second copy of every gradient (4 bytes a parameter)
         kwargs_handlers=[DistributedDataParallelKwargs(gradient_as_bucket_view=True)],
     )
+    if accelerator.is_main_process:
+        claim_run_folder(cfg, overwrite=overwrite)  # before anything is written into output_dir
+    accelerator.wait_for_everyone()
     # Python, NumPy and torch's global RNGs from the run seed, per rank (seed + rank): nothing draws from
     # them today, but whatever does later stays reproducible (the sampling generator below is separate)
     set_seed(cfg.train.seed, device_specific=True)
@@ -243,7 +249,7 @@ def run(cfg: RunConfig) -> RunResult:
         metrics_path = cfg.output_dir / "metrics.jsonl"
         if accelerator.is_main_process:
             metrics_path.parent.mkdir(parents=True, exist_ok=True)
-            _drop_metrics_after(metrics_path, start)  # a resumed run logs those steps again
+            trim_metrics(metrics_path, start)  # a resumed run logs those steps again; a torn line is cut
         pending = _PendingLog()
         lr_group = _lr_group(optimizer)
         validate = ValidationSampler(family, cfg) if cfg.logging.validation is not None else None
@@ -254,92 +260,107 @@ def run(cfg: RunConfig) -> RunResult:
             disable=not (cfg.logging.progress_bar and accelerator.is_local_main_process), desc="train",
         )  # fmt: skip
         phi_rank = None
-        for step in bar:
-            # 4. Rank decay: γ for this step; re-SVD + shrink, or removal, on boundary steps.
-            if branches is not None:
-                assert cfg.aux is not None
-                state = auxiliary.rank_at(step, cfg.aux.decay)
-                changed = auxiliary.apply_(branches, state, optimizer.optimizer)
-                phi_rank = state.rank
-                if changed and isinstance(student, DistributedDataParallel):  # a 1-process CPU run too
-                    student, optimizer, scheduler = _rewrap(accelerator, student, optimizer, scheduler)
+        completed = start  # optimizer steps done, for the interrupt message
+        try:
+            for step in bar:
+                # 4. Rank decay: γ for this step; re-SVD + shrink, or removal, on boundary steps.
+                if branches is not None:
+                    assert cfg.aux is not None
+                    state = auxiliary.rank_at(step, cfg.aux.decay)
+                    changed = auxiliary.apply_(branches, state, optimizer.optimizer)
+                    phi_rank = state.rank
+                    if changed and isinstance(student, DistributedDataParallel):  # a 1-process CPU run too
+                        student, optimizer, scheduler = _rewrap(accelerator, student, optimizer, scheduler)
 
-            # 5. One batch: posterior sample, normalise, per-family timesteps and noise (this rank's RNG).
-            batch = next(batches)
-            data_batches += 1
-            latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
-            noise = torch.randn(latents.shape, generator=generator)
-            timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
-            x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
-            text, lengths = batch.text_embeddings.to(device).float(), batch.text_lengths.to(device)
-            if empty is not None and bool(torch.rand((), generator=generator) < cfg.train.caption_dropout):
-                text = empty[0].to(device).expand_as(text)  # whole batch, teacher sees the same (§7.2)
-                lengths = empty[1].to(device).expand_as(lengths)
+                # 5. One batch: posterior sample, normalise, per-family timesteps and noise (this rank's RNG).
+                batch = next(batches)
+                data_batches += 1
+                latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
+                noise = torch.randn(latents.shape, generator=generator)
+                timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
+                x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
+                text, lengths = batch.text_embeddings.to(device).float(), batch.text_lengths.to(device)
+                if empty is not None and bool(
+                    torch.rand((), generator=generator) < cfg.train.caption_dropout
+                ):
+                    text = empty[0].to(device).expand_as(text)  # whole batch, teacher sees the same (§7.2)
+                    lengths = empty[1].to(device).expand_as(lengths)
 
-            # 6. Target: the frozen teacher on the same noisy input (or the data target), then MSE in fp32.
-            if teacher_target:
-                assert teacher is not None
-                with torch.no_grad():
-                    tdtype = next(teacher.parameters()).dtype
-                    xt = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
-                    target = family.predict(teacher, xt, text.to(tdtype), lengths)
-            else:
-                target = x.target
-            with accelerator.autocast():
-                pred = family.predict(student, x, text, lengths)
-            if isinstance(cfg.method, QDMMethod):  # data target + mimicking the teacher's estimate (NeM)
-                loss = methods.qdm_loss(pred, x.target, target, cfg.method)
-            else:
-                loss = distill_loss(pred, target)
-            accelerator.backward(loss)
-            if fsdp and branches:
-                auxiliary.all_reduce_grads_(branches)  # Φ is replicated outside FSDP (ignored modules)
-            if cfg.train.grad_clip is not None and fsdp:
-                sharding.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
-            elif cfg.train.grad_clip is not None:
-                accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
-            lr = scheduler.get_last_lr()[lr_group]  # the latent-weight group's lr used by this step
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+                # 6. Target: the frozen teacher on the same noisy input (or the data target), then MSE in fp32.
+                if teacher_target:
+                    assert teacher is not None
+                    with torch.no_grad():
+                        tdtype = next(teacher.parameters()).dtype
+                        xt = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
+                        target = family.predict(teacher, xt, text.to(tdtype), lengths)
+                else:
+                    target = x.target
+                with accelerator.autocast():
+                    pred = family.predict(student, x, text, lengths)
+                if isinstance(cfg.method, QDMMethod):  # data target + mimicking the teacher's estimate (NeM)
+                    loss = methods.qdm_loss(pred, x.target, target, cfg.method)
+                else:
+                    loss = distill_loss(pred, target)
+                accelerator.backward(loss)
+                if fsdp and branches:
+                    auxiliary.all_reduce_grads_(branches)  # Φ is replicated outside FSDP (ignored modules)
+                if cfg.train.grad_clip is not None and fsdp:
+                    sharding.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+                elif cfg.train.grad_clip is not None:
+                    accelerator.clip_grad_norm_(student.parameters(), cfg.train.grad_clip)
+                lr = scheduler.get_last_lr()[lr_group]  # the latent-weight group's lr used by this step
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                completed = step + 1
 
-            # 7. Log, checkpoint, validate (outside the step's hot path). The loss stays on the device
-            #    until a flush reads every pending value at once (one host sync per flush, not per step).
-            done = step + 1
-            if done % cfg.logging.every_n_steps == 0 or done == cfg.train.max_steps:
-                pending.add(done, loss, lr, phi_rank)
-            every = cfg.checkpoint.every_n_steps
-            checkpointing = every is not None and done % every == 0 and done < cfg.train.max_steps
-            if checkpointing or len(pending) >= _FLUSH_EVERY or done == cfg.train.max_steps:
-                records = pending.flush()
-                losses += [r["loss"] for r in records]
-                if records:
-                    last = records[-1]
-                    bar.set_postfix(loss=f"{last['loss']:.4g}", lr=f"{last['lr']:.3g}", rank=last["phi_rank"])
-                if accelerator.is_main_process and records:
-                    with metrics_path.open("a") as f:
-                        f.writelines(json.dumps(r) + "\n" for r in records)
-                if cfg.logging.tensorboard:
-                    for r in records:
-                        accelerator.log(
-                            {"loss": r["loss"], "lr": r["lr"], "phi_rank": r["phi_rank"] or 0}, step=r["step"]
+                # 7. Log, checkpoint, validate (outside the step's hot path). The loss stays on the device
+                #    until a flush reads every pending value at once (one host sync per flush, not per step).
+                done = step + 1
+                if done % cfg.logging.every_n_steps == 0 or done == cfg.train.max_steps:
+                    pending.add(done, loss, lr, phi_rank)
+                every = cfg.checkpoint.every_n_steps
+                checkpointing = every is not None and done % every == 0 and done < cfg.train.max_steps
+                if checkpointing or len(pending) >= _FLUSH_EVERY or done == cfg.train.max_steps:
+                    records = pending.flush()
+                    losses += [r["loss"] for r in records]
+                    if records:
+                        last = records[-1]
+                        bar.set_postfix(
+                            loss=f"{last['loss']:.4g}", lr=f"{last['lr']:.3g}", rank=last["phi_rank"]
                         )
-            if checkpointing:
-                ckpt.save_checkpoint(
-                    accelerator,
-                    cfg.output_dir / "checkpoints",
-                    ckpt.TrainState(
-                        step=done, world_size=accelerator.num_processes, data_batches=data_batches,
-                        phi_rank=phi_rank, config=cfg.model_dump(mode="json"),
-                    ),
-                    generators,
-                    cfg.checkpoint.keep_last,
-                    save_state,
-                )  # fmt: skip
-            val = cfg.logging.validation
-            due = val is not None and done % val.every_n_steps == 0
-            if validate is not None and due and accelerator.is_main_process:
-                validate(accelerator.unwrap_model(student), done)
+                    if accelerator.is_main_process and records:
+                        # whole lines, fsynced: a kill tears the last one at most (trim_metrics cuts it)
+                        with write_errors_named(metrics_path):
+                            for r in records:
+                                append_jsonl(metrics_path, r)
+                    if cfg.logging.tensorboard:
+                        for r in records:
+                            accelerator.log(
+                                {"loss": r["loss"], "lr": r["lr"], "phi_rank": r["phi_rank"] or 0},
+                                step=r["step"],
+                            )
+                if checkpointing:
+                    ckpt.save_checkpoint(
+                        accelerator,
+                        cfg.output_dir / "checkpoints",
+                        ckpt.TrainState(
+                            step=done, world_size=accelerator.num_processes, data_batches=data_batches,
+                            phi_rank=phi_rank, config=cfg.model_dump(mode="json"),
+                        ),
+                        generators,
+                        cfg.checkpoint.keep_last,
+                        save_state,
+                    )  # fmt: skip
+                val = cfg.logging.validation
+                due = val is not None and done % val.every_n_steps == 0
+                if validate is not None and due and accelerator.is_main_process:
+                    validate(accelerator.unwrap_model(student), done)
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (cli_main raises it as a KeyboardInterrupt)
+            bar.close()
+            raise Interrupted(
+                _interrupt_message(cfg, completed, resume_command), interrupt_signal(e)
+            ) from None
         bar.close()
         for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
             tracker.finish()
@@ -372,6 +393,18 @@ def run(cfg: RunConfig) -> RunResult:
     accelerator.wait_for_everyone()
     phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
     return RunResult(final, cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, tuple(losses), phi)
+
+
+def _interrupt_message(cfg: RunConfig, completed: int, resume_command: str | None) -> str:
+    """One line for an interrupted run: where it stopped, its last checkpoint, and how to resume."""
+    latest = ckpt.latest_checkpoint(cfg.output_dir / "checkpoints")
+    where = (
+        f"the last checkpoint is {latest}"
+        if latest is not None
+        else "no checkpoint yet (it starts again at step 0)"
+    )
+    again = resume_command or "qvgen-train run CONFIG --set checkpoint.resume_from=latest"
+    return f"interrupted at step {completed}; {where}; resume with: {again}"
 
 
 def _uses_teacher_target(cfg: RunConfig) -> bool:

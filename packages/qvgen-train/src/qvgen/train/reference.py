@@ -18,10 +18,22 @@ The reference clips per-token ranges twice (its `clip_ratio` 0.95 times σ(ℓ),
 factor, so σ(ℓ') = 0.95·σ(ℓ) reproduces the same range exactly. Every other key keeps its diffusers name
 (norms, modulation tables, patch embedding, Linears the reference left unquantized).
 
-Activation groups. The reference picks a clip group per transformer call in two different ways:
+Activation groups. The reference picks a clip group per transformer call in three different ways:
 - training: `idx = int(t[0]) mod G` (first sample's timestep for the whole batch);
-- sampling with `--fix`: a call counter, the k-th call (k = 1, 2, ...) uses group G − k while k ≤ G, then 0.
-qvgen derives the group from each sample's own timestep, so two mappings are offered:
+- sampling with `--fix` (its released inference scripts): a per-layer counter reset before every pipeline
+  call and decremented by every transformer call, so the k-th call (k = 1, 2, ...) of a sampling run uses
+  group G − k while k ≤ G, then 0. Wan's pipeline makes two calls per step under CFG (conditional, then
+  unconditional): step s uses 49 − 2s and 48 − 2s for s ≤ 24, then group 0 (G = 50, 50 steps);
+- sampling without `--fix`: the counter is never used and its initial index −1 selects group G − 1 for
+  every call.
+Three mappings are offered:
+- `reference` (with `reference_fix=True`, the default, or False for the no-`--fix` behaviour): the way to
+  reproduce the released checkpoints' own videos. G groups, `group_mode: reference` (`reference_nofix`):
+  the shared timestep context counts the transformer calls of each sampling run (`qvgen.quant`'s
+  `reference_call_groups` lists the groups per call), so every call, conditional and unconditional, gets
+  the reference's group for any scheduler and step count. It inherits the reference's quirks: the groups
+  follow the call count, not the noise level, and steps past G / 2 (Wan, CFG) all share group 0.
+The two corrected mappings derive the group from each sample's own timestep:
 - `mod` (default): G groups, `group_mode: mod`, g = int(t) mod G. Exactly the reference's training-time
   grouping for any batch whose samples share one timestep (always the case when sampling); it differs from
   the reference's *sampling* counter (see below) and, for mixed-timestep training batches, from its t[0] rule.
@@ -33,12 +45,22 @@ qvgen derives the group from each sample's own timestep, so two mappings are off
   for the schedule it was built for (same steps, same timesteps).
 For CogVideoX with 50 trailing DDIM steps, t_s = 999 − 20s and the counter group 49 − s equals ⌊t_s·50/1000⌋,
 i.e. qvgen's default `bin` grouping with G = 50.
+
+Checks. What the importer reads is checked before the base model is loaded, each refusal a one-line
+`ReferenceImportError` naming the key and the file: scales finite and > 0, zero points, clip logits, latent
+weights and LoRA factors finite (a NaN clip logit of one group would give NaN output at that group's calls;
+a scale ≤ 0 would be floored and zero its row). The weight width is read from the codes round(w/s + z):
+the smallest b with at most 10 % of the codes outside [0, 2^b − 1] (a trained W4 checkpoint has a few
+codes past 15; read as 3-bit about half fall outside [0, 7]). `weight_bits` defaults to it and a
+contradicting one is refused; `act_bits` (not recorded by the reference) defaults to the weight width,
+as in every released WnAn checkpoint.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -49,8 +71,17 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from qvgen import quant
+from qvgen.core import (
+    Provenance,
+    check_disjoint,
+    check_provenance,
+    is_tool_output,
+    replace_output_dir,
+    tree_fingerprint,
+    write_provenance,
+)
 from qvgen.models import get_family, save_student
-from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, QuantConfig
+from qvgen.quant import ClippedDynamicActivation, GroupMode, LSQPlusWeight, QuantConfig
 
 REF_TENSORS = "diffusion_pytorch_model.safetensors"
 REF_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -66,7 +97,14 @@ RENAME = {
     "aquantizer.lower": "act_quantizer.clip_logit_lo",
     "aquantizer.upper": "act_quantizer.clip_logit_hi",
 }
-GroupMapping = Literal["mod", "counter"]
+IMPORT_TOOL = "qvgen-train import-reference"
+"""The tool name in the output folder's marker and provenance record."""
+IMPORT_PROVENANCE = ".qvgen-import.json"
+"""What an import was made from (checkpoint fingerprint, base, bits, group mapping), beside the manifest."""
+GroupMapping = Literal["mod", "counter", "reference"]
+OUT_OF_RANGE_TOLERANCE = 0.10
+"""Share of weight codes that may fall outside [0, 2^b − 1] for the checkpoint still to read as b-bit."""
+MAX_WEIGHT_BITS = 8
 
 
 class ReferenceImportError(ValueError):
@@ -164,6 +202,116 @@ def _layer_names(tensors: Mapping[str, Tensor], where: Mapping[str, Path]) -> li
     return names
 
 
+def _check_values(names: Sequence[str], tensors: Mapping[str, Tensor], where: Mapping[str, Path]) -> None:
+    """Refuse non-finite quantizer parameters, weights and LoRA factors, and scales that are not > 0."""
+    for name in names:
+        for suffix in ("w", "wquantizer.scale", "wquantizer.zero_point", "aquantizer.lower", "aquantizer.upper",
+                       "loraA.weight", "loraB.weight"):  # fmt: skip
+            key = f"{name}.{suffix}"
+            value = tensors.get(key)
+            if value is None or not value.is_floating_point():
+                continue
+            bad = ~torch.isfinite(value)
+            if bool(bad.any()):
+                first = [int(i) for i in bad.nonzero()[0]]
+                where_bad = (
+                    f"group {first[0]}" if suffix.startswith("aquantizer") else f"index {tuple(first)}"
+                )
+                raise ReferenceImportError(
+                    f"{where[key]}: key {key}: {int(bad.sum())} non-finite value(s), first at {where_bad} "
+                    f"({float(value[tuple(first)]):.6g}); the checkpoint is damaged"
+                )
+            if suffix == "wquantizer.scale" and bool((value <= 0).any()):
+                first = [int(i) for i in (value <= 0).nonzero()[0]]
+                raise ReferenceImportError(
+                    f"{where[key]}: key {key}: scales must be > 0, row {first[0]} is {float(value[tuple(first)]):.6g} "
+                    "(it would zero the row); the checkpoint is damaged"
+                )
+
+
+def infer_weight_bits(
+    names: Sequence[str], tensors: Mapping[str, Tensor], lora_scale: float = 1.0
+) -> tuple[int | None, dict[str, Any]]:
+    """The weight width the codes round(w/s + z) imply, and the evidence.
+
+    The smallest b ≤ 8 with at most `OUT_OF_RANGE_TOLERANCE` of all codes outside [0, 2^b − 1] (None when
+    no layer has a usable shape, or when no b ≤ 8 fits). The evidence: `total`, `below` (codes < 0),
+    `above` {b: codes > 2^b − 1}, per layer its largest code (`max_code`) and `worst` {b: the layer with
+    the most codes outside [0, 2^b − 1]}.
+    """
+    bit_range = range(2, MAX_WEIGHT_BITS + 1)
+    total = below = 0
+    above = dict.fromkeys(bit_range, 0)
+    outside: dict[int, tuple[int, str]] = {}
+    max_code: dict[str, int] = {}
+    for name in names:
+        w, s, z = (tensors[f"{name}.{k}"] for k in ("w", "wquantizer.scale", "wquantizer.zero_point"))
+        if w.dim() != 2 or s.shape != (w.shape[0], 1) or z.shape != s.shape:
+            continue  # reported with its key by the shape checks
+        w = w.float()
+        a, b = tensors.get(f"{name}.loraA.weight"), tensors.get(f"{name}.loraB.weight")
+        if a is not None and b is not None:
+            if (
+                a.dim() != 2
+                or b.dim() != 2
+                or (b.shape[0], a.shape[1]) != tuple(w.shape)
+                or a.shape[0] != b.shape[1]
+            ):
+                continue
+            w = w + lora_scale * (b.float() @ a.float())
+        codes = torch.round(w / s.float() + z.float())
+        if codes.numel() == 0:
+            continue
+        n_below = int((codes < 0).sum())
+        total += codes.numel()
+        below += n_below
+        max_code[name] = int(codes.max())
+        for bits in bit_range:
+            n_above = int((codes > 2**bits - 1).sum())
+            above[bits] += n_above
+            if n_below + n_above > outside.get(bits, (-1, ""))[0]:
+                outside[bits] = (n_below + n_above, name)
+    evidence: dict[str, Any] = {"total": total, "below": below, "above": above, "max_code": max_code,
+                                "worst": {b: n for b, (_, n) in outside.items()}}  # fmt: skip
+    if total == 0:
+        return None, evidence
+    for bits in bit_range:
+        if (below + above[bits]) / total <= OUT_OF_RANGE_TOLERANCE:
+            return bits, evidence
+    return None, evidence
+
+
+def _resolve_weight_bits(
+    requested: int | None, names: Sequence[str], tensors: Mapping[str, Tensor], where: Mapping[str, Path],
+    lora_scale: float,
+) -> int:  # fmt: skip
+    inferred, ev = infer_weight_bits(names, tensors, lora_scale)
+    if inferred is None and ev["total"] == 0:
+        return requested if requested is not None else 4  # no usable layer: the shape checks report it
+    if inferred is None:
+        name = ev["worst"][MAX_WEIGHT_BITS]
+        key = f"{name}.wquantizer.scale"
+        share = (ev["below"] + ev["above"][MAX_WEIGHT_BITS]) / ev["total"]
+        raise ReferenceImportError(
+            f"{where[key]}: key {key}: {share:.0%} of the weight codes round(w/s + z) fall outside [0, 255] "
+            f"(most in {name}): the scales and zero points do not quantize these weights at any width ≤ 8"
+        )
+    if requested is None or requested == inferred:
+        return inferred
+    if requested < inferred:
+        name = ev["worst"][requested]
+        share = (ev["below"] + ev["above"][requested]) / ev["total"]
+        why = f"{share:.0%} of them fall outside [0, {2**requested - 1}] (most in {name})"
+    else:
+        name = max(ev["max_code"], key=ev["max_code"].__getitem__)
+        why = f"the largest is {ev['max_code'][name]} of {2**requested - 1} (in {name})"
+    key = f"{name}.wquantizer.scale"
+    raise ReferenceImportError(
+        f"{where[key]}: key {key}: the weight codes round(w/s + z) imply {inferred}-bit weights, not "
+        f"--weight-bits {requested}: {why}; pass --weight-bits {inferred} or leave it out"
+    )
+
+
 def _group_count(names: Sequence[str], tensors: Mapping[str, Tensor], where: Mapping[str, Path]) -> int:
     counts: dict[int, str] = {}
     for name in names:
@@ -188,20 +336,29 @@ def import_reference(
     out_dir: str | Path,
     *,
     family: str | None = None,
-    weight_bits: int = 4,
-    act_bits: int = 4,
+    weight_bits: int | None = None,
+    act_bits: int | None = None,
     groups: GroupMapping = "mod",
+    reference_fix: bool = True,
     expected_groups: int | None = None,
     sampling_timesteps: Sequence[float] = (),
     calls_per_step: int | None = None,
     lora_scale: float = 1.0,
+    overwrite: bool = False,
 ) -> Path:
     """Convert the reference checkpoint in `folder` into a qvgen student manifest in `out_dir`.
 
+    `out_dir` must be new, empty or an earlier import's output (`_check_out_dir`); an earlier import made
+    from other inputs (checkpoint, base, bits, groups, ...) is replaced only with `overwrite`.
+
     `base` is the full diffusers folder of the model (VAE, text encoder, scheduler, fp transformer) the
     student is rebuilt from. `groups="counter"` needs `sampling_timesteps` (one per step).
+    `groups="reference"` replays the reference's sampling call counter (`reference_fix`: its `--fix`
+    flag, on in its released scripts): the mode that reproduces the released checkpoints' own videos.
+    `weight_bits` (default: read from the codes) must agree with the codes; `act_bits` defaults to it.
     """
     folder, base = Path(folder), Path(base)
+    out = _check_out_dir(out_dir, folder, base)  # before any work: never --base, never a user's folder
     tensors, where, config = read_reference(folder)
     cls = str(config.get("_class_name", ""))
     fam_name = family or CLASS_FAMILY.get(cls)
@@ -214,6 +371,14 @@ def import_reference(
             f"{folder}: no key ends in .wquantizer.scale: not a quantized reference checkpoint"
         )
     n_groups = _group_count(names, tensors, where)
+    _check_values(names, tensors, where)
+    weight_bits = _resolve_weight_bits(weight_bits, names, tensors, where, lora_scale)
+    if act_bits is None:
+        act_bits = weight_bits
+    if not reference_fix and groups != "reference":
+        raise ReferenceImportError(
+            f"reference_fix=False (--no-reference-fix) only applies to groups='reference', not {groups!r}"
+        )
     if expected_groups is not None and n_groups != expected_groups:
         key = f"{names[0]}.aquantizer.lower"
         raise ReferenceImportError(
@@ -233,11 +398,15 @@ def import_reference(
         raise ReferenceImportError(
             f"{where[key]}: unknown key {key!r}: {cls or 'the model'} has no Linear {missing_layers[0]!r}"
         )
-    mode: Literal["bin", "mod"] = "mod" if groups == "mod" else "bin"
+    mode: GroupMode = "mod"
+    if groups == "counter":
+        mode = "bin"
+    elif groups == "reference":
+        mode = "reference" if reference_fix else "reference_nofix"
     cfg = QuantConfig(
         weight=LSQPlusWeight(bits=weight_bits),
         activation=ClippedDynamicActivation(
-            bits=act_bits, groups=n_groups if groups == "mod" else 1000, group_mode=mode
+            bits=act_bits, groups=1000 if groups == "counter" else n_groups, group_mode=mode
         ),
     )
     keep = tuple(sorted(glob_escape(n) for n in linears - set(names)))
@@ -274,11 +443,43 @@ def import_reference(
             f"{folder}: the checkpoint lacks {len(result.missing_keys)} tensors of the model, "
             f"e.g. {result.missing_keys[:3]}"
         )
-    return save_student(
-        student, out_dir, family=fam_name, checkpoint=base, quant_config=cfg,  # type: ignore[arg-type]
-        run_config={"imported_from": str(folder.resolve()), "group_mapping": groups, "reference_groups": n_groups,
-                    "calls_per_step": calls, "sampling_timesteps": [float(t) for t in sampling_timesteps]},
+    run_config = {"imported_from": str(folder.resolve()), "group_mapping": groups, "reference_groups": n_groups,
+                  "reference_fix": reference_fix, "weight_bits": weight_bits, "act_bits": act_bits,
+                  "calls_per_step": calls, "sampling_timesteps": [float(t) for t in sampling_timesteps]}  # fmt: skip
+    provenance = Provenance.of(
+        IMPORT_TOOL,
+        {**run_config, "imported_from": tree_fingerprint(folder), "base": str(base.resolve()), "family": fam_name,
+         "lora_scale": lora_scale},
     )  # fmt: skip
+    if not overwrite:
+        remedy = "pass --overwrite to replace it, or choose another --out"
+        check_provenance(out / IMPORT_PROVENANCE, provenance, out, remedy)
+
+    def write(tmp: Path) -> None:  # save_student replaces its folder whole: build it inside, then move up
+        built = save_student(
+            student, tmp / ".student", family=fam_name, checkpoint=base, quant_config=cfg,  # type: ignore[arg-type]
+            run_config=run_config,
+        )  # fmt: skip
+        for item in built.iterdir():
+            os.replace(item, tmp / item.name)
+        built.rmdir()
+        write_provenance(tmp / IMPORT_PROVENANCE, provenance)
+
+    return replace_output_dir(out, IMPORT_TOOL, write, (folder, base), what="--out folder")
+
+
+def _check_out_dir(out_dir: str | Path, folder: Path, base: Path) -> Path:
+    """`out_dir` resolved; refused if it overlaps the checkpoint or the base model, or holds anything that an
+    earlier `import-reference` did not write (the folder is replaced whole at the end)."""
+    out = check_disjoint(out_dir, (folder, base), "--out folder")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the --out folder {out} is a file; choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not is_tool_output(out, IMPORT_TOOL):
+        raise ValueError(
+            f"the --out folder {out} is not empty and was not written by {IMPORT_TOOL}; it would be replaced "
+            "whole: choose a new or empty folder"
+        )
+    return out
 
 
 def glob_escape(name: str) -> str:
@@ -318,5 +519,5 @@ def _map_key(
         return target, value.float() + lora_scale * (b @ a)
     if suffix in ("aquantizer.lower", "aquantizer.upper"):
         logits = convert_logits(value)
-        return target, logits if groups == "mod" else counter_table(logits, timesteps, calls)
+        return target, counter_table(logits, timesteps, calls) if groups == "counter" else logits
     return target, value

@@ -1,0 +1,112 @@
+"""Fuzzing the fake-quant student folders a user hands `load_student` (issue 32): a mutated
+`student_manifest.json` (re-sealed or not) or a mutated `model.safetensors` header/body (with the manifest's
+sha256 and seal updated so the file is really parsed) either loads or is one `ValueError`/`OSError` naming the
+folder's file; never a traceback, a hang or a write.
+
+Inputs start from a real student written by `save_student` on the tiny Wan (`qvgen.models.testing`).
+`QVGEN_FUZZ_PROFILE=slow` runs ten times more; `QVGEN_FUZZ_COUNTS=FILE` counts them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from qvgen import quant
+from qvgen.core import seal_manifest
+from qvgen.core.fuzzing import (
+    check_loader,
+    fuzz_settings,
+    mutated_bytes,
+    mutated_safetensors,
+    mutated_text,
+    mutated_trees,
+)
+from qvgen.models import STUDENT_MANIFEST, STUDENT_TENSORS, get_family, load_student, read_student_manifest, save_student
+from qvgen.models.testing import tiny_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
+
+@functools.cache
+def valid_student() -> tuple[bytes, bytes]:
+    """(student_manifest.json, model.safetensors) of a real W4A4 tiny-Wan student."""
+    torch.manual_seed(0)
+    fam, ckpt = get_family("wan"), tiny_checkpoint("wan")
+    student = fam.load_transformer(ckpt)
+    cfg = quant.QuantConfig.w4a4()
+    quant.prepare_(student, cfg, layer_roles=fam.layer_roles)
+    quant.initialize_(student, progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = save_student(student, Path(tmp) / "student", family="wan", checkpoint=ckpt, quant_config=cfg, steps=3)
+        return (out / STUDENT_MANIFEST).read_bytes(), (out / STUDENT_TENSORS).read_bytes()
+
+
+def _sealed(tree: object) -> bytes:
+    try:
+        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode("utf-8", errors="surrogatepass")
+    except (TypeError, ValueError, AttributeError):  # not sealable (not a mapping, NaN, ...): write it unsealed
+        return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
+
+
+@st.composite
+def student_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(manifest bytes, tensors bytes): one of the two mutated, or neither."""
+    manifest_bytes, tensors = valid_student()
+    manifest = json.loads(manifest_bytes)
+    how = draw(st.sampled_from(["same", "manifest", "manifest", "manifest", "manifest_text", "tensors", "tensors"]))
+    if how == "manifest":
+        tree = draw(mutated_trees(manifest))
+        return (_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), tensors
+    if how == "manifest_text":
+        if draw(st.booleans()):
+            return draw(mutated_bytes(manifest_bytes)), tensors
+        return draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass"), tensors
+    if how == "tensors":
+        new = draw(mutated_safetensors(tensors))
+        if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
+            manifest_bytes = _sealed({**manifest, "tensors_sha256": hashlib.sha256(new).hexdigest()})
+        return manifest_bytes, new
+    return manifest_bytes, tensors
+
+
+def _valid(model: object) -> None:
+    assert isinstance(model, nn.Module) and quant.quantized_layers(model), type(model)
+
+
+@fuzz_settings(60)
+@given(student_folders(), st.sampled_from(["load", "load", "manifest"]))
+def test_fuzzed_student_folder_loads_or_is_one_error_naming_the_file(files: tuple[bytes, bytes], how: str) -> None:
+    manifest, tensors = files
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "student"
+        folder.mkdir()
+        (folder / STUDENT_MANIFEST).write_bytes(manifest)
+        (folder / STUDENT_TENSORS).write_bytes(tensors)
+        if how == "manifest":
+            check_loader(
+                "models.read_student_manifest",
+                lambda: read_student_manifest(folder),
+                folder=folder,
+                names=[str(folder)],
+            )
+        else:
+            check_loader(
+                "models.load_student", lambda: load_student(folder), folder=folder, names=[str(folder)], validate=_valid
+            )
+
+
+def test_the_unmutated_student_loads(tmp_path: Path) -> None:
+    manifest, tensors = valid_student()
+    (tmp_path / STUDENT_MANIFEST).write_bytes(manifest)
+    (tmp_path / STUDENT_TENSORS).write_bytes(tensors)
+    assert quant.quantized_layers(load_student(tmp_path))

@@ -1,0 +1,136 @@
+"""Fuzzing the deploy folders a user hands `load_quantized` (issue 32): a mutated `quant_manifest.json` (re-sealed
+or not) or a mutated `model.safetensors` header/body (with the manifest's size, sha256 and seal updated so the
+file is really parsed) either loads or is one `ValueError`/`OSError` naming the folder's file; never a traceback,
+a hang or a write.
+
+Inputs start from a real folder written by `save_quantized` (the tiny block of test_export.py).
+`QVGEN_FUZZ_PROFILE=slow` runs ten times more; `QVGEN_FUZZ_COUNTS=FILE` counts them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+from qvgen.core import seal_manifest
+from qvgen.core.fuzzing import (
+    check_loader,
+    fuzz_settings,
+    mutated_bytes,
+    mutated_safetensors,
+    mutated_text,
+    mutated_trees,
+)
+from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, QuantConfig, convert_, initialize_, prepare_
+from qvgen.quant.export import load_quantized, read_manifest, save_quantized
+from qvgen.quant.manifest import MANIFEST_FILE, TENSORS_FILE
+
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
+
+class TinyBlock(nn.Module):
+    """The stand-in transformer of test_export.py."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(64)
+        self.up = nn.Linear(64, 128)
+        self.down = nn.Linear(128, 64, bias=False)
+        self.out = nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.out(self.down(torch.relu(self.up(self.norm(x)))))
+
+
+@functools.cache
+def valid_folder() -> tuple[bytes, bytes]:
+    """(quant_manifest.json, model.safetensors) of a real W3A4 deploy export."""
+    torch.manual_seed(0)
+    model = TinyBlock()
+    cfg = QuantConfig(weight=LSQPlusWeight(bits=3), activation=ClippedDynamicActivation(bits=4, group_mode="mod"))
+    prepare_(model, cfg, keep_high_precision=("out",))
+    initialize_(model, progress=False)
+    convert_(model)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_quantized(model, Path(tmp) / "deploy", identity="fuzz")
+        return (Path(tmp) / "deploy" / MANIFEST_FILE).read_bytes(), (Path(tmp) / "deploy" / TENSORS_FILE).read_bytes()
+
+
+def _sealed(tree: object) -> bytes:
+    try:
+        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode("utf-8", errors="surrogatepass")
+    except (TypeError, ValueError, AttributeError):  # not sealable (not a mapping, NaN, ...): write it unsealed
+        return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
+
+
+@st.composite
+def deploy_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(manifest bytes, tensors bytes): one of the two mutated, or neither."""
+    manifest_bytes, tensors = valid_folder()
+    manifest = json.loads(manifest_bytes)
+    how = draw(st.sampled_from(["same", "manifest", "manifest", "manifest_text", "tensors", "tensors", "tensors"]))
+    if how == "manifest":
+        tree = draw(mutated_trees(manifest))
+        return (_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), tensors
+    if how == "manifest_text":
+        if draw(st.booleans()):
+            return draw(mutated_bytes(manifest_bytes)), tensors
+        return draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass"), tensors
+    if how == "tensors":
+        new = draw(mutated_safetensors(tensors))
+        if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
+            manifest = {**manifest, "tensors_bytes": len(new), "tensors_sha256": hashlib.sha256(new).hexdigest()}
+            manifest_bytes = _sealed(manifest)
+        return manifest_bytes, new
+    return manifest_bytes, tensors
+
+
+def _valid(model: object) -> None:
+    assert isinstance(model, TinyBlock), type(model)
+
+
+@fuzz_settings(200)
+@given(deploy_folders(), st.sampled_from(["skeleton", "directory", "manifest"]))
+def test_fuzzed_deploy_folder_loads_or_is_one_error_naming_the_file(
+    files: tuple[bytes, bytes], how: str
+) -> None:
+    manifest, tensors = files
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "deploy"
+        folder.mkdir()
+        (folder / MANIFEST_FILE).write_bytes(manifest)
+        (folder / TENSORS_FILE).write_bytes(tensors)
+        if how == "manifest":
+            check_loader("quant.read_manifest", lambda: read_manifest(folder), folder=folder, names=[str(folder)])
+        elif how == "skeleton":
+            check_loader(
+                "quant.load_quantized",
+                lambda: load_quantized(TinyBlock(), folder),
+                folder=folder,
+                names=[str(folder)],
+                validate=_valid,
+            )
+        else:
+            check_loader(
+                "quant.load_quantized",
+                lambda: load_quantized(folder, model_class=TinyBlock),
+                folder=folder,
+                names=[str(folder)],
+                validate=_valid,
+            )
+
+
+def test_the_unmutated_deploy_folder_loads(tmp_path: Path) -> None:
+    manifest, tensors = valid_folder()
+    (tmp_path / MANIFEST_FILE).write_bytes(manifest)
+    (tmp_path / TENSORS_FILE).write_bytes(tensors)
+    assert isinstance(load_quantized(TinyBlock(), tmp_path), TinyBlock)
