@@ -117,6 +117,7 @@ class StateMeter:
 
     def __enter__(self) -> StateMeter:
         import torch
+        from torch.optim.optimizer import register_optimizer_step_post_hook
 
         def pre(module: Any, args: Any) -> None:
             if type(module).__name__ in self.TRANSFORMERS and not any(r() is module for r in self.seen):
@@ -128,7 +129,7 @@ class StateMeter:
 
         self._handles = [
             torch.nn.modules.module.register_module_forward_pre_hook(pre),
-            torch.optim.optimizer.register_optimizer_step_post_hook(post),
+            register_optimizer_step_post_hook(post),
         ]
         return self
 
@@ -164,7 +165,9 @@ class StateMeter:
 
 
 # -- one family's flow ---------------------------------------------------------------------------------
-def flow(family: str, work: Path, layers: int, text_layers: int, steps: int) -> dict[str, Any]:
+def flow(
+    family: str, work: Path, layers: int, text_layers: int, steps: int, reuse: bool = False
+) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
@@ -185,11 +188,15 @@ def flow(family: str, work: Path, layers: int, text_layers: int, steps: int) -> 
 
     fam = get_family(family)
     base = work / "base"
+    reuse = reuse and (work / "shards" / "manifest.json").exists()
     with stage("build"):
-        save_real_width(name, _fresh(base), num_layers=layers, text_layers=text_layers, seed=0)
+        if not reuse:
+            save_real_width(name, _fresh(base), num_layers=layers, text_layers=text_layers, seed=0)
     with stage("videos"):
-        captions = write_procedural_dataset(_fresh(work / "videos"), 2, seed=0, **SIZE)
-    shards = _fresh(work / "shards")
+        captions = work / "videos" / "captions.csv"
+        if not reuse:
+            captions = write_procedural_dataset(_fresh(work / "videos"), 2, seed=0, **SIZE)
+    shards = work / "shards" if reuse else _fresh(work / "shards")
     pre_yaml = work / "precompute.yaml"
     pre_yaml.write_text(
         json.dumps(
@@ -202,7 +209,8 @@ def flow(family: str, work: Path, layers: int, text_layers: int, steps: int) -> 
         )
     )
     with stage("precompute"):
-        _run([str(BIN / "qvgen-train"), "precompute", str(pre_yaml)], work / "precompute.log")
+        if not reuse:
+            _run([str(BIN / "qvgen-train"), "precompute", str(pre_yaml)], work / "precompute.log")
 
     from qvgen.train import load_config, run
     from qvgen.train.memory import memory_plan
@@ -581,6 +589,9 @@ def main() -> None:
     )
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     parser.add_argument("--flow", choices=list(MODELS), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--reuse", action="store_true", help=argparse.SUPPRESS
+    )  # development: keep base/shards
     parser.add_argument("--peer-memory", choices=("qvgen", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peer_memory:
@@ -588,7 +599,7 @@ def main() -> None:
         return
     if args.flow:
         work = args.work
-        result = flow(args.flow, work, args.layers, args.text_layers, args.steps)
+        result = flow(args.flow, work, args.layers, args.text_layers, args.steps, args.reuse)
         (work / "flow.json").write_text(json.dumps(result, indent=1))
         return
     load = "load average " + " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1/5/15 min) at the start"

@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from qvgen.core.fuzzing import (
+    Blob,
     check_loader,
     fuzz_settings,
     junk_scalars,
@@ -78,7 +79,7 @@ def csv_tables(draw: st.DrawFn) -> bytes:
     data = text.encode("utf-8", errors="surrogatepass")
     if how == "bytes":
         data = draw(mutated_bytes(data))
-    return data
+    return Blob(data)
 
 
 @st.composite
@@ -113,7 +114,7 @@ def jsonl_tables(draw: st.DrawFn) -> bytes:
     data = text.encode("utf-8", errors="surrogatepass")
     if how == "bytes":
         data = draw(mutated_bytes(data))
-    return data
+    return Blob(data)
 
 
 def _check_table(suffix: str, data: bytes, id_column: str | None) -> None:

@@ -202,3 +202,31 @@ def test_compare_with_adherence_records_it_per_video_and_per_model(tmp_path):
         assert set(model.summary.scores) == {"adherence"}
         assert model.summary.scores["adherence"].num_videos == 1
         assert all("adherence" in s.scores for s in model.samples)
+
+
+def test_compare_writes_a_sidecar_per_video_naming_its_model_and_refuses_a_foreign_out_dir(tmp_path, capsys):
+    from qvgen.core import read_provenance
+    from qvgen.eval import FullPrecisionModel, model_facts, sidecar_path
+
+    cfg = _small_compare_config(tmp_path)
+    assert main(["compare", str(cfg)]) == 0
+    report = load_report(tmp_path / "out" / "report.json")
+    digest = model_facts("wan", FullPrecisionModel(path=tiny_checkpoint("wan")), "float32")["model.digest"]
+    for m in (report.teacher, *report.variants):
+        assert m.model_digest == digest
+        for s in m.samples:
+            facts = read_provenance(sidecar_path(tmp_path / "out" / s.video.path)).facts
+            assert (facts["model.kind"], facts["model.digest"], facts["seed"]) == (
+                "full_precision",
+                digest,
+                "0",
+            )
+    assert main(["compare", str(cfg)]) == 0  # its own folder: compared again in place
+
+    capsys.readouterr()
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    assert main(["compare", str(cfg), "--set", f"out_dir={foreign}"]) == 1
+    assert "not empty and was not written by qvgen-eval compare" in capsys.readouterr().err
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]

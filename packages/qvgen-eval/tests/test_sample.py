@@ -13,7 +13,15 @@ import torch
 import yaml
 
 from qvgen import quant
-from qvgen.eval import SamplingSettings, from_components, generate, pipeline_kwargs, plan_items, read_video
+from qvgen.eval import (
+    SamplingSettings,
+    from_components,
+    generate,
+    pipeline_kwargs,
+    plan_items,
+    read_video,
+    sidecar_path,
+)
 from qvgen.eval.cli import main
 from qvgen.eval.probes import record_clip_groups
 from qvgen.models import get_family
@@ -74,7 +82,7 @@ def _sample_config(tmp_path: Path, out: Path, prompts: list[str]) -> Path:
 def test_cli_sample_writes_vbench_named_videos_and_skips_existing(tmp_path, capsys):
     cfg = _sample_config(tmp_path, tmp_path / "out", ["a dog", "a cat"])
     assert main(["sample", str(cfg), "--set", "prompts.videos_per_prompt=2"]) == 0
-    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    names = sorted(p.name for p in (tmp_path / "out").glob("*.mp4"))
     assert names == ["a cat-0.mp4", "a cat-1.mp4", "a dog-0.mp4", "a dog-1.mp4"]
     assert read_video(tmp_path / "out" / "a cat-1.mp4").shape == (9, 32, 32, 3)
     assert "wrote 4, skipped 0" in capsys.readouterr().out
@@ -130,7 +138,8 @@ def test_two_cpu_processes_sample_each_prompt_exactly_once_and_match_one_process
         assert p.returncode == 0, err[-3000:]
     lines = sorted(line for stdout, _ in results for line in stdout.splitlines() if line.startswith("rank "))
     assert lines == ["rank 0/2: wrote 2, skipped 0", "rank 1/2: wrote 1, skipped 0"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p}-0.mp4" for p in prompts)
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(f"{p}-0.mp4" for p in prompts)
+    assert all(sidecar_path(out / f"{p}-0.mp4").is_file() for p in prompts)
 
     single = tmp_path / "single"
     assert main(["sample", str(_sample_config(tmp_path, single, prompts))]) == 0

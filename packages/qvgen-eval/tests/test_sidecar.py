@@ -71,9 +71,10 @@ def test_rerun_with_another_deploy_folder_is_refused_naming_the_model_then_overw
     assert _run(capsys, _config(tmp_path, out, _deploy(a)))[:2] == (0, "rank 0/1: wrote 1, skipped 0\n")
     video = out / "a dog-0.mp4"
     before = video.read_bytes()
-    assert read_provenance(sidecar_path(video)).facts["model.digest"] == model_facts(
-        "wan", DeployModel(path=a, base=tiny_checkpoint("wan")), "float32"
-    )["model.digest"]
+    assert (
+        read_provenance(sidecar_path(video)).facts["model.digest"]
+        == model_facts("wan", DeployModel(path=a, base=tiny_checkpoint("wan")), "float32")["model.digest"]
+    )
 
     rc, _, err = _run(capsys, _config(tmp_path, out, _deploy(b)))  # was: exit 0, "wrote 0, skipped 1"
     assert rc == 1
@@ -94,7 +95,9 @@ def test_rerun_with_another_seed_is_refused_naming_the_seed(tmp_path, capsys):
     rc, _, err = _run(capsys, _config(tmp_path, out, _fp(), seed=6))
     assert rc == 1 and "a dog-0.mp4: seed: 5 → 6" in err
     assert (out / "a dog-0.mp4").read_bytes() == before
-    rc, stdout, err = _run(capsys, _config(tmp_path, out, _fp(), seed=6), "--set", "sampling.num_inference_steps=3")
+    rc, _, err = _run(
+        capsys, _config(tmp_path, out, _fp(), seed=6), "--set", "sampling.num_inference_steps=3"
+    )
     assert rc == 1 and "a dog-0.mp4: sampling.num_inference_steps: 2 → 3, seed: 5 → 6" in err
 
 
@@ -105,7 +108,9 @@ def test_rerun_with_another_model_kind_is_refused_naming_the_kind(tmp_path, depl
     assert rc == 1 and "model.kind: full_precision → deploy" in err and "model.base: <absent> → tree:" in err
 
 
-def test_unchanged_rerun_skips_and_overwrite_resamples_only_the_videos_whose_sidecar_differs(tmp_path, capsys):
+def test_unchanged_rerun_skips_and_overwrite_resamples_only_the_videos_whose_sidecar_differs(
+    tmp_path, capsys
+):
     out = tmp_path / "videos"
     cfg = _config(tmp_path, out, _fp(), prompts=("a dog", "a cat", "a bird"))
     assert _run(capsys, cfg)[:2] == (0, "rank 0/1: wrote 3, skipped 0\n")
@@ -163,6 +168,18 @@ def test_model_facts_identify_the_weights_not_the_folder(tmp_path, deploy_dirs):
     facts = model_facts("wan", DeployModel(path=a, base=base), "float32")
     copied = shutil.copytree(a, tmp_path / "moved")
     assert model_facts("wan", DeployModel(path=copied, base=base), "float32") == facts
-    assert model_facts("wan", DeployModel(path=b, base=base), "float32")["model.digest"] != facts["model.digest"]
+    assert (
+        model_facts("wan", DeployModel(path=b, base=base), "float32")["model.digest"] != facts["model.digest"]
+    )
     assert facts["model.base"] == model_facts("wan", FullPrecisionModel(path=base), "float32")["model.digest"]
     assert model_facts("wan", DeployModel(path=a, base=base), "bfloat16")["model.dtype"] == "bfloat16"
+
+
+def test_the_refusal_groups_videos_by_what_changed_and_counts_the_rest(tmp_path):
+    from qvgen.eval.sidecar import MAX_LISTED, stale_videos_error
+
+    same = {tmp_path / f"p-{i}.mp4": ["sampling.height: 32 → 64"] for i in range(4)}
+    seeds = {tmp_path / f"q-{i}.mp4": [f"seed: {i} → {i + 10}"] for i in range(MAX_LISTED + 2)}
+    message = str(stale_videos_error(tmp_path, {**same, **seeds}, "REMEDY"))
+    assert "p-0.mp4, p-1.mp4, p-2.mp4, … (4 videos): sampling.height: 32 → 64" in message
+    assert "q-0.mp4: seed: 0 → 10" in message and "… and 3 more videos); REMEDY" in message

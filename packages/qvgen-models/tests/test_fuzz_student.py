@@ -24,6 +24,7 @@ from torch import nn
 from qvgen import quant
 from qvgen.core import seal_manifest
 from qvgen.core.fuzzing import (
+    Blob,
     check_loader,
     fuzz_settings,
     mutated_bytes,
@@ -66,17 +67,17 @@ def student_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
     how = draw(st.sampled_from(["same", "manifest", "manifest", "manifest", "manifest_text", "tensors", "tensors"]))
     if how == "manifest":
         tree = draw(mutated_trees(manifest))
-        return (_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), tensors
+        return Blob((_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode())), Blob(tensors)
     if how == "manifest_text":
         if draw(st.booleans()):
-            return draw(mutated_bytes(manifest_bytes)), tensors
-        return draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass"), tensors
+            return Blob(draw(mutated_bytes(manifest_bytes))), Blob(tensors)
+        return Blob(draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")), Blob(tensors)
     if how == "tensors":
         new = draw(mutated_safetensors(tensors))
         if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
             manifest_bytes = _sealed({**manifest, "tensors_sha256": hashlib.sha256(new).hexdigest()})
-        return manifest_bytes, new
-    return manifest_bytes, tensors
+        return Blob(manifest_bytes), Blob(new)
+    return Blob(manifest_bytes), Blob(tensors)
 
 
 def _valid(model: object) -> None:

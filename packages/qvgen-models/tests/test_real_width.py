@@ -67,3 +67,12 @@ def test_deterministic_from_seed() -> None:
 def test_unknown_model_named() -> None:
     with pytest.raises(ValueError, match="wan2.1-t2v-1.3b"):
         build_real_width("cogvideox-5b", device="meta")
+
+
+def test_weights_digest_of_a_real_width_tensor() -> None:
+    """A UMT5-XXL block's FFN weight has 41943040 elements: float32 linspace put the last sample past the end."""
+    from qvgen.models import weights_digest
+
+    module = torch.nn.Module()
+    module.register_buffer("w", torch.zeros(41_943_040, dtype=torch.int8))
+    assert len(weights_digest(module)) == 12

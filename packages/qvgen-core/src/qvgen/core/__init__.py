@@ -75,7 +75,7 @@ from qvgen.core.provenance import (
     tree_fingerprint,
     write_provenance,
 )
-from qvgen.core.quiet import run_quiet_cli, silence_known_import_noise
+from qvgen.core.quiet import known_import_noise_dropped, run_quiet_cli, silence_known_import_noise
 from qvgen.core.seal import (
     SEAL_FIELDS,
     check_manifest_seal,
@@ -121,6 +121,7 @@ __all__ = [
     "interrupt_signal",
     "is_sealed",
     "is_tool_output",
+    "known_import_noise_dropped",
     "load_config",
     "parse_override",
     "raise_on_sigterm",

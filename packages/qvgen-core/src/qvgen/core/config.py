@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,13 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads `5e-3` or `1e4` (no dot) as a *string*, which strict validation
+# then refuses; tried after PyYAML's own int/float resolvers, so `12` stays an int.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 MAX_TREE_VALUES = 100_000

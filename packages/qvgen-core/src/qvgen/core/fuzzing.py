@@ -130,12 +130,14 @@ def check_loader(
     validate: Callable[[Any], object] | None = None,
     errors: tuple[type[BaseException], ...] = USER_ERRORS,
     timeout_s: float = CASE_TIMEOUT_S,
+    outputs: Sequence[Path] = (),
 ) -> Any:
     """Run `call()` once and assert the fuzz property; count the input under `loader`.
 
     `names`: the paths (or file names) of which the error's first line must mention at least one. `folder`:
     the input folder that must be unchanged afterwards. `validate(result)` may assert more about a returned
-    object. Returns the result (None when the loader refused the input with a user error).
+    object. `outputs`: what a loader that also writes (an importer) must not leave behind, as a file or a
+    non-empty folder, when it refuses the input. Returns the result (None when the loader refused the input).
     """
     before = snapshot(folder)
     problem: str | None = None
@@ -156,6 +158,10 @@ def check_loader(
     except Exception as e:  # the point: any other exception is a finding
         problem = f"internal {type(e).__name__}: {_first_line(str(e))[:300]}"
     after = snapshot(folder)
+    if problem is None and not accepted:
+        left = [str(p) for p in outputs if p.is_file() or (p.is_dir() and any(p.iterdir()))]
+        if left:
+            problem = f"a refused input left a partial output behind: {left}"
     if problem is None and after != before:
         changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
         problem = f"the loader changed its input folder: {changed[:5]}"
@@ -235,6 +241,31 @@ junk_values: st.SearchStrategy[Any] = st.recursive(
 )
 
 
+NUMBER_SPECIALS: list[Any] = [
+    math.nan, math.inf, -math.inf, HUGE_INT, -HUGE_INT, -1, 0, 2**63, 2**64, 1e308, 0.5, True, False, None, "1", "1e3"
+]  # fmt: skip
+STRING_SPECIALS: list[Any] = [
+    "", " ", "\x00", "é", "\ud800", "\u2028", "~/x", "$QVGEN_FUZZ_UNSET_VARIABLE/x", "../x", "x" * 5000, 1, 1.5, None,
+    True, [], {},
+]  # fmt: skip
+
+
+def retyped(value: Any) -> st.SearchStrategy[Any]:
+    """Values of the wrong kind for where `value` sits: NaN/inf/huge/bool/str for a number, odd or non-strings
+    for a string, numbers for a bool, emptied or doubled containers."""
+    if isinstance(value, bool):
+        return st.sampled_from([0, 1, "true", "yes", "on", None, 1.0])
+    if isinstance(value, int | float):
+        return st.sampled_from(NUMBER_SPECIALS)
+    if isinstance(value, str):
+        return st.sampled_from(STRING_SPECIALS)
+    if isinstance(value, list):
+        return st.sampled_from([[], value + value, value[:1], [value], {"0": value}, None, "a, b"])
+    if isinstance(value, dict):
+        return st.sampled_from([{}, [value], None, "x", {**value, "": None}])
+    return junk_scalars
+
+
 def paths_of(tree: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     """Every path (key/index tuple) into a tree of dicts and lists, the root `()` first."""
     out = [prefix]
@@ -263,8 +294,10 @@ def mutated_trees(draw: st.DrawFn, tree: Any, max_mutations: int = 3) -> Any:
         paths = paths_of(tree)
         path = draw(st.sampled_from(paths))
         parent = _get(tree, path[:-1]) if path else None
-        kind = draw(st.sampled_from(["replace", "replace", "replace", "delete", "add", "graft", "deep"]))
-        if kind == "replace":
+        kind = draw(st.sampled_from(["retype", "retype", "retype", "replace", "delete", "add", "graft", "deep"]))
+        if kind == "retype":
+            value = draw(retyped(_get(tree, path)))
+        elif kind == "replace":
             value = draw(junk_values)
         elif kind == "graft":
             value = json.loads(json.dumps(_get(tree, draw(st.sampled_from(paths)))))

@@ -4,9 +4,11 @@ Importing torchao on this torch logs "Failed to load …/_C_mxfp8….so" and "�
 extensions built for another Python/GPU), torch logs two `register_constant()` Enum deprecations from
 `torch.utils._pytree` while torchao registers its enums, and diffusers logs "Unable to import `torchao`
 Tensor objects". None affects qvgen. `silence_known_import_noise()` adds a `logging.Filter` for exactly
-these messages to exactly those loggers; every other record, from those loggers too, passes. Library
-imports of qvgen never call it: only the console scripts in ``qvgen.entrypoints`` do, before importing
-anything heavy.
+these messages to exactly those loggers; every other record, from those loggers too, passes. The console
+scripts in ``qvgen.entrypoints`` call it before importing anything heavy; a library import of qvgen only
+wraps its own first import of torchao (qvgen.quant) and of diffusers' quantizers (qvgen.models) in
+`known_import_noise_dropped()`, which removes its filters again on exit, so `import qvgen.quant` prints
+nothing and no later message is touched.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import importlib
 import logging
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final, NoReturn
 
 KNOWN_IMPORT_NOISE: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
@@ -51,6 +55,22 @@ def silence_known_import_noise() -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, KnownNoiseFilter) and f.pattern is pattern for f in logger.filters):
             logger.addFilter(KnownNoiseFilter(pattern))
+
+
+@contextmanager
+def known_import_noise_dropped() -> Iterator[None]:
+    """Drop the messages of `KNOWN_IMPORT_NOISE` only inside the block (around a third-party import)."""
+    added: list[tuple[logging.Logger, KnownNoiseFilter]] = []
+    for name, pattern in KNOWN_IMPORT_NOISE:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, KnownNoiseFilter) and f.pattern is pattern for f in logger.filters):
+            added.append((logger, KnownNoiseFilter(pattern)))
+            logger.addFilter(added[-1][1])
+    try:
+        yield
+    finally:
+        for logger, noise_filter in added:
+            logger.removeFilter(noise_filter)
 
 
 def run_quiet_cli(module: str) -> NoReturn:

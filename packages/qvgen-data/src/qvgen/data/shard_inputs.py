@@ -121,10 +121,10 @@ def shard_mismatch(out: Path, changed: Sequence[tuple[str, Sequence[str]]]) -> P
     entries = []
     for changes, shards in groups.items():
         names = ", ".join(shards[:4]) + (f" and {len(shards) - 4} more" if len(shards) > 4 else "")
-        facts = "; ".join(changes[:8]) + (f"; {len(changes) - 8} more fact(s)" if len(changes) > 8 else "")
+        facts = "; ".join(changes[:6]) + (f"; {len(changes) - 6} more fact(s)" if len(changes) > 6 else "")
         entries.append(f"{names}: {facts}")
-    if len(entries) > 10:
-        entries = [*entries[:10], f"{len(entries) - 10} more group(s) of shards"]
+    if len(entries) > 6:
+        entries = [*entries[:6], f"{len(entries) - 6} more shard(s) or group(s) of shards"]
     return ProvenanceMismatch(out, entries, REBUILD_HINT)
 
 

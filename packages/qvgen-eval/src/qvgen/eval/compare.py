@@ -329,11 +329,11 @@ def compare_models(
 
 
 def compare(cfg: CompareConfig) -> EvalReport:
-    """`qvgen-eval compare`: the models of `cfg` at the same prompts and seeds."""
+    """`qvgen-eval compare`: the models of `cfg` at the same prompts and seeds.
+
+    Once the config is checked, `out_dir` is claimed (`claim_output_dir`): empty or already this tool's,
+    and neither equal to, inside nor around a model folder or the prompt file."""
     device = resolve_device(cfg.device)
-    models = (cfg.teacher, *(v.model for v in cfg.variants))
-    inputs = [p for m in models for p in (m.path, base_folder(m))] + [cfg.prompts.file]
-    out_dir = claim_output_dir(cfg.out_dir, COMPARE_TOOL, inputs=inputs, what="compare out_dir")
 
     def contender(name: str, source: ModelSource) -> Contender:
         return Contender(
@@ -354,6 +354,9 @@ def compare(cfg: CompareConfig) -> EvalReport:
                     f"{cfg.prompts.file}: adherence: true needs procedural-world captions; prompt {prompt!r}: {err}"
                 ) from err
     items = plan_items(prompts, cfg.prompts.videos_per_prompt, cfg.seed)
+    models = (cfg.teacher, *(v.model for v in cfg.variants))
+    inputs = [p for m in models for p in (m.path, base_folder(m))] + [cfg.prompts.file]
+    out_dir = claim_output_dir(cfg.out_dir, COMPARE_TOOL, inputs=inputs, what="compare out_dir")
     report = compare_models(
         cfg.family,
         contender("teacher", cfg.teacher),

@@ -96,7 +96,7 @@ def model_facts(family: str, source: ModelSource, dtype: DType) -> dict[str, str
     """
     get_family(family)  # an unknown family fails here, before anything is read
     base = base_folder(source)  # reads the manifest: a missing or invalid one is named here
-    facts = {"model.kind": source.kind, "model.dtype": dtype}
+    facts: dict[str, str] = {"model.kind": source.kind, "model.dtype": dtype}
     match source:
         case FullPrecisionModel():
             facts["model.digest"] = tree_fingerprint(source.path)

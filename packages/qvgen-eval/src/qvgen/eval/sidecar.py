@@ -30,6 +30,8 @@ SAMPLE_TOOL: Final = "qvgen-eval sample"
 COMPARE_TOOL: Final = "qvgen-eval compare"
 """The tool name of `qvgen-eval compare` / `compare_models`."""
 
+MAX_LISTED: Final = 5
+"""At most this many groups of stale videos are spelled out in the error."""
 NO_SIDECAR: Final = "no sidecar (an unfinished write, an older qvgen, or not written by qvgen-eval)"
 
 
@@ -89,10 +91,13 @@ def stale_videos_error(folder: Path, stale: Mapping[Path, list[str]], remedy: st
     groups: dict[tuple[str, ...], list[str]] = {}
     for video, changes in stale.items():
         groups.setdefault(tuple(changes), []).append(video.name)
-    lines = []
-    for changes, names in groups.items():
+    lines: list[str] = []
+    for changed, names in groups.items():
         shown = ", ".join(names[:3]) + (f", … ({len(names)} videos)" if len(names) > 3 else "")
-        lines.append(f"{shown}: {', '.join(changes)}")
+        lines.append(f"{shown}: {', '.join(changed)}")
+    if len(lines) > MAX_LISTED:  # e.g. a new seed changes every video differently: list a few, count the rest
+        rest = sum(len(names) for names in list(groups.values())[MAX_LISTED:])
+        lines = [*lines[:MAX_LISTED], f"… and {rest} more videos"]
     return ProvenanceMismatch(folder, lines, remedy)
 
 

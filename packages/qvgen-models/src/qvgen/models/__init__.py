@@ -1,5 +1,11 @@
 """Wan 2.1 and CogVideoX model families for qvgen: loading, layer roles, noising, tiny offline builds."""
 
+from qvgen.core import known_import_noise_dropped
+
+# diffusers' torchao quantizer logs harmless lines on its first import: exactly those are dropped (qvgen.core.quiet).
+with known_import_noise_dropped():
+    import diffusers.quantizers  # noqa: F401
+
 from qvgen.models.cogvideox import CogVideoXFamily
 from qvgen.models.encoder import PipelineEncoder, encoder_identity, weights_digest
 from qvgen.models.family import Components, ModelFamily, NoisedInputs

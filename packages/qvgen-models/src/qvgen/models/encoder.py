@@ -42,7 +42,10 @@ def weights_digest(*modules: torch.nn.Module, samples: int = 256) -> str:
                 continue
             flat = tensor.detach().reshape(-1)
             if flat.numel() > samples:
-                flat = flat[torch.linspace(0, flat.numel() - 1, samples, device=flat.device).long()]
+                # float32 linspace rounds its last point up past the end above 2**24 elements (a real-width
+                # UMT5 block: 41943040); clamping keeps every smaller tensor's indices, hence its digest
+                index = torch.linspace(0, flat.numel() - 1, samples, device=flat.device).long()
+                flat = flat[index.clamp_(max=flat.numel() - 1)]
             h.update(flat.to(device="cpu", dtype=torch.float32).numpy().tobytes())
     return h.hexdigest()[:12]
 

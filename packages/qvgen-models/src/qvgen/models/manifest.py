@@ -59,7 +59,7 @@ class StudentManifest(Frozen):
     @field_validator("family", mode="before")
     @classmethod
     def _known_family(cls, value: object) -> object:
-        if value not in FAMILIES:
+        if not isinstance(value, str) or value not in FAMILIES:  # `in` on a dict/list value: TypeError
             raise ValueError(f"unknown model family {value!r}; known families: {', '.join(sorted(FAMILIES))}")
         return value
 

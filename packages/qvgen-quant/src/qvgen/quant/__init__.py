@@ -1,5 +1,11 @@
 """Fake quantization for QVGen QAT: LSQ+ weights, clipped per-token activations grouped by timestep."""
 
+from qvgen.core import known_import_noise_dropped
+
+# torchao's first import logs harmless lines on a CPU-only machine: exactly those are dropped (qvgen.core.quiet).
+with known_import_noise_dropped():
+    import torchao  # noqa: F401
+
 from qvgen.quant.api import (
     QuantParams,
     QVGenFakeQuantConfig,

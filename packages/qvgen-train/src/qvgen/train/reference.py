@@ -72,6 +72,7 @@ from torch import Tensor, nn
 
 from qvgen import quant
 from qvgen.core import (
+    MARKER_NAME,
     Provenance,
     check_disjoint,
     check_provenance,
@@ -119,17 +120,22 @@ def read_reference(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path], di
             f"{config_path}: missing; a reference checkpoint is a diffusers transformer folder"
         )
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, not UTF-8, an int past 4300 digits, too deep
         raise ReferenceImportError(f"{config_path}: not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ReferenceImportError(f"{config_path}: expected a JSON object (the diffusers config), got {type(config).__name__}")
     if (folder / REF_INDEX).is_file():
         index_path = folder / REF_INDEX
         try:
-            weight_map = json.loads(index_path.read_text()).get("weight_map", {})
-        except (json.JSONDecodeError, AttributeError) as e:
+            weight_map = json.loads(index_path.read_text(encoding="utf-8")).get("weight_map", {})
+        except (ValueError, RecursionError, AttributeError) as e:
             raise ReferenceImportError(f"{index_path}: not a valid safetensors index: {e}") from e
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ReferenceImportError(f"{index_path}: weight_map must map keys to file names")
+        outside = sorted({v for v in weight_map.values() if not v or Path(v).name != v or v in (".", "..")})
+        if outside:  # an index is data: it names files beside it, never paths elsewhere
+            raise ReferenceImportError(f"{index_path}: weight_map names {outside[:3]}; expected bare file names in {folder}")
         files = sorted({folder / name for name in weight_map.values()})
     elif (folder / REF_TENSORS).is_file():
         files = [folder / REF_TENSORS]
@@ -460,8 +466,11 @@ def import_reference(
             student, tmp / ".student", family=fam_name, checkpoint=base, quant_config=cfg,  # type: ignore[arg-type]
             run_config=run_config,
         )  # fmt: skip
-        for item in built.iterdir():
-            os.replace(item, tmp / item.name)
+        for item in built.iterdir():  # all but save_student's own marker: the folder is import-reference's
+            if item.name == MARKER_NAME:
+                item.unlink()
+            else:
+                os.replace(item, tmp / item.name)
         built.rmdir()
         write_provenance(tmp / IMPORT_PROVENANCE, provenance)
 
