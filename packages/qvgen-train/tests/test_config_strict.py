@@ -27,10 +27,14 @@ def _one_error_line(capsys) -> str:
     return err[0]
 
 
-def test_a_boolean_caption_dropout_is_refused_in_one_line_naming_the_field(run_dict, wan_shards, tmp_path, capsys):
+def test_a_boolean_caption_dropout_is_refused_in_one_line_naming_the_field(
+    run_dict, wan_shards, tmp_path, capsys
+):
     data = run_dict("wan", wan_shards, tmp_path / "out")
     data["train"]["caption_dropout"] = True  # `caption_dropout: yes` in YAML
-    path = _write(tmp_path, data, yaml.safe_dump(data).replace("caption_dropout: true", "caption_dropout: yes"))
+    path = _write(
+        tmp_path, data, yaml.safe_dump(data).replace("caption_dropout: true", "caption_dropout: yes")
+    )
     capsys.readouterr()  # the tiny checkpoint's build output
     assert main(["run", str(path), "--dry-run"]) == 2
     line = _one_error_line(capsys)

@@ -51,10 +51,14 @@ def test_a_full_disk_at_the_second_checkpoint_is_one_line_and_keeps_the_first(
         assert ckpt.verify_checkpoint(out / "checkpoints" / "step-00000002").step == 2
 
 
-def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_partial_folder(run_dict, wan_shards, tmp_path, capsys):
+def test_a_full_disk_at_the_export_is_one_line_and_leaves_no_partial_folder(
+    run_dict, wan_shards, tmp_path, capsys
+):
     with small_filesystem(SIZE) as fs:
         out = fs / "run"
-        cfg = run_dict("wan", wan_shards, out, aux=None, train={"max_steps": 0})  # PTQ: only the export writes
+        cfg = run_dict(
+            "wan", wan_shards, out, aux=None, train={"max_steps": 0}
+        )  # PTQ: only the export writes
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(cfg))
         fill_filesystem(fs, leave_bytes=LEFT)
         capsys.readouterr()

@@ -17,7 +17,9 @@ from qvgen.train.checkpoint import latest_checkpoint
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_mid_run_exits_with_one_line_naming_the_checkpoint(signum, code, run_dict, wan_shards, tmp_path):
+def test_a_signal_mid_run_exits_with_one_line_naming_the_checkpoint(
+    signum, code, run_dict, wan_shards, tmp_path
+):
     out = tmp_path / "run"
     cfg = run_dict(
         "wan", wan_shards, out, aux=None, train={"max_steps": 100_000},

@@ -24,7 +24,9 @@ def _cfg(run_dict, shards, out, **sections):
 
 
 def _snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_a_new_run_into_a_finished_run_is_refused_and_leaves_it_untouched(run_dict, wan_shards, tmp_path):
@@ -57,12 +59,14 @@ def test_overwrite_replaces_a_finished_run_folder_but_never_a_users_folder(run_d
 
 
 def test_output_dir_inside_the_model_checkpoint_or_the_shards_is_refused(run_dict, wan_shards, tmp_path):
-    with pytest.raises(ValueError, match="output_dir .* lies inside the input"):
+    with pytest.raises(ValueError, match=r"output_dir .* lies inside the input"):
         run(_cfg(run_dict, wan_shards, wan_shards / "run"))
     assert not (wan_shards / "run").exists()
 
 
-def test_an_interrupted_run_of_another_config_is_refused_listing_the_changed_fields(run_dict, wan_shards, tmp_path):
+def test_an_interrupted_run_of_another_config_is_refused_listing_the_changed_fields(
+    run_dict, wan_shards, tmp_path
+):
     out = tmp_path / "run"
     sections = {"checkpoint": {"every_n_steps": 1}, "export": {"fake_quant": False, "deploy": False}}
     run(_cfg(run_dict, wan_shards, out, **sections))  # no final/: as if killed before the export
@@ -93,7 +97,9 @@ def test_a_torn_last_metrics_line_is_dropped_on_resume_with_a_warning(run_dict, 
     assert [r["loss"] for r in records] == list(full.losses)
 
 
-def test_a_malformed_metrics_line_before_the_last_is_an_error_naming_file_and_line(run_dict, wan_shards, tmp_path):
+def test_a_malformed_metrics_line_before_the_last_is_an_error_naming_file_and_line(
+    run_dict, wan_shards, tmp_path
+):
     out = tmp_path / "run"
     sections = {"checkpoint": {"every_n_steps": 1}, "export": {"fake_quant": False, "deploy": False}}
     run(_cfg(run_dict, wan_shards, out, **sections))

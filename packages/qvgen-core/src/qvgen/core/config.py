@@ -171,11 +171,27 @@ def validate_config(cls: type[M], tree: Mapping[str, Any], source: str) -> M:
     try:
         cfg = cls.model_validate_json(payload, strict=True)
     except ValidationError as e:
-        raise ConfigError(f"{source}: invalid {cls.__name__}\n{e}") from e
+        raise ConfigError(f"{source}: invalid {cls.__name__}: {validation_summary(e)}") from e
     try:
         return expand_model_paths(cfg)
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from e
+
+
+def validation_summary(e: ValidationError) -> str:
+    """A pydantic error as one line: each invalid field's dotted path, its problem and the value given."""
+    parts = []
+    for err in e.errors(include_url=False):
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict | list) or "input" not in err else f" (got {_short_repr(value)})"
+        parts.append(f"{where}: {err['msg']}{shown}")
+    return "; ".join(parts)
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def expand_model_paths(model: M, where: str = "") -> M:

@@ -175,7 +175,11 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
     manifest = read_student_manifest(d)
     if family is not None and manifest.family != family:
         raise ValueError(f"{path}: a {manifest.family!r} student, but a {family!r} model was asked for")
-    model = get_family(manifest.family).load_transformer(manifest.checkpoint, dtype="float32")
+    try:
+        model = get_family(manifest.family).load_transformer(manifest.checkpoint, dtype="float32")
+    except (OSError, ValueError) as e:  # the error names the checkpoint folder; say which manifest pointed there
+        wrapped = f"{path}: cannot load the base checkpoint {manifest.checkpoint!r} it records: {e}"
+        raise (FileNotFoundError(wrapped) if isinstance(e, FileNotFoundError) else ValueError(wrapped)) from e
     recorded = manifest.layers
     others = tuple(
         glob.escape(name)
