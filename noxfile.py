@@ -63,7 +63,7 @@ def install_local(session: nox.Session, shorts: list[str], extras: tuple[str, ..
     paths: list[str] = []
     for short in shorts:
         paths += ["-e", str(PACKAGES / f"qvgen-{short}")]
-    session.install(NO_COMPILE, *CONSTRAINTS, "pytest", *extras, *paths)
+    session.install(NO_COMPILE, *CONSTRAINTS, "pytest", "hypothesis", *extras, *paths)
 
 
 @nox.session(python=PYTHON)
@@ -90,12 +90,18 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session(python=PYTHON)
 def slow(session: nox.Session) -> None:
     """The multi-process tests (DDP, FSDP2, two sampling processes: `@pytest.mark.slow`), every package
-    installed together. Not a default session: it takes 5–10 min on a 2-core CPU."""
+    installed together, then every loader fuzz test (`tests/test_fuzz*.py`) with ten times the examples
+    (`QVGEN_FUZZ_PROFILE=slow`). Not a default session: it takes 5–10 min on a 2-core CPU, plus about 20 min
+    of fuzzing."""
     install_local(session, [*LIBRARY_PACKAGES, "demo"])
     for package in [*LIBRARY_PACKAGES, "demo"]:
         tests_dir = str(PACKAGES / f"qvgen-{package}" / "tests")
         # exit code 5: the package has no slow test
         session.run("pytest", tests_dir, "-m", "slow", *session.posargs, env=TEST_ENV, success_codes=[0, 5])
+    for package in [*LIBRARY_PACKAGES, "demo"]:
+        fuzz = sorted(str(p) for p in (PACKAGES / f"qvgen-{package}" / "tests").glob("test_fuzz*.py"))
+        if fuzz:
+            session.run("pytest", *fuzz, *session.posargs, env={**TEST_ENV, "QVGEN_FUZZ_PROFILE": "slow"})
 
 
 @nox.session(python=PYTHON)
@@ -141,10 +147,12 @@ def vbench(session: nox.Session) -> None:
     """The real VBench package (not a default: a ~6 GB venv of torch 2.14.1 + torchvision 0.29.1 + vbench).
 
     VBench pins transformers 4.33 and needs a torchvision that does not import beside the CPU torch 2.13, so it
-    gets its own interpreter; qvgen-eval (in this session's venv) calls it through `QVGEN_VBENCH_PYTHON`.
+    gets its own interpreter, .nox/vbench/tmp/vbench-venv (packages/qvgen-eval/scripts/vbench_smoke.sh builds
+    and reuses the same one); qvgen-eval (in this session's venv) calls it through `QVGEN_VBENCH_PYTHON`, an
+    absolute path, since VBench runs with its output folder as the current directory.
     """
     install_local(session, declared_qvgen_deps("eval"))
-    vbench_venv = Path(session.create_tmp()) / "vbench-venv"
+    vbench_venv = Path(session.create_tmp()).absolute() / "vbench-venv"
     vbench_python = vbench_venv / "bin" / "python"
     if not vbench_python.exists():
         session.run("python3.11", "-m", "venv", str(vbench_venv), external=True)

@@ -1,5 +1,7 @@
-"""Issue 13's five failure scenarios, run as a user would hit them; each prints pass/fail with its evidence.
+"""The reliability scenarios of issues 13 and 32, run as a user would hit them; each prints pass/fail with
+its evidence.
 
+Issue 13 (the `reliability` line):
 1. scale_lr_1e-2_loadable: a 256→128 W4A4 layer trained with scale lr 1e-2 (the raw LSQ+ scales of many
    rows go ≤ 0 after one Adam step) and a tiny-Wan LSQ run with `optim.lr.weight_qparams=1e-2`: both
    exports must load with `load_quantized` (and the layer's deploy output equal its fake-quant output).
@@ -9,18 +11,19 @@
    checkpoints are written, the fake-quant and deploy exports load.
 4. flipped_bytes_detected: 100 flipped bytes (same size) in `model.safetensors` of a deploy folder and of
    a fake-quant student folder must both be refused naming the file.
-5. enospc_intact: ENOSPC (OSError 28) injected mid checkpoint save, mid shard write and mid deploy export:
-   the previous checkpoint / shards / folder stay intact and loadable, no temp is left, the error names
-   the path.
+5. enospc_intact: a REAL full disk (a small tmpfs, mounted here as root) under a training run's checkpoint,
+   a shard write and a deploy export: the previous checkpoint / shards / export stay intact and loadable,
+   no temp is left, the error is one line naming the path and "no space left on device".
 
-Last line: `reliability scale_lr_1e-2_loadable=<b> resume_after_removal=<b> fsdp_recipe_2proc=<b>
-flipped_bytes_detected=<b> enospc_intact=<b>`. Usage: python benchmarks/reliability.py (≤ 10 min on 2 cores).
+Issue 32 (the `reliability2` line): the scenarios of `benchmarks/reliability_trust.py` (each drives the
+public command in a subprocess), the reference replay count, and the fuzz run of every user-fed loader.
+
+Usage: python benchmarks/reliability.py (≤ 15 min on 2 cores; needs root for the tmpfs scenarios, which
+otherwise report false).
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import os
 import shutil
@@ -31,22 +34,20 @@ import tempfile
 import textwrap
 import time
 import traceback
+import unittest
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
+import reliability_trust as trust  # benchmarks/ is sys.path[0] as a script
 import torch
 import yaml
 from torch import nn
 
 from qvgen import quant
-from qvgen.data import EncodedSample, WriterConfig, read_manifest, write_shards
-from qvgen.data import writer as data_writer
+from qvgen.data import EncodedSample, WriterConfig, write_shards
 from qvgen.models import get_family, load_student, save_student
 from qvgen.models.testing import tiny_checkpoint
-from qvgen.quant import export as quant_export
-from qvgen.train import checkpoint as ckpt
 from qvgen.train.config import RunConfig
 from qvgen.train.recipe import run
 
@@ -160,6 +161,7 @@ DRIVER = textwrap.dedent(
     from accelerate import PartialState
     from qvgen.train.config import load_config
     from qvgen.train.recipe import run
+
     result = run(load_config(sys.argv[1]))
     with open(f"{sys.argv[2]}/rank{PartialState().process_index}.json", "w") as f:
         json.dump({"phi_rank": result.phi_rank, "losses": result.losses}, f)
@@ -244,147 +246,114 @@ def flipped_bytes(work: Path) -> tuple[bool, str]:
     )
 
 
-# ---------------------------------------------------------------------------------------------- 5
-
-
-def _disk_full(*args: Any, **kwargs: Any) -> None:
-    raise OSError(errno.ENOSPC, "No space left on device")
-
-
-def _no_temp(folder: Path) -> bool:
-    return not [p for p in folder.rglob("*") if p.name.startswith(".") or p.name.endswith(".tmp")]
-
-
-def enospc(work: Path) -> tuple[bool, str]:
-    results = {}
-    # checkpoint save: ENOSPC after accelerate wrote the model and optimizer files
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=True)
-    model = nn.Linear(4, 3)
-    model, _ = accelerator.prepare(model, torch.optim.AdamW(model.parameters()))
-    gen = torch.Generator().manual_seed(0)
-    state = {"model": {"family": "wan"}, "train": {"seed": 1}}
-    root = work / "checkpoints"
-    previous = ckpt.save_checkpoint(
-        accelerator, root, ckpt.TrainState(step=2, world_size=1, data_batches=2, phi_rank=None, config=state),
-        {"sampling": gen}, keep_last=2,
-    )  # fmt: skip
-    real_generators = ckpt.save_generators
-    ckpt.save_generators = _disk_full  # type: ignore[assignment]
-    try:
-        ckpt.save_checkpoint(
-            accelerator, root, ckpt.TrainState(step=4, world_size=1, data_batches=4, phi_rank=None, config=state),
-            {"sampling": gen}, keep_last=2,
-        )  # fmt: skip
-        named = False
-    except OSError as e:
-        named = e.errno == errno.ENOSPC and "step-00000004" in str(e)
-    finally:
-        ckpt.save_generators = real_generators  # type: ignore[assignment]
-    ckpt.load_checkpoint(accelerator, previous, {"sampling": gen})
-    results["checkpoint"] = (
-        named
-        and ckpt.verify_checkpoint(previous).step == 2
-        and _no_temp(root)
-        and (sorted(p.name for p in root.iterdir()) == ["step-00000002"])
-    )
-
-    # shard write: ENOSPC inside the second shard's tar
-    g = torch.Generator().manual_seed(1)
-    samples = [
-        EncodedSample(id=f"c{i}", caption=f"c {i}", latents_mean=torch.randn(4, 2, 2, 2, generator=g),
-                      latents_logvar=None, text_embeddings=torch.randn(6, 8, generator=g), text_length=3,
-                      video_shape=(5, 16, 16))
-        for i in range(8)
-    ]  # fmt: skip
-    shards = work / "shards"
-    cfg = WriterConfig(samples_per_shard=4, store_logvar=False)
-    real_serialize = data_writer._serialize
-
-    def serialize(sample: EncodedSample, index: int, c: WriterConfig) -> dict[str, object]:
-        if index == 6:
-            _disk_full()
-        return real_serialize(sample, index, c)
-
-    data_writer._serialize = serialize  # type: ignore[assignment]
-    try:
-        write_shards(samples, shards, cfg, encoder_name="x")
-        named = False
-    except OSError as e:
-        named = e.errno == errno.ENOSPC and "shard-000001.tar" in str(e)
-    finally:
-        data_writer._serialize = real_serialize  # type: ignore[assignment]
-    record = json.loads((shards / "shard-000000.json").read_text())
-    intact = (
-        record["info"]["sha256"] == hashlib.sha256((shards / "shard-000000.tar").read_bytes()).hexdigest()
-    )
-    write_shards(samples, shards, cfg, encoder_name="x")  # the re-run completes the dataset
-    results["shards"] = named and intact and _no_temp(shards) and read_manifest(shards).num_samples == 8
-
-    # deploy export: ENOSPC halfway through the tensors file of a second export over the first
-    torch.manual_seed(0)
-    first = Proj()
-    quant.prepare_(first, W4A4_G1)
-    quant.initialize_(first, progress=False)
-    quant.convert_(first)
-    out = work / "deploy" / "final"
-    quant.save_quantized(first, out)
-    probe = torch.randn(2, 256)
-    expected = first(probe)
-
-    def half_then_full(tensors: dict[str, torch.Tensor], filename: str, metadata: Any = None) -> None:
-        Path(filename).write_bytes(safetensors.torch.save(tensors, metadata)[:1000])
-        _disk_full()
-
-    real_save = quant_export.save_file
-    quant_export.save_file = half_then_full  # type: ignore[assignment]
-    try:
-        quant.save_quantized(first, out)
-        named = False
-    except OSError as e:
-        named = e.errno == errno.ENOSPC and str(out) in str(e)
-    finally:
-        quant_export.save_file = real_save  # type: ignore[assignment]
-    same = torch.equal(quant.load_quantized(Proj(), out)(probe), expected)
-    results["deploy"] = named and same and _no_temp(out.parent)
-    ok = all(results.values())
-    return ok, ", ".join(f"{k}: {'intact' if v else 'FAILED'}" for k, v in results.items())
-
-
 # ---------------------------------------------------------------------------------------------- main
 
 
-def main() -> int:
-    torch.set_num_threads(1)
-    root = Path(tempfile.mkdtemp(prefix="qvgen-reliability-"))
-    shards = tiny_shards(root / "shards")
-    scenarios: list[tuple[str, Callable[[Path], tuple[bool, str]]]] = [
-        ("scale_lr_1e-2_loadable", lambda w: scale_lr(w, shards)),
-        ("resume_after_removal", lambda w: resume_after_removal(w, shards)),
-        ("fsdp_recipe_2proc", lambda w: fsdp_2proc(w, shards)),
-        ("flipped_bytes_detected", flipped_bytes),
-        ("enospc_intact", enospc),
-    ]
+def run_scenarios(
+    root: Path, scenarios: list[tuple[str, Callable[[Path], tuple[bool, str]]]]
+) -> dict[str, bool]:
+    """Run each scenario in its own folder under `root`, print its table row; a crash is a failure."""
     outcome: dict[str, bool] = {}
-    print("| scenario | result | seconds | evidence |\n| --- | --- | ---: | --- |")
+    print("| scenario | result | seconds | evidence |\n| --- | --- | ---: | --- |", flush=True)
     for name, scenario in scenarios:
         work = root / name
         work.mkdir()
         start = time.perf_counter()
         try:
             ok, evidence = scenario(work)
+        except unittest.SkipTest as e:
+            ok, evidence = False, f"not run here: {e}"
         except Exception as e:  # a scenario that crashes is a failed scenario; the rest still run
             ok, evidence = False, f"{type(e).__name__}: {e}".splitlines()[0]
             traceback.print_exc(file=sys.stderr)
         outcome[name] = ok
+        evidence = evidence.replace("|", "/")
         print(
             f"| {name} | {'pass' if ok else 'FAIL'} | {time.perf_counter() - start:.0f} | {evidence} |",
             flush=True,
         )
+    return outcome
+
+
+def enospc_all(work: Path, shards: Path) -> tuple[bool, str]:
+    """Issue 13's enospc_intact, on a real full disk: checkpoint, shards and export."""
+    parts = {
+        "checkpoint": trust.real_enospc_one_line,
+        "shards": lambda w: trust.real_enospc_shards(w),
+        "export": lambda w: trust.real_enospc_export(w),
+    }
+    results = {}
+    for name, scenario in parts.items():
+        (work / name).mkdir()
+        results[name] = scenario(work / name, shards) if name == "checkpoint" else scenario(work / name)
+    ok = all(r[0] for r in results.values())
+    return ok, "; ".join(f"{k}: {v[1]}" for k, v in results.items())
+
+
+def main() -> int:
+    torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp(prefix="qvgen-reliability-"))
+    shards = tiny_shards(root / "shards")
+    issue13 = run_scenarios(
+        root,
+        [
+            ("scale_lr_1e-2_loadable", lambda w: scale_lr(w, shards)),
+            ("resume_after_removal", lambda w: resume_after_removal(w, shards)),
+            ("fsdp_recipe_2proc", lambda w: fsdp_2proc(w, shards)),
+            ("flipped_bytes_detected", flipped_bytes),
+            ("enospc_intact", lambda w: enospc_all(w, shards)),
+        ],
+    )
+    print("reliability " + " ".join(f"{k}={str(v).lower()}" for k, v in issue13.items()), flush=True)
+
+    replay: dict[str, int] = {}
+
+    def reference_replay(work: Path) -> tuple[bool, str]:
+        ok, evidence, replay["matched"], replay["total"] = trust.reference_replay(work)
+        return ok, evidence
+
+    fuzz: dict[str, int] = {}
+
+    def fuzz_run(work: Path) -> tuple[bool, str]:
+        ok, evidence, fuzz["cases"], fuzz["failures"] = trust.fuzz_loaders(work)
+        return ok, evidence
+
+    issue32 = run_scenarios(
+        root,
+        [
+            ("import_out_guard", trust.import_out_guard),
+            ("stale_shards_refused", trust.stale_shards_refused),
+            ("stale_videos_refused", trust.stale_videos_refused),
+            ("manifest_edit_detected", trust.manifest_edit_detected),
+            ("real_enospc_one_line", lambda w: _both_enospc(w, shards)),
+            ("torn_metrics_resumes", lambda w: trust.torn_metrics_resumes(w, shards)),
+            ("finished_run_guard", lambda w: trust.finished_run_guard(w, shards)),
+            ("strict_config", lambda w: trust.strict_config(w, shards)),
+            ("tilde_expanded", lambda w: trust.tilde_expanded(w, shards)),
+            ("sigint_one_line", lambda w: trust.sigint_one_line(w, shards)),
+            ("import_checks_codes", trust.import_checks_codes),
+            ("reference_replay", reference_replay),
+            ("fuzz", fuzz_run),
+        ],
+    )
     shutil.rmtree(root, ignore_errors=True)
-    print("reliability " + " ".join(f"{k}={str(v).lower()}" for k, v in outcome.items()))
-    return 0 if all(outcome.values()) else 1
+    bools = {k: v for k, v in issue32.items() if k not in ("reference_replay", "fuzz")}
+    print(
+        "reliability2 "
+        + " ".join(f"{k}={str(v).lower()}" for k, v in bools.items())
+        + f" reference_replay_calls={replay.get('matched', 0)}/{replay.get('total', 0)}"
+        + f" fuzz_cases={fuzz.get('cases', 0)} fuzz_failures={fuzz.get('failures', -1)}"
+    )
+    return 0 if all(issue13.values()) and all(issue32.values()) else 1
+
+
+def _both_enospc(work: Path, shards: Path) -> tuple[bool, str]:
+    """real_enospc_one_line: the checkpoint of a CLI run and a deploy export, each on a real full tmpfs."""
+    (work / "run").mkdir()
+    (work / "export").mkdir()
+    ckpt_ok, ckpt_note = trust.real_enospc_one_line(work / "run", shards)
+    export_ok, export_note = trust.real_enospc_export(work / "export")
+    return ckpt_ok and export_ok, f"checkpoint: {ckpt_note}; export: {export_note}"
 
 
 if __name__ == "__main__":

@@ -84,7 +84,9 @@ def reference_checkpoint(work: Path, bits: int = 4) -> tuple[Path, Path]:
 
     base = tiny_checkpoint("wan")
     transformer = get_family("wan").load_transformer(base, dtype="float32")
-    return base, write_reference_checkpoint(transformer, work / f"ref-w{bits}" / "transformer", bits=bits, seed=1)
+    return base, write_reference_checkpoint(
+        transformer, work / f"ref-w{bits}" / "transformer", bits=bits, seed=1
+    )
 
 
 def import_out_guard(work: Path) -> Scenario:
@@ -153,7 +155,18 @@ def import_checks_codes(work: Path) -> Scenario:
     }
     results = {}
     for i, (name, (folder, flags, needle)) in enumerate(cases.items()):
-        proc = sh([*TRAIN, "import-reference", str(folder), "--base", str(base), "--out", str(work / f"o{i}"), *flags])
+        proc = sh(
+            [
+                *TRAIN,
+                "import-reference",
+                str(folder),
+                "--base",
+                str(base),
+                "--out",
+                str(work / f"o{i}"),
+                *flags,
+            ]
+        )
         results[name] = one_line_error(proc, needle)
     ok = all(results.values())
     return ok, ", ".join(f"{k}: {'refused' if v else 'ACCEPTED'}" for k, v in results.items())
@@ -178,7 +191,12 @@ def reference_replay(work: Path) -> tuple[bool, str, int, int]:
     want = quant.reference_call_groups(50, groups=50, cfg=True, fix=True)
     matched = sum(g == w for g, w in zip(got, want, strict=False))
     total = max(len(got), len(want))
-    return matched == total, f"{matched}/{total} calls use the reference's group (first {got[:4]})", matched, total
+    return (
+        matched == total,
+        f"{matched}/{total} calls use the reference's group (first {got[:4]})",
+        matched,
+        total,
+    )
 
 
 # ------------------------------------------------------------------------------------ train run folders
@@ -208,7 +226,7 @@ def run_yaml(work: Path, shards: Path, out: str | Path, name: str = "run.yaml", 
         "model": {"family": "wan", "checkpoint": str(tiny_checkpoint("wan")), "dtype": "float32"},
         "aux": {"decay": {"initial_rank": 4, "period": 2}},
         "data": {"shards": str(shards), "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
-        "train": {"max_steps": 5, "caption_dropout": 0.0, "seed": 3},
+        "train": {"max_steps": 7, "caption_dropout": 0.0, "seed": 3},
         "logging": {"progress_bar": False},
         "checkpoint": {"every_n_steps": None},
         "export": {"fake_quant": True, "deploy": False},
@@ -228,7 +246,7 @@ def strict_config(work: Path, shards: Path) -> Scenario:
     yes = work / "yes.yaml"
     yes.write_text(text.replace("caption_dropout: 0.0", "caption_dropout: yes"))
     dup = work / "dup.yaml"
-    dup.write_text(text.replace("  max_steps: 5", "  max_steps: 5\n  max_steps: 50"))
+    dup.write_text(text.replace("  max_steps: 7", "  max_steps: 7\n  max_steps: 50"))
     cases = {
         "caption_dropout: yes": (sh([*TRAIN, "run", str(yes), "--dry-run"]), "caption_dropout"),
         "--set train.max_steps=yes": (
@@ -237,7 +255,10 @@ def strict_config(work: Path, shards: Path) -> Scenario:
         ),
         "duplicate max_steps": (sh([*TRAIN, "run", str(dup), "--dry-run"]), "duplicate key 'max_steps'"),
     }
-    results = {k: p.returncode != 0 and needle in p.stderr and "Traceback" not in p.stderr for k, (p, needle) in cases.items()}
+    results = {
+        k: p.returncode != 0 and needle in p.stderr and "Traceback" not in p.stderr
+        for k, (p, needle) in cases.items()
+    }
     fine = sh([*TRAIN, "run", str(ok_cfg), "--dry-run"])
     ok = all(results.values()) and fine.returncode == 0
     return ok, ", ".join(f"{k}: {'refused' if v else 'ACCEPTED'}" for k, v in results.items()) + (
@@ -258,7 +279,10 @@ def tilde_expanded(work: Path, shards: Path) -> Scenario:
         and (run_dir / "final" / "fake_quant").is_dir()
         and not (work / "~").exists()
     )
-    return ok, f"exit {proc.returncode}; metrics and final/ under $HOME/x: {ok}; ./~ created: {(work / '~').exists()}"
+    return (
+        ok,
+        f"exit {proc.returncode}; metrics and final/ under $HOME/x: {ok}; ./~ created: {(work / '~').exists()}",
+    )
 
 
 def finished_run_guard(work: Path, shards: Path) -> Scenario:
@@ -272,28 +296,41 @@ def finished_run_guard(work: Path, shards: Path) -> Scenario:
     other = sh([*TRAIN, "run", str(changed)])
     kept = tree_digest(out) == before
     ok = first.returncode == 0 and one_line_error(again) and one_line_error(other) and kept
-    return ok, f"same config: exit {again.returncode} ({first_line(again)!r}); changed config: exit {other.returncode}; folder unchanged {kept}"
+    return (
+        ok,
+        f"same config: exit {again.returncode} ({first_line(again)!r}); changed config: exit {other.returncode}; folder unchanged {kept}",
+    )
 
 
 def torn_metrics_resumes(work: Path, shards: Path) -> Scenario:
-    """Item 6: a run killed, its metrics.jsonl's last line torn, resumes (the torn line dropped with a warning)."""
+    """Item 6: a run killed after its step-4 checkpoint while writing metrics (the last checkpoint gone, the
+    last metrics line torn) resumes: the torn line is dropped with a warning, every step logged once."""
     out = work / "run"
     cfg = run_yaml(
-        work, shards, out, train={"max_steps": 6}, checkpoint={"every_n_steps": 2, "keep_last": 2}, aux=None,
+        work, shards, out, train={"max_steps": 6}, checkpoint={"every_n_steps": 2, "keep_last": 3}, aux=None,
         export={"fake_quant": False, "deploy": False},
     )  # fmt: skip
-    first = sh([*TRAIN, "run", str(cfg), "--set", "train.max_steps=4"])
+    first = sh([*TRAIN, "run", str(cfg)])
+    shutil.rmtree(out / "checkpoints" / "step-00000006")
     metrics = out / "metrics.jsonl"
-    lines_before = metrics.read_text().splitlines()
-    with open(metrics, "ab") as f:
-        f.write(b'{"step": 5, "loss": 0.12')  # what a kill in the middle of a write leaves
+    text = metrics.read_text()
+    last_step = max(json.loads(x)["step"] for x in text.splitlines())
+    metrics.write_text(text[: len(text) - len(text.splitlines()[-1]) // 2 - 1])  # half of the last line
     resumed = sh([*TRAIN, "run", str(cfg), "--set", "checkpoint.resume_from=latest"])
-    records = [json.loads(x) for x in metrics.read_text().splitlines()]
+    steps = [json.loads(x).get("step") for x in metrics.read_text().splitlines()]
+    logged = [s for s in steps if s is not None]
     warned = "metrics.jsonl" in resumed.stderr and "torn" in resumed.stderr
-    ok = first.returncode == 0 and resumed.returncode == 0 and warned and len(records) > len(lines_before)
+    once = len(logged) == len(set(logged))
+    ok = (
+        first.returncode == 0
+        and resumed.returncode == 0
+        and warned
+        and once
+        and max(logged, default=0) == last_step
+    )
     return ok, (
-        f"first run exit {first.returncode}; resume exit {resumed.returncode}, warned {warned}; "
-        f"metrics lines {len(lines_before)} → {len(records)} (all parse)"
+        f"resume exit {resumed.returncode}, torn line warned {warned}; steps logged once {once} "
+        f"(last {max(logged, default=0)})"
     )
 
 
@@ -306,7 +343,9 @@ def sigint_one_line(work: Path, shards: Path) -> Scenario:
             work, shards, out, name=f"{sig.name}.yaml", train={"max_steps": 500},
             checkpoint={"every_n_steps": 2, "keep_last": 2}, export={"fake_quant": False, "deploy": False}, aux=None,
         )  # fmt: skip
-        proc = subprocess.Popen([*TRAIN, "run", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV)
+        proc = subprocess.Popen(
+            [*TRAIN, "run", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV
+        )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             ckpts = out / "checkpoints"
@@ -329,31 +368,37 @@ def sigint_one_line(work: Path, shards: Path) -> Scenario:
 
 
 def real_enospc_one_line(work: Path, shards: Path) -> Scenario:
-    """Item 5: a run whose output folder lies on a real, small tmpfs that fills up: the checkpoint write fails
-    as one line naming the path and 'no space left on device'; the previous checkpoint stays loadable."""
-    from qvgen.train import verify_checkpoint
+    """Item 5 (checkpoint half): a run whose output folder lies on a real 64 MiB tmpfs, filled by another
+    process once the first checkpoint is complete: the next checkpoint fails as one line naming the path and
+    'no space left on device', exit 1; the complete checkpoint stays and verifies."""
+    from qvgen.train.checkpoint import verify_checkpoint
 
     with small_filesystem(64 << 20) as fs:
         out = fs / "run"
         cfg = run_yaml(
-            work, shards, out, train={"max_steps": 4}, checkpoint={"every_n_steps": 2, "keep_last": 3}, aux=None,
-            export={"fake_quant": False, "deploy": False},
+            work, shards, out, train={"max_steps": 400}, checkpoint={"every_n_steps": 2, "keep_last": 3},
+            aux=None, export={"fake_quant": False, "deploy": False},
         )  # fmt: skip
-        first = sh([*TRAIN, "run", str(cfg), "--set", "train.max_steps=2"])
-        previous = out / "checkpoints" / "step-00000002"
-        fill_filesystem(fs, leave_bytes=64 << 10)
-        full = sh([*TRAIN, "run", str(cfg), "--set", "checkpoint.resume_from=latest"])
-        intact = verify_checkpoint(previous).step == 2
-        leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name != "step-00000002"]
-        ok = (
-            first.returncode == 0
-            and one_line_error(full, "no space left on device", str(out))
-            and intact
-            and not leftovers
+        proc = subprocess.Popen(
+            [*TRAIN, "run", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV
         )
-        return ok, (
-            f"real 64 MiB tmpfs filled after step 2: exit {full.returncode}, {first_line(full)!r}; "
-            f"step-2 checkpoint verifies {intact}; other entries {leftovers}"
+        first = out / "checkpoints" / "step-00000002"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                verify_checkpoint(first)
+                break
+            except (OSError, ValueError):
+                time.sleep(0.1)
+        fill_filesystem(fs, leave_bytes=64 << 10)
+        _, err = proc.communicate(timeout=300)
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+        kept = sorted(p.name for p in (out / "checkpoints").iterdir())
+        intact = all(verify_checkpoint(out / "checkpoints" / k).step > 0 for k in kept) and bool(kept)
+        ok = one_line_error(done, "no space left on device", str(out)) and intact
+        return (
+            ok,
+            f"tmpfs filled after step 2: exit {done.returncode}, {first_line(done)!r}; complete checkpoints {kept} verify {intact}",
         )
 
 
@@ -397,4 +442,205 @@ def stale_shards_refused(work: Path) -> Scenario:
     return ok, (
         f"caption of row 0 changed: exit {rerun.returncode}, shard 0 untouched {state(shard0) == before0 or only0} "
         f"({first_line(rerun)!r}); --overwrite: exit {rebuilt.returncode}, only shard 0 rewritten {only0}"
+    )
+
+
+# ------------------------------------------------------------------------------------ manifests and exports
+
+WAN_TINY = {
+    "num_layers": 2, "num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64, "ffn_dim": 256,
+    "freq_dim": 256, "rope_max_seq_len": 32, "eps": 1e-6,
+}  # fmt: skip
+W4A4_G4 = quant.QuantConfig(
+    weight=quant.LSQPlusWeight(bits=4), activation=quant.ClippedDynamicActivation(bits=4, groups=4)
+)
+
+
+def tiny_deploy(seed: int) -> torch.nn.Module:
+    """A converted (packed int4) tiny Wan transformer with non-trivial clip logits."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    model = diffusers.WanTransformer3DModel(**WAN_TINY).eval()
+    quant.prepare_(model, W4A4_G4)
+    quant.initialize_(model, progress=False)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "clip_logit" in name:
+                p.uniform_(0.5, 4.0)
+    quant.convert_(model)
+    return model
+
+
+def manifest_edit_detected(work: Path) -> Scenario:
+    """Item 4: act_bits 4→8 and 4→3, eps, num_train_timesteps, rope_max_seq_len edited in a deploy folder's
+    quant_manifest.json: each load refused naming the file and the field. (Re-sealing the edit shows what the
+    old loader did: it loaded, and the transformer's output changed.)"""
+    from qvgen.core import seal_manifest
+
+    g = torch.Generator().manual_seed(1)
+    x = {
+        "hidden_states": torch.randn(2, 16, 3, 8, 8, generator=g), "timestep": torch.tensor([120.0, 870.0]),
+        "encoder_hidden_states": torch.randn(2, 16, 64, generator=g),
+    }  # fmt: skip
+    src = work / "deploy"
+    model = tiny_deploy(0)
+    quant.save_quantized(model, src)
+    with torch.no_grad():
+        ref = model(**x)[0]
+    edits: dict[str, tuple[str, Callable[[dict[str, Any]], None]]] = {
+        "act_bits 4→8": ("act_bits", lambda m: [e.update(act_bits=8) for e in m["layers"]]),
+        "act_bits 4→3": ("act_bits", lambda m: [e.update(act_bits=3) for e in m["layers"]]),
+        "eps": ("eps", lambda m: m["source"]["config"].update(eps=0.1)),
+        "num_train_timesteps": ("num_train_timesteps", lambda m: m.update(num_train_timesteps=2000)),
+        "rope_max_seq_len": (
+            "rope_max_seq_len",
+            lambda m: m["source"]["config"].update(rope_max_seq_len=1024),
+        ),
+    }
+    notes, detected = [], 0
+    for i, (name, (field, edit)) in enumerate(edits.items()):
+        folder = Path(shutil.copytree(src, work / f"edit-{i}"))
+        path = folder / "quant_manifest.json"
+        raw = json.loads(path.read_text())
+        edit(raw)
+        path.write_text(json.dumps(seal_manifest(raw)))  # what the old loader saw: an edit it could not tell
+        with torch.no_grad():
+            changed = not torch.equal(quant.load_quantized(folder)(**x)[0], ref)
+        path.write_text(json.dumps(raw))  # the same edit as a user makes it
+        try:
+            quant.load_quantized(folder)
+            notes.append(f"{name}: LOADED")
+        except ValueError as e:
+            named = str(path) in str(e) and field in str(e) and "\n" not in str(e)
+            detected += named
+            notes.append(
+                f"{name}: refused{'' if named else ' (field not named)'} (old loader: output changed {changed})"
+            )
+    return detected == len(edits), "; ".join(notes)
+
+
+def real_enospc_export(work: Path) -> Scenario:
+    """Item 5 (export half): a second deploy export onto a real, full 8 MiB tmpfs: one OSError naming the
+    folder and 'no space left on device'; the first export stays byte for byte and loads."""
+    import errno
+
+    with small_filesystem(8 << 20) as fs:
+        out = fs / "deploy"
+        quant.save_quantized(tiny_deploy(0), out)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        ballast = fill_filesystem(fs, leave_bytes=64 << 10)
+        try:
+            quant.save_quantized(tiny_deploy(1), out)
+            return False, "a second export onto a full tmpfs succeeded"
+        except OSError as e:
+            one_line = (
+                e.errno == errno.ENOSPC
+                and str(e) == f"[Errno 28] cannot write {out}: no space left on device"
+            )
+            cause = type(e.__cause__).__name__
+        finally:
+            ballast.unlink()
+        intact = {p.name: p.read_bytes() for p in out.iterdir()} == before
+        no_temp = sorted(p.name for p in fs.iterdir()) == ["deploy"]
+        quant.load_quantized(out)
+        ok = one_line and intact and no_temp
+        return (
+            ok,
+            f"one line {one_line} (raised by {cause}), previous export intact {intact}, no temp {no_temp}",
+        )
+
+
+def real_enospc_shards(work: Path) -> Scenario:
+    """Shards written onto a real, small tmpfs that fills in the second shard: one OSError naming that shard
+    and 'no space left on device'; the first shard stays complete; a rerun with room completes the set."""
+    import errno
+
+    from qvgen.data import EncodedSample, WriterConfig, read_manifest, write_shards
+
+    g = torch.Generator().manual_seed(1)
+    samples = [
+        EncodedSample(
+            id=f"c{i}", caption=f"c {i}", latents_mean=torch.randn(16, 3, 16, 16, generator=g), latents_logvar=None,
+            text_embeddings=torch.randn(16, 64, generator=g), text_length=3, video_shape=(9, 128, 128),
+        )
+        for i in range(8)
+    ]  # fmt: skip
+    cfg = WriterConfig(samples_per_shard=4, store_logvar=False)
+    with small_filesystem(1 << 20) as fs:
+        out = fs / "shards"
+        write_shards(samples[:4], out, cfg, encoder_name="x")  # one complete shard
+        ballast = fill_filesystem(fs, leave_bytes=48 << 10)
+        try:
+            write_shards(samples, out, cfg, encoder_name="x")
+            return False, "the second shard fitted on a full disk"
+        except OSError as e:
+            named = (
+                e.errno == errno.ENOSPC and "shard-000001" in str(e) and "no space left on device" in str(e)
+            )
+        ballast.unlink()
+        first_ok = read_manifest(out).num_samples == 4 if (out / "manifest.json").exists() else True
+        write_shards(samples, out, cfg, encoder_name="x")
+        complete = read_manifest(out).num_samples == 8
+        hidden = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != ".qvgen-output.json"]
+        ok = named and first_ok and complete and not hidden
+        return (
+            ok,
+            f"ENOSPC named the shard {named}; rerun with room completes 8 samples {complete}; temps left {hidden}",
+        )
+
+
+# ------------------------------------------------------------------------------------ sampled videos
+
+
+def stale_videos_refused(work: Path) -> Scenario:
+    """Item 3: a sample folder holding a video, then `model.path` → another deploy folder, the seed, and
+    `model.kind` changed: each rerun refused naming the fact, the old video untouched; `--overwrite`
+    resamples it."""
+    import copy
+
+    ckpt = Path(shutil.copytree(tiny_checkpoint("wan"), work / "ckpt"))
+    fam = get_family("wan")
+    student = fam.load_transformer(ckpt)
+    quant.prepare_(student, quant.QuantConfig(), layer_roles=fam.layer_roles)
+    quant.initialize_(student, progress=False)
+    a, b = copy.deepcopy(student), copy.deepcopy(student)
+    with torch.no_grad():
+        for module in b.modules():
+            if hasattr(module, "act_quantizer") and hasattr(module.act_quantizer, "clip_logit_hi"):
+                module.act_quantizer.clip_logit_hi.add_(0.5)
+    for name, model in (("deploy-a", a), ("deploy-b", b)):
+        quant.convert_(model)
+        quant.save_quantized(model, work / name, identity=str(ckpt))
+    cfg = {
+        "family": "wan",
+        "model": {"kind": "deploy", "path": str(work / "deploy-a"), "base": str(ckpt)},
+        "prompts": {"prompts": ["a red square moves left"]},
+        "out_dir": str(work / "videos"),
+        "seed": 0,
+        "sampling": {"height": 32, "width": 32, "num_frames": 5, "num_inference_steps": 2},
+        "device": "cpu",
+    }
+    path = work / "sample.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    first = sh([*EVAL, "sample", str(path)])
+    video = work / "videos" / "a red square moves left-0.mp4"
+    before = video.read_bytes() if video.is_file() else b""
+    cases = {
+        "model.path": (["--set", f"model.path={work / 'deploy-b'}"], "model.digest"),
+        "seed": (["--set", "seed=1"], "seed: 0 → 1"),
+        "model.kind": (
+            ["--set", f"model={{kind: full_precision, path: {ckpt}}}"],
+            "model.kind: deploy → full_precision",
+        ),
+    }
+    results = {}
+    for name, (flags, needle) in cases.items():
+        proc = sh([*EVAL, "sample", str(path), *flags])
+        results[name] = one_line_error(proc, needle) and video.read_bytes() == before
+    redo = sh([*EVAL, "sample", str(path), "--set", f"model.path={work / 'deploy-b'}", "--overwrite"])
+    resampled = redo.returncode == 0 and video.is_file()
+    ok = first.returncode == 0 and bool(before) and all(results.values()) and resampled
+    return ok, ", ".join(f"{k} changed: {'refused' if v else 'REUSED'}" for k, v in results.items()) + (
+        f"; --overwrite resamples: {resampled}"
     )

@@ -1,4 +1,5 @@
-"""Console scripts print none of the known third-party import noise; library imports are left alone."""
+"""Console scripts print none of the known third-party import noise, and importing any qvgen package prints
+nothing at all (the filters are scoped to qvgen's own first import of torchao and diffusers)."""
 
 import os
 import re
@@ -49,7 +50,34 @@ def test_demo_help_is_clean_and_lists_the_sampling_knobs() -> None:
 
 
 def test_filters_match_the_real_noise_of_a_plain_import() -> None:
-    out = run(sys.executable, "-c", "import qvgen.eval")  # a library import: no filter installed
+    out = run(
+        sys.executable, "-c", "import torchao, diffusers.quantizers"
+    )  # the third-party imports, unfiltered
     if not loose_noise(out):
         pytest.skip("this torch/torchao/diffusers combination prints no import noise to filter")
     assert noise_lines(out) == loose_noise(out)  # every noise line is one the entry points drop
+
+
+PACKAGES = ("core", "quant", "auxiliary", "data", "models", "train", "eval", "demo")
+
+
+def test_importing_the_packages_prints_nothing() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    code = "import qvgen.quant, qvgen.train, qvgen.eval"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_each_package_imported_first_prints_nothing(package: str) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", f"import qvgen.{package}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""

@@ -4,7 +4,12 @@ import logging
 
 import pytest
 
-from qvgen.core.quiet import KNOWN_IMPORT_NOISE, KnownNoiseFilter, silence_known_import_noise
+from qvgen.core.quiet import (
+    KNOWN_IMPORT_NOISE,
+    KnownNoiseFilter,
+    known_import_noise_dropped,
+    silence_known_import_noise,
+)
 
 SO = "/venv/lib/python3.11/site-packages/torchao"
 NOISE = [  # verbatim from torchao 0.18 / torch 2.13 / diffusers 0.42 on this machine
@@ -62,3 +67,19 @@ def test_install_is_idempotent(clean_filters: object) -> None:
     silence_known_import_noise()
     for name, _ in KNOWN_IMPORT_NOISE:
         assert sum(isinstance(f, KnownNoiseFilter) for f in logging.getLogger(name).filters) == 1
+
+
+def test_scoped_filters_drop_the_noise_only_inside_the_block(clean_filters: object) -> None:
+    with known_import_noise_dropped():
+        assert [passes(name, msg) for name, msg in NOISE] == [False] * len(NOISE)
+        assert [passes(name, msg) for name, msg in KEPT] == [True] * len(KEPT)
+    assert all(passes(name, msg) for name, msg in NOISE)  # nothing left behind
+    for name, _ in KNOWN_IMPORT_NOISE:
+        assert not any(isinstance(f, KnownNoiseFilter) for f in logging.getLogger(name).filters)
+
+
+def test_scoped_filters_keep_the_console_scripts_filters(clean_filters: object) -> None:
+    silence_known_import_noise()
+    with known_import_noise_dropped():
+        pass
+    assert [passes(name, msg) for name, msg in NOISE] == [False] * len(NOISE)

@@ -65,12 +65,18 @@ def csv_tables(draw: st.DrawFn) -> bytes:
             row = draw(st.sampled_from(rows))
             row[draw(st.sampled_from(header))] = str(draw(junk_scalars))
     elif how == "header":
-        header[draw(st.integers(0, len(header) - 1))] = draw(st.sampled_from(["", "Video", "caption ", "id", "\ufeffvideo"]))
+        header[draw(st.integers(0, len(header) - 1))] = draw(
+            st.sampled_from(["", "Video", "caption ", "id", "\ufeffvideo"])
+        )
         rows = [list(r.values()) for r in rows]
     elif how == "ragged":  # more or fewer fields than the header
         i = draw(st.integers(0, len(rows) - 1))
         values = list(rows[i].values())
-        rows[i] = values + draw(st.lists(st.text(max_size=5), min_size=1, max_size=3)) if draw(st.booleans()) else values[:1]
+        rows[i] = (
+            values + draw(st.lists(st.text(max_size=5), min_size=1, max_size=3))
+            if draw(st.booleans())
+            else values[:1]
+        )
     elif how == "huge":
         rows[0]["caption"] = HUGE_FIELD
     text = _csv_text(rows, header)
@@ -144,11 +150,43 @@ ID_COLUMNS = st.sampled_from([None, None, "index", "seed", "missing"])
 
 @fuzz_settings(200)
 @given(csv_tables(), ID_COLUMNS)
-def test_fuzzed_csv_caption_table_reads_or_is_one_error_naming_the_file(data: bytes, id_column: str | None) -> None:
+def test_fuzzed_csv_caption_table_reads_or_is_one_error_naming_the_file(
+    data: bytes, id_column: str | None
+) -> None:
     _check_table(".csv", data, id_column)
 
 
 @fuzz_settings(200)
 @given(jsonl_tables(), ID_COLUMNS)
-def test_fuzzed_jsonl_caption_table_reads_or_is_one_error_naming_the_file(data: bytes, id_column: str | None) -> None:
+def test_fuzzed_jsonl_caption_table_reads_or_is_one_error_naming_the_file(
+    data: bytes, id_column: str | None
+) -> None:
     _check_table(".jsonl", data, id_column)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text", "message"),
+    [
+        # found by the fuzzing above; each used to escape as an internal exception
+        (
+            ".csv",
+            "video,caption\na.mp4,red,extra\n",
+            "3 fields, the header has 2",
+        ),  # was TypeError (None key in sorted(row))
+        (".csv", f"video,caption\na.mp4,{HUGE_FIELD}\n", "not a valid CSV row"),  # was csv.Error
+        (
+            ".jsonl",
+            '{"video": "a.mp4", "caption": ' + "1" * 5000 + "}\n",
+            "invalid JSON line",
+        ),  # bare ValueError
+        (".jsonl", "[" * 100_000 + "\n", "invalid JSON line"),  # was RecursionError
+    ],
+)
+def test_caption_table_that_used_to_escape_is_one_error_naming_the_file_and_line(
+    tmp_path: Path, suffix: str, text: str, message: str
+) -> None:
+    path = tmp_path / f"captions{suffix}"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        read_caption_table(IngestConfig(captions=path, id_column=None))
+    assert str(info.value).startswith(f"{path}:")

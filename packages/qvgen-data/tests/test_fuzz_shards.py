@@ -88,7 +88,9 @@ def mutated_member(draw: st.DrawFn, name: str, data: bytes) -> tuple[str, bytes]
             meta[key] = draw(st.one_of(retyped(meta[key]), junk_scalars))
             return name, json.dumps(meta, allow_nan=True).encode("utf-8", errors="surrogatepass")
         if draw(st.integers(0, 3)):
-            return name, json.dumps(draw(mutated_trees(meta)), allow_nan=True).encode("utf-8", errors="surrogatepass")
+            return name, json.dumps(draw(mutated_trees(meta)), allow_nan=True).encode(
+                "utf-8", errors="surrogatepass"
+            )
         return name, draw(mutated_bytes(data))
     if name.endswith(".safetensors"):
         return name, draw(mutated_safetensors(data))
@@ -101,7 +103,17 @@ def shard_folders(draw: st.DrawFn) -> dict[str, Blob]:
     shards = sorted(n for n in files if n.endswith(".tar"))
     how = draw(
         st.sampled_from(
-            ["same", "meta_field", "meta_field", "meta_field", "member", "member", "members", "tar_bytes", "manifest"]
+            [
+                "same",
+                "meta_field",
+                "meta_field",
+                "meta_field",
+                "member",
+                "member",
+                "members",
+                "tar_bytes",
+                "manifest",
+            ]
         )
     )
     if how == "meta_field":  # one field of one sample's meta given a value of the wrong kind
@@ -128,10 +140,16 @@ def shard_folders(draw: st.DrawFn) -> dict[str, Blob]:
             elif edit == "double":
                 members.insert(i, members[i])
             elif edit == "rename":
-                members[i] = (draw(st.sampled_from(["x", "a.b.json", "000000", ".json", "../up.json"])), members[i][1])
+                members[i] = (
+                    draw(st.sampled_from(["x", "a.b.json", "000000", ".json", "../up.json"])),
+                    members[i][1],
+                )
             elif edit == "ext":
                 stem = members[i][0].split(".")[0]
-                members[i] = (f"{stem}.{draw(st.sampled_from(['npy', 'txt', 'JSON', 'safetensors', 'json']))}", members[i][1])
+                members[i] = (
+                    f"{stem}.{draw(st.sampled_from(['npy', 'txt', 'JSON', 'safetensors', 'json']))}",
+                    members[i][1],
+                )
             else:
                 members.append((f"{members[i][0].split('.')[0]}.npy", draw(st.binary(max_size=64))))
         files[shard] = _tar(members)
@@ -158,7 +176,9 @@ def test_fuzzed_shard_folder_loads_or_is_one_error_naming_the_shard(
         for name, data in files.items():
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).write_bytes(data)
-        cfg = LoaderConfig(shards=folder, mode="eval", batch_size=batch_size, num_workers=0, on_error=on_error)
+        cfg = LoaderConfig(
+            shards=folder, mode="eval", batch_size=batch_size, num_workers=0, on_error=on_error
+        )
         check_loader(
             f"data.make_loader.on_error={on_error}",
             lambda: list(make_loader(cfg)),
@@ -175,3 +195,22 @@ def test_the_unmutated_shard_folder_loads(tmp_path: Path) -> None:
         (tmp_path / name).write_bytes(data)
     batches = list(make_loader(LoaderConfig(shards=tmp_path, mode="eval", num_workers=0)))
     assert sum(b.batch_size for b in batches) == 4
+
+
+@pytest.mark.parametrize("text_length", [float("inf"), float("-inf")])
+def test_sample_meta_with_an_infinite_text_length_is_one_error_naming_the_shard(
+    tmp_path: Path, text_length: float
+) -> None:
+    """Found by the fuzzing above: `int(inf)` raised OverflowError out of the loader."""
+    files = dict(valid_shards())
+    members = _members(files["shard-000000.tar"])
+    name, data = members[0]
+    assert name.endswith(".json")
+    members[0] = (name, json.dumps({**json.loads(data), "text_length": text_length}).encode())
+    files["shard-000000.tar"] = _tar(members)
+    for n, d in files.items():
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(d)
+    with pytest.raises(ValueError, match="unreadable sample: OverflowError") as info:
+        list(make_loader(LoaderConfig(shards=tmp_path, mode="eval", num_workers=0)))
+    assert str(info.value).startswith(str(tmp_path / "shard-000000.tar"))

@@ -1,7 +1,7 @@
 """Run the real VBench temporal_flickering on our own videos and check qvgen's metric agrees (≤ 1e-6).
 
 Usage (from the repo root, dev venv active):
-    python packages/qvgen-eval/scripts/vbench_smoke.py --vbench-python /tmp/vbench-venv/bin/python \
+    python packages/qvgen-eval/scripts/vbench_smoke.py --vbench-python .nox/vbench/tmp/vbench-venv/bin/python \
         [--out /tmp/vbench-smoke] [--record packages/qvgen-eval/tests/data/vbench]
 
 Videos: synthetic clips (still, drifting gradient, random flicker) and tiny-Wan samples, written with

@@ -154,7 +154,8 @@ def test_compare_refuses_vbench_dimensions_that_need_its_prompt_suite(tmp_path, 
 @pytest.mark.slow
 @pytest.mark.skipif(
     not os.environ.get("QVGEN_VBENCH_PYTHON"),
-    reason="set QVGEN_VBENCH_PYTHON to an interpreter with vbench (scripts/vbench_smoke.sh builds one)",
+    reason="set QVGEN_VBENCH_PYTHON to an interpreter with vbench (`nox -s vbench` builds "
+    ".nox/vbench/tmp/vbench-venv and sets it; so does packages/qvgen-eval/scripts/vbench_smoke.sh)",
 )
 def test_compare_scores_every_model_with_the_real_vbench(tmp_path):
     cfg = _small_compare_config(

@@ -11,8 +11,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import yaml
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,7 +41,12 @@ COMPARE = {
     "sampling": {"num_inference_steps": 2, "use_dynamic_cfg": True},
     "adherence": True,
 }
-VBENCH = {"videos_dir": "runs/videos", "output_dir": "runs/vbench", "dimensions": ["color"], "mode": "vbench_standard"}
+VBENCH = {
+    "videos_dir": "runs/videos",
+    "output_dir": "runs/vbench",
+    "dimensions": ["color"],
+    "mode": "vbench_standard",
+}
 CASES = [(SampleConfig, SAMPLE), (CompareConfig, COMPARE), (VBenchConfig, VBENCH)]
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -67,7 +72,9 @@ def eval_inputs(draw: st.DrawFn) -> tuple[type, bytes, list[str]]:
 
 @fuzz_settings(300)
 @given(eval_inputs())
-def test_fuzzed_eval_config_loads_or_is_one_config_error_naming_the_file(case: tuple[type, bytes, list[str]]) -> None:
+def test_fuzzed_eval_config_loads_or_is_one_config_error_naming_the_file(
+    case: tuple[type, bytes, list[str]],
+) -> None:
     cls, document, items = case
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)

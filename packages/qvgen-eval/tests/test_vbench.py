@@ -8,6 +8,7 @@ temporal_flickering produced for them (packages/qvgen-eval/scripts/vbench_smoke.
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from qvgen.eval import (
     run_vbench,
 )
 from qvgen.eval import temporal_flickering as our_flickering
-from qvgen.eval.vbench import constants
+from qvgen.eval.vbench import constants, vbench_python
 
 DATA = Path(__file__).parent / "data" / "vbench"
 RECORDED = DATA / "temporal_flickering_eval_results.json"
@@ -127,13 +128,52 @@ def test_run_vbench_fails_on_missing_weights_before_starting_anything(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_relative_vbench_python_is_made_absolute_against_the_current_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QVGEN_VBENCH_PYTHON", ".nox/vbench/tmp/vbench-venv/bin/python")
+    assert vbench_python() == str(tmp_path / ".nox/vbench/tmp/vbench-venv/bin/python")
+    assert vbench_python(Path("venv/bin/python")) == str(tmp_path / "venv/bin/python")  # the config's wins
+    assert vbench_python(Path("/opt/v/bin/python")) == "/opt/v/bin/python"
+    monkeypatch.delenv("QVGEN_VBENCH_PYTHON")
+    assert vbench_python() == sys.executable
+
+
+def test_a_venv_python_symlink_is_kept(tmp_path, monkeypatch):
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    monkeypatch.chdir(tmp_path)
+    assert vbench_python(Path("venv/bin/python")) == str(tmp_path / "venv" / "bin" / "python")
+
+
+def test_run_vbench_starts_a_relative_interpreter_from_another_cwd(tmp_path, monkeypatch):
+    """VBench runs with cwd=output_dir: a relative `$QVGEN_VBENCH_PYTHON` (what `nox -s vbench` once passed)
+    still names the same interpreter. This one (outside any venv) lacks VBench's imports, so the runner starts
+    and fails there, instead of `[Errno 2] No such file or directory` for the interpreter."""
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").symlink_to(sys.executable)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(next(DATA.glob("*.mp4")), videos)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("QVGEN_VBENCH_PYTHON", "venv/bin/python")
+    cfg = VBenchConfig(
+        videos_dir=videos,
+        dimensions=("temporal_flickering",),
+        output_dir=tmp_path / "out",
+        cache_dir=tmp_path,
+    )
+    with pytest.raises(RuntimeError, match=r"VBench failed \(exit 1\):\nTraceback"):
+        run_vbench(cfg)
+
+
 VBENCH_PYTHON = os.environ.get("QVGEN_VBENCH_PYTHON")
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(
     not VBENCH_PYTHON,
-    reason="set QVGEN_VBENCH_PYTHON to an interpreter with vbench (scripts/vbench_smoke.sh builds one)",
+    reason="set QVGEN_VBENCH_PYTHON to an interpreter with vbench (`nox -s vbench` builds "
+    ".nox/vbench/tmp/vbench-venv and sets it; so does packages/qvgen-eval/scripts/vbench_smoke.sh)",
 )
 def test_real_vbench_temporal_flickering_agrees_with_ours(tmp_path):
     videos = tmp_path / "videos"

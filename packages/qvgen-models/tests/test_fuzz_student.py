@@ -32,7 +32,14 @@ from qvgen.core.fuzzing import (
     mutated_text,
     mutated_trees,
 )
-from qvgen.models import STUDENT_MANIFEST, STUDENT_TENSORS, get_family, load_student, read_student_manifest, save_student
+from qvgen.models import (
+    STUDENT_MANIFEST,
+    STUDENT_TENSORS,
+    get_family,
+    load_student,
+    read_student_manifest,
+    save_student,
+)
 from qvgen.models.testing import tiny_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -48,14 +55,22 @@ def valid_student() -> tuple[bytes, bytes]:
     quant.prepare_(student, cfg, layer_roles=fam.layer_roles)
     quant.initialize_(student, progress=False)
     with tempfile.TemporaryDirectory() as tmp:
-        out = save_student(student, Path(tmp) / "student", family="wan", checkpoint=ckpt, quant_config=cfg, steps=3)
+        out = save_student(
+            student, Path(tmp) / "student", family="wan", checkpoint=ckpt, quant_config=cfg, steps=3
+        )
         return (out / STUDENT_MANIFEST).read_bytes(), (out / STUDENT_TENSORS).read_bytes()
 
 
 def _sealed(tree: object) -> bytes:
     try:
-        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode("utf-8", errors="surrogatepass")
-    except (TypeError, ValueError, AttributeError):  # not sealable (not a mapping, NaN, ...): write it unsealed
+        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode(
+            "utf-8", errors="surrogatepass"
+        )
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+    ):  # not sealable (not a mapping, NaN, ...): write it unsealed
         return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
 
 
@@ -64,14 +79,18 @@ def student_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
     """(manifest bytes, tensors bytes): one of the two mutated, or neither."""
     manifest_bytes, tensors = valid_student()
     manifest = json.loads(manifest_bytes)
-    how = draw(st.sampled_from(["same", "manifest", "manifest", "manifest", "manifest_text", "tensors", "tensors"]))
+    how = draw(
+        st.sampled_from(["same", "manifest", "manifest", "manifest", "manifest_text", "tensors", "tensors"])
+    )
     if how == "manifest":
         tree = draw(mutated_trees(manifest))
-        return Blob((_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode())), Blob(tensors)
+        return Blob(_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), Blob(tensors)
     if how == "manifest_text":
         if draw(st.booleans()):
             return Blob(draw(mutated_bytes(manifest_bytes))), Blob(tensors)
-        return Blob(draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")), Blob(tensors)
+        return Blob(
+            draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")
+        ), Blob(tensors)
     if how == "tensors":
         new = draw(mutated_safetensors(tensors))
         if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
@@ -86,7 +105,9 @@ def _valid(model: object) -> None:
 
 @fuzz_settings(60)
 @given(student_folders(), st.sampled_from(["load", "load", "manifest"]))
-def test_fuzzed_student_folder_loads_or_is_one_error_naming_the_file(files: tuple[bytes, bytes], how: str) -> None:
+def test_fuzzed_student_folder_loads_or_is_one_error_naming_the_file(
+    files: tuple[bytes, bytes], how: str
+) -> None:
     manifest, tensors = files
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "student"
@@ -102,7 +123,11 @@ def test_fuzzed_student_folder_loads_or_is_one_error_naming_the_file(files: tupl
             )
         else:
             check_loader(
-                "models.load_student", lambda: load_student(folder), folder=folder, names=[str(folder)], validate=_valid
+                "models.load_student",
+                lambda: load_student(folder),
+                folder=folder,
+                names=[str(folder)],
+                validate=_valid,
             )
 
 
@@ -111,3 +136,35 @@ def test_the_unmutated_student_loads(tmp_path: Path) -> None:
     (tmp_path / STUDENT_MANIFEST).write_bytes(manifest)
     (tmp_path / STUDENT_TENSORS).write_bytes(tensors)
     assert quant.quantized_layers(load_student(tmp_path))
+
+
+def _folder(tmp_path: Path, manifest: bytes) -> Path:
+    (tmp_path / STUDENT_MANIFEST).write_bytes(manifest)
+    (tmp_path / STUDENT_TENSORS).write_bytes(valid_student()[1])
+    return tmp_path
+
+
+def test_student_manifest_that_is_not_utf8_is_one_error_naming_it(tmp_path: Path) -> None:
+    """Found by the fuzzing above: a UnicodeDecodeError naming no file."""
+    folder = _folder(tmp_path, b"\xff" + valid_student()[0])
+    with pytest.raises(ValueError, match="not UTF-8") as info:
+        read_student_manifest(folder)
+    assert str(info.value).startswith(str(folder / STUDENT_MANIFEST))
+
+
+def test_sealed_student_manifest_with_a_mapping_for_its_family_is_one_error_naming_it(tmp_path: Path) -> None:
+    """Found by the fuzzing above: `{} in FAMILIES` raised TypeError (unhashable) out of validation."""
+    manifest = json.loads(valid_student()[0])
+    folder = _folder(tmp_path, _sealed({**manifest, "family": {"wan": 1}}))
+    with pytest.raises(ValueError, match="unknown model family") as info:
+        load_student(folder)
+    assert str(info.value).startswith(str(folder / STUDENT_MANIFEST))
+
+
+def test_sealed_student_manifest_with_a_missing_checkpoint_names_the_manifest(tmp_path: Path) -> None:
+    """Found by the fuzzing above: "no transformer at ''" named neither the manifest nor the field."""
+    manifest = json.loads(valid_student()[0])
+    folder = _folder(tmp_path, _sealed({**manifest, "checkpoint": str(tmp_path / "gone")}))
+    with pytest.raises(FileNotFoundError, match="cannot load the base checkpoint") as info:
+        load_student(folder)
+    assert str(info.value).startswith(str(folder / STUDENT_MANIFEST))

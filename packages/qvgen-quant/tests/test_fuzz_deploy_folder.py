@@ -57,19 +57,29 @@ def valid_folder() -> tuple[bytes, bytes]:
     """(quant_manifest.json, model.safetensors) of a real W3A4 deploy export."""
     torch.manual_seed(0)
     model = TinyBlock()
-    cfg = QuantConfig(weight=LSQPlusWeight(bits=3), activation=ClippedDynamicActivation(bits=4, group_mode="mod"))
+    cfg = QuantConfig(
+        weight=LSQPlusWeight(bits=3), activation=ClippedDynamicActivation(bits=4, group_mode="mod")
+    )
     prepare_(model, cfg, keep_high_precision=("out",))
     initialize_(model, progress=False)
     convert_(model)
     with tempfile.TemporaryDirectory() as tmp:
         save_quantized(model, Path(tmp) / "deploy", identity="fuzz")
-        return (Path(tmp) / "deploy" / MANIFEST_FILE).read_bytes(), (Path(tmp) / "deploy" / TENSORS_FILE).read_bytes()
+        return (Path(tmp) / "deploy" / MANIFEST_FILE).read_bytes(), (
+            Path(tmp) / "deploy" / TENSORS_FILE
+        ).read_bytes()
 
 
 def _sealed(tree: object) -> bytes:
     try:
-        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode("utf-8", errors="surrogatepass")
-    except (TypeError, ValueError, AttributeError):  # not sealable (not a mapping, NaN, ...): write it unsealed
+        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode(
+            "utf-8", errors="surrogatepass"
+        )
+    except (
+        TypeError,
+        ValueError,
+        AttributeError,
+    ):  # not sealable (not a mapping, NaN, ...): write it unsealed
         return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
 
 
@@ -78,18 +88,26 @@ def deploy_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
     """(manifest bytes, tensors bytes): one of the two mutated, or neither."""
     manifest_bytes, tensors = valid_folder()
     manifest = json.loads(manifest_bytes)
-    how = draw(st.sampled_from(["same", "manifest", "manifest", "manifest_text", "tensors", "tensors", "tensors"]))
+    how = draw(
+        st.sampled_from(["same", "manifest", "manifest", "manifest_text", "tensors", "tensors", "tensors"])
+    )
     if how == "manifest":
         tree = draw(mutated_trees(manifest))
-        return Blob((_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode())), Blob(tensors)
+        return Blob(_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), Blob(tensors)
     if how == "manifest_text":
         if draw(st.booleans()):
             return Blob(draw(mutated_bytes(manifest_bytes))), Blob(tensors)
-        return Blob(draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")), Blob(tensors)
+        return Blob(
+            draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")
+        ), Blob(tensors)
     if how == "tensors":
         new = draw(mutated_safetensors(tensors))
         if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
-            manifest = {**manifest, "tensors_bytes": len(new), "tensors_sha256": hashlib.sha256(new).hexdigest()}
+            manifest = {
+                **manifest,
+                "tensors_bytes": len(new),
+                "tensors_sha256": hashlib.sha256(new).hexdigest(),
+            }
             manifest_bytes = _sealed(manifest)
         return Blob(manifest_bytes), Blob(new)
     return Blob(manifest_bytes), Blob(tensors)
@@ -111,7 +129,9 @@ def test_fuzzed_deploy_folder_loads_or_is_one_error_naming_the_file(
         (folder / MANIFEST_FILE).write_bytes(manifest)
         (folder / TENSORS_FILE).write_bytes(tensors)
         if how == "manifest":
-            check_loader("quant.read_manifest", lambda: read_manifest(folder), folder=folder, names=[str(folder)])
+            check_loader(
+                "quant.read_manifest", lambda: read_manifest(folder), folder=folder, names=[str(folder)]
+            )
         elif how == "skeleton":
             check_loader(
                 "quant.load_quantized",

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import yaml
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,7 +20,9 @@ from qvgen.train import PrecomputeConfig, RunConfig, load_config, load_precomput
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 RUN_TREES = [
-    yaml.safe_load(p.read_text()) for p in sorted(CONFIGS.glob("*.yaml")) if not p.name.endswith("precompute.yaml")
+    yaml.safe_load(p.read_text())
+    for p in sorted(CONFIGS.glob("*.yaml"))
+    if not p.name.endswith("precompute.yaml")
 ]
 PRECOMPUTE_TREE = yaml.safe_load((CONFIGS / "tiny-wan-precompute.yaml").read_text())
 
@@ -36,7 +38,9 @@ def _check_config_file(loader: str, load, cls: type, document: bytes, overrides:
         def valid(cfg: object) -> None:
             assert isinstance(cfg, cls), type(cfg)
 
-        check_loader(loader, lambda: load(path, overrides), folder=folder, names=[str(path), "--set"], validate=valid)
+        check_loader(
+            loader, lambda: load(path, overrides), folder=folder, names=[str(path), "--set"], validate=valid
+        )
 
 
 @st.composite
@@ -47,8 +51,16 @@ def overrides(draw: st.DrawFn, tree: dict) -> list[str]:
         path = draw(st.sampled_from([p for p in paths_of(tree) if p and all(isinstance(k, str) for k in p)]))
         key = ".".join(path) if draw(st.integers(0, 4)) else draw(st.text(max_size=10))
         value = draw(junk_values)
-        raw = yaml.safe_dump(value, default_flow_style=True).strip() if draw(st.booleans()) else draw(st.text(max_size=12))
-        out.append(f"{key}={raw.removesuffix('...').strip()}" if draw(st.integers(0, 6)) else draw(st.text(max_size=10)))
+        raw = (
+            yaml.safe_dump(value, default_flow_style=True).strip()
+            if draw(st.booleans())
+            else draw(st.text(max_size=12))
+        )
+        out.append(
+            f"{key}={raw.removesuffix('...').strip()}"
+            if draw(st.integers(0, 6))
+            else draw(st.text(max_size=10))
+        )
     return out
 
 
@@ -60,7 +72,9 @@ def run_inputs(draw: st.DrawFn) -> tuple[bytes, list[str]]:
 
 @fuzz_settings(300)
 @given(run_inputs())
-def test_fuzzed_run_config_loads_or_is_one_config_error_naming_the_file(case: tuple[bytes, list[str]]) -> None:
+def test_fuzzed_run_config_loads_or_is_one_config_error_naming_the_file(
+    case: tuple[bytes, list[str]],
+) -> None:
     document, items = case
     _check_config_file("train.RunConfig", load_config, RunConfig, document, items)
 

@@ -60,10 +60,16 @@ def reference_folders(draw: st.DrawFn) -> dict[str, Blob]:
     elif how == "config_bytes":
         files["config.json"] = draw(mutated_bytes(files["config.json"]))
     else:  # a sharded checkpoint's index: file names that are missing, paths, junk
-        name = draw(st.sampled_from([TENSORS, "missing.safetensors", "../outside.safetensors", "/etc/passwd", "", "."]))
+        name = draw(
+            st.sampled_from(
+                [TENSORS, "missing.safetensors", "../outside.safetensors", "/etc/passwd", "", "."]
+            )
+        )
         header_keys = ["blocks.0.attn1.to_q.w", "proj_out.w"]
         weight_map = {k: name for k in header_keys} if draw(st.booleans()) else draw(junk_values)
-        files[INDEX] = json.dumps({"weight_map": weight_map}, allow_nan=True).encode("utf-8", errors="surrogatepass")
+        files[INDEX] = json.dumps({"weight_map": weight_map}, allow_nan=True).encode(
+            "utf-8", errors="surrogatepass"
+        )
     return {k: Blob(v) for k, v in files.items()}
 
 
@@ -88,3 +94,33 @@ def test_fuzzed_reference_checkpoint_imports_or_is_one_error_naming_the_file(fil
             validate=_student_written,
             outputs=[out],
         )
+
+
+def _reference(tmp_path: Path, **replace: bytes) -> Path:
+    folder = tmp_path / "transformer"
+    folder.mkdir()
+    for name, data in {**valid_reference(), **replace}.items():
+        (folder / name).write_bytes(data)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        # found by the fuzzing above
+        ({"config.json": b"\x80{}"}, "config.json: not valid JSON"),  # was UnicodeDecodeError
+        ({"config.json": b"[1, 2]"}, "config.json: expected a JSON object"),  # was AttributeError
+        (
+            {INDEX: json.dumps({"weight_map": {"proj_out.w": "../outside.safetensors"}}).encode()},
+            "bare file names",
+        ),
+    ],
+)
+def test_reference_checkpoint_that_used_to_escape_is_one_error_naming_the_file(
+    tmp_path: Path, replace: dict[str, bytes], message: str
+) -> None:
+    folder = _reference(tmp_path, **replace)
+    with pytest.raises(ValueError, match=message) as info:
+        import_reference(folder, tiny_checkpoint("wan"), tmp_path / "student")
+    assert str(folder) in str(info.value).splitlines()[0]
+    assert not (tmp_path / "student").exists() or not any((tmp_path / "student").iterdir())

@@ -41,7 +41,10 @@ def _construct_unique_mapping(loader: _StrictLoader, node: yaml.MappingNode, dee
         line = key_node.start_mark.line + 1
         if isinstance(key, list | dict | set):  # `? [a, b]`: unhashable, and no config field is named so
             raise yaml.constructor.ConstructorError(
-                None, None, f"a mapping key must be a plain value, not a {type(key).__name__}", key_node.start_mark
+                None,
+                None,
+                f"a mapping key must be a plain value, not a {type(key).__name__}",
+                key_node.start_mark,
             )
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -92,7 +95,9 @@ def _check_tree_size(tree: Any) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_TREE_VALUES:
-            raise yaml.YAMLError(f"more than {MAX_TREE_VALUES} values once aliases are expanded (an alias bomb?)")
+            raise yaml.YAMLError(
+                f"more than {MAX_TREE_VALUES} values once aliases are expanded (an alias bomb?)"
+            )
         if depth > MAX_TREE_DEPTH:
             raise yaml.YAMLError(f"nested deeper than {MAX_TREE_DEPTH} levels")
         if isinstance(node, dict):

@@ -21,11 +21,14 @@ Counting: with `QVGEN_FUZZ_COUNTS=FILE`, every checked input is added to the JSO
 merged across pytest processes run one after the other):
 ``{"fuzz_cases": N, "fuzz_failures": F, "loaders": {"<loader>": {"cases": n, "accepted": a, "failures": f,
 "first_failure": str}}}`` (`accepted`: inputs that loaded as a valid object).
-`benchmarks/reliability.py` runs the fuzz tests with it set and reads ``fuzz_cases``/``fuzz_failures``.
+`benchmarks/reliability.py` runs the fuzz tests with it set and reads ``fuzz_cases``/``fuzz_failures``:
+`run_fuzz_suite(root, counts_file)` (or ``python -m qvgen.core.fuzzing --counts FILE ROOT``, which prints
+``fuzz_cases=N fuzz_failures=F`` last) runs every ``packages/*/tests/test_fuzz*.py``, one pytest per package.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -187,10 +190,12 @@ def _bad_user_error(e: BaseException, names: Sequence[str | os.PathLike[str]]) -
     return None
 
 
-def record_case(loader: str, problem: str | None, *, accepted: bool = False) -> None:
+def record_case(
+    loader: str, problem: str | None, *, accepted: bool = False, counts: str | os.PathLike[str] | None = None
+) -> None:
     """Add one checked input (failed when `problem` is not None; `accepted`: the loader returned a valid
-    object) to the `QVGEN_FUZZ_COUNTS` file, if set."""
-    target = os.environ.get(COUNTS_ENV)
+    object) to the `counts` file, by default the `QVGEN_FUZZ_COUNTS` one (nothing when neither is set)."""
+    target = counts if counts is not None else os.environ.get(COUNTS_ENV)
     if not target:
         return
     path = Path(target)
@@ -226,7 +231,9 @@ junk_scalars: st.SearchStrategy[Any] = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([math.nan, math.inf, -math.inf, -0.0, 1e308, 5e-324]),
     st.text(max_size=12),
-    st.sampled_from(["", "yes", "no", "on", "off", "1", "1e3", "0x10", "NaN", "inf", "~", "$HOME/x", "~/x", "null"]),
+    st.sampled_from(
+        ["", "yes", "no", "on", "off", "1", "1e3", "0x10", "NaN", "inf", "~", "$HOME/x", "~/x", "null"]
+    ),
     st.sampled_from(["\x00", "\ud7ff\ue000", "é", "日本語", "\u2028", "a\nb", "💥" * 3, "../../etc/passwd"]),
 )
 """Values of the wrong type or out of range: bools for numbers, strings for numbers, NaN/inf, huge ints, unicode."""
@@ -293,22 +300,24 @@ def mutated_trees(draw: st.DrawFn, tree: Any, max_mutations: int = 3) -> Any:
     for _ in range(draw(st.sampled_from([0, 0, *range(1, max_mutations + 1)]))):
         paths = paths_of(tree)
         path = draw(st.sampled_from(paths))
-        parent = _get(tree, path[:-1]) if path else None
-        kind = draw(st.sampled_from(["retype", "retype", "retype", "replace", "delete", "add", "graft", "deep"]))
-        if kind == "retype":
-            value = draw(retyped(_get(tree, path)))
+        parent: Any = _get(tree, path[:-1]) if path else None
+        kind = draw(
+            st.sampled_from(["retype", "retype", "retype", "replace", "delete", "add", "graft", "deep"])
+        )
+        if kind == "retype":  # copied: a drawn [] or {} is shared with later draws, and may be edited below
+            value = copy.deepcopy(draw(retyped(_get(tree, path))))
         elif kind == "replace":
-            value = draw(junk_values)
+            value = copy.deepcopy(draw(junk_values))
         elif kind == "graft":
             value = json.loads(json.dumps(_get(tree, draw(st.sampled_from(paths)))))
         elif kind == "deep":
-            value = _deep(_get(tree, path), draw(st.integers(1, 40)))
+            value = _deep(copy.deepcopy(_get(tree, path)), draw(st.integers(1, 40)))
         elif kind == "add":
             target = _get(tree, path)
             if isinstance(target, dict):
-                target[draw(st.text(min_size=1, max_size=8))] = draw(junk_values)
+                target[draw(st.text(min_size=1, max_size=8))] = copy.deepcopy(draw(junk_values))
             elif isinstance(target, list):
-                target.append(draw(junk_values))
+                target.append(copy.deepcopy(draw(junk_values)))
             continue
         else:  # delete
             if isinstance(parent, dict) and path[-1] in parent:
@@ -350,7 +359,9 @@ TEXT_JUNK = [
     "{a: " * 2000 + "1" + "}" * 2000,
     "- " * 500 + "x\n",
     "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
-    + "".join(f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)),
+    + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n" for p, c in zip("abcdefg", "bcdefgh", strict=True)
+    ),
     "? [a, b]\n: 1\n",
     "? {a: 1}\n: 1\n",
     "a: !!python/object:os.system x\n",
@@ -364,7 +375,7 @@ TEXT_JUNK = [
     "---\na: 1\n---\nb: 2\n",
     "\ufeffa: 1\n",
     "a: '\\x00'\n",
-    "a: \"\\ud800\"\n",
+    'a: "\\ud800"\n',
 ]
 """Whole documents no config should accept: wrong tops, deep nesting, alias bombs, complex keys, tags, huge
 numbers, multiple documents."""
@@ -381,7 +392,9 @@ def mutated_text(draw: st.DrawFn, text: str) -> str:
     elif kind == "drop_line":
         lines.pop(i)
     elif kind == "junk_line":
-        lines.insert(i, draw(st.sampled_from(TEXT_JUNK + [": x\n", "- y\n", "  z: 1\n", "'\n", "\"\n", "&a\n"])))
+        lines.insert(
+            i, draw(st.sampled_from([*TEXT_JUNK, ": x\n", "- y\n", "  z: 1\n", "'\n", '"\n', "&a\n"]))
+        )
     else:
         joined = "".join(lines)
         at = draw(st.integers(0, len(joined)))
@@ -403,7 +416,7 @@ def config_documents(draw: st.DrawFn, tree: Mapping[str, Any]) -> bytes:
         return Blob(draw(mutated_bytes(base)))
     mutated = draw(mutated_trees(dict(tree)))
     if how == "json":
-        return Blob(_json_dump(mutated).encode())
+        return Blob(_json_dump(mutated).encode("utf-8", errors="surrogatepass"))
     text = _yaml_dump(mutated, draw(st.booleans()), draw(st.booleans()))
     if how == "text":
         text = draw(mutated_text(text))
@@ -458,7 +471,18 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
     names = [k for k in header if k != "__metadata__"]
     how = draw(
         st.sampled_from(
-            ["same", "field", "field", "field", "tree", "length", "header_bytes", "body", "bytes", "swap_data"]
+            [
+                "same",
+                "field",
+                "field",
+                "field",
+                "tree",
+                "length",
+                "header_bytes",
+                "body",
+                "bytes",
+                "swap_data",
+            ]
         )
     )
     if how == "same":
@@ -468,7 +492,9 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
         entry = header[name]
         field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "offset_overlap", "rename", "drop"]))
         if field == "dtype":
-            entry["dtype"] = draw(st.one_of(st.sampled_from([*ST_DTYPES, "f32", "", "F4", "F8_E5M2"]), junk_scalars))
+            entry["dtype"] = draw(
+                st.one_of(st.sampled_from([*ST_DTYPES, "f32", "", "F4", "F8_E5M2"]), junk_scalars)
+            )
         elif field == "shape":
             entry["shape"] = draw(
                 st.one_of(
@@ -481,7 +507,9 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
             entry["data_offsets"] = draw(
                 st.one_of(
                     st.lists(st.integers(-5, len(body) + 64), min_size=2, max_size=2),
-                    st.lists(st.sampled_from([0, 2**63, 2**64 - 1, 2**64 + 5, HUGE_INT]), min_size=0, max_size=3),
+                    st.lists(
+                        st.sampled_from([0, 2**63, 2**64 - 1, 2**64 + 5, HUGE_INT]), min_size=0, max_size=3
+                    ),
                     junk_scalars,
                 )
             )
@@ -499,7 +527,9 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
         raw_len = len(data) - len(body) - 8
         length = draw(
             st.one_of(
-                st.sampled_from([0, 1, 7, raw_len - 1, raw_len + 1, raw_len + 8, len(data), 2**32, 2**63, 2**64 - 1]),
+                st.sampled_from(
+                    [0, 1, 7, raw_len - 1, raw_len + 1, raw_len + 8, len(data), 2**32, 2**63, 2**64 - 1]
+                ),
                 st.integers(0, 2**64 - 1),
             )
         )
@@ -513,3 +543,70 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
     if how == "swap_data":
         return Blob(data[: len(data) - len(body)] + body[: draw(st.integers(0, max(0, len(body) - 1)))])
     return Blob(draw(mutated_bytes(data)))
+
+
+# --------------------------------------------------------------------------------------------- the suite
+
+
+def run_fuzz_suite(
+    root: str | os.PathLike[str], counts: str | os.PathLike[str], *, slow: bool = False
+) -> dict[str, Any]:
+    """Run every `packages/*/tests/test_fuzz*.py` under `root` (one pytest process per package, as
+    `nox -s "tests(<pkg>)"` does), counting into the JSON file `counts` (emptied first); return its content.
+
+    A package whose fuzz tests fail without a counted failing input (a test that errored before drawing one)
+    adds a failure under ``"<package>: pytest exit N"``, so ``fuzz_failures`` is 0 only when every test passed.
+    """
+    import subprocess
+    import sys
+
+    root_path, counts_path = Path(root), Path(counts)
+    counts_path.unlink(missing_ok=True)
+    env = {**os.environ, COUNTS_ENV: str(counts_path.resolve()), PROFILE_ENV: "slow" if slow else "default"}
+    for package in sorted((root_path / "packages").iterdir()):
+        files = sorted(str(p) for p in (package / "tests").glob("test_fuzz*.py"))
+        if not files:
+            continue
+        before = _failures(counts_path)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=root_path, env=env
+        )
+        if done.returncode != 0 and _failures(counts_path) == before:
+            record_case(f"{package.name}: pytest", f"pytest exited {done.returncode}", counts=counts_path)
+    if not counts_path.exists():
+        record_case(
+            "no fuzz tests found", f"no packages/*/tests/test_fuzz*.py under {root_path}", counts=counts_path
+        )
+    return dict(json.loads(counts_path.read_text()))
+
+
+def _failures(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text()).get("fuzz_failures", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m qvgen.core.fuzzing [--slow] [--counts FILE] [ROOT]`: the whole fuzz suite of the checkout at ROOT
+    (default: the current folder); prints ``fuzz_cases=N fuzz_failures=F`` last; exit 1 when F > 0."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m qvgen.core.fuzzing", description=main.__doc__)
+    parser.add_argument("root", nargs="?", default=".", help="the qvgen checkout (holds packages/)")
+    parser.add_argument("--counts", default="fuzz_counts.json", help="JSON file the counts are written to")
+    parser.add_argument(
+        "--slow", action="store_true", help=f"{SLOW_FACTOR}x the examples ({PROFILE_ENV}=slow)"
+    )
+    args = parser.parse_args(argv)
+    data = run_fuzz_suite(args.root, args.counts, slow=args.slow)
+    for name, entry in sorted(data.get("loaders", {}).items()):
+        print(
+            f"{name}: {entry['cases']} cases, {entry.get('accepted', 0)} accepted, {entry['failures']} failures"
+        )
+    print(f"fuzz_cases={data.get('fuzz_cases', 0)} fuzz_failures={data.get('fuzz_failures', 0)}")
+    return 1 if data.get("fuzz_failures", 0) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -88,7 +88,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, object]]]:
                     continue
                 try:
                     row = json.loads(line)
-                except (ValueError, RecursionError) as e:  # JSONDecodeError, an int past 4300 digits, deep nesting
+                except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit int, deep nesting
                     raise ValueError(f"{path}:{i}: invalid JSON line: {type(e).__name__}: {e}") from e
                 if not isinstance(row, dict):
                     raise ValueError(f"{path}:{i}: expected a JSON object per line, got {type(row).__name__}")

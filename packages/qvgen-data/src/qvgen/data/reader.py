@@ -200,7 +200,14 @@ def _decode(
                 "caption": str(meta["caption"]),
                 "id": str(meta["id"]),
             }
-        except (KeyError, ValueError, TypeError, OverflowError, RecursionError, safetensors.SafetensorError) as e:
+        except (
+            KeyError,
+            ValueError,
+            TypeError,
+            OverflowError,  # int(inf)
+            RecursionError,  # deeply nested JSON
+            safetensors.SafetensorError,
+        ) as e:
             problem = f"unreadable sample: {type(e).__name__}: {e}"
         if problem is not None:
             errors.bad("bad samples", f"{where}: {problem}")

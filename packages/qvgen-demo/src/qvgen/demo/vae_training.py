@@ -15,13 +15,17 @@ from typing import Any, Final
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from qvgen.core import known_import_noise_dropped
 from qvgen.demo.teacher_config import TeacherConfig
 from qvgen.demo.world import ClipPool, ClipShape, clip_pool, heldout_clips, unit_frames
 from qvgen.models import Components, get_family
+
+# Usually qvgen.models has imported diffusers quietly already; if not, its known import lines are dropped here.
+with known_import_noise_dropped():
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 TEACHER_VAE: Final[Mapping[str, Any]] = MappingProxyType(
     {"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 2], "num_res_blocks": 1,

@@ -2,7 +2,8 @@
 
 The `vbench` package is never imported here. It runs in a subprocess of a chosen interpreter
 (`VBenchConfig.python`, default this one): VBench pins its own torch/torchvision pair, so it usually
-lives in its own venv (`pip install qvgen-eval[vbench]` there, or see scripts/vbench_smoke.sh).
+lives in its own venv (`pip install qvgen-eval[vbench]` there; `nox -s vbench` and
+packages/qvgen-eval/scripts/vbench_smoke.sh build one in .nox/vbench/tmp/vbench-venv).
 Weights are read from a local cache folder only; missing ones are reported before anything runs.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -43,6 +45,22 @@ VBenchDimension = Literal[
 CACHE_ENV = "VBENCH_CACHE_DIR"
 PYTHON_ENV = "QVGEN_VBENCH_PYTHON"
 RUNNER = Path(__file__).with_name("_vbench_runner.py")
+VENV_HINT = ".nox/vbench/tmp/vbench-venv"
+"""The VBench venv `nox -s vbench` and packages/qvgen-eval/scripts/vbench_smoke.sh build (from the repo root)."""
+
+
+def vbench_python(configured: Path | None = None) -> str:
+    """The interpreter that runs VBench: `configured`, else `$QVGEN_VBENCH_PYTHON`, else this one.
+
+    A relative path is made absolute against the current directory here, when it is read: VBench runs with
+    `cwd=output_dir`, where it would name another file. Symlinks are kept (a venv's bin/python is one, and
+    resolving it would leave the venv). A bare name (``python3.11``) is looked up on PATH.
+    """
+    value = str(configured) if configured is not None else os.environ.get(PYTHON_ENV) or sys.executable
+    path = Path(value).expanduser()
+    if os.sep not in value and (os.altsep is None or os.altsep not in value):
+        return shutil.which(value) or value
+    return str(path.absolute())
 
 
 class VBenchConstants(Frozen):
@@ -269,7 +287,7 @@ def run_vbench(cfg: VBenchConfig) -> VBenchReport:
         "prompt_list": [],
         "imaging_quality_preprocessing_mode": cfg.imaging_quality_preprocessing_mode,
     }
-    python = str(cfg.python or os.environ.get(PYTHON_ENV) or sys.executable)
+    python = vbench_python(cfg.python)
     proc = subprocess.run(
         [python, str(RUNNER), json.dumps(args)], capture_output=True, text=True, cwd=output_dir, check=False
     )
@@ -278,7 +296,7 @@ def run_vbench(cfg: VBenchConfig) -> VBenchReport:
         if "No module named 'vbench'" in proc.stderr:
             hint = (
                 f"\n{python} has no `vbench`: install `qvgen-eval[vbench]` there, or set `python` to a venv "
-                "that has it (packages/qvgen-eval/scripts/vbench_smoke.sh builds one)"
+                f"that has it (`nox -s vbench` and packages/qvgen-eval/scripts/vbench_smoke.sh build {VENV_HINT})"
             )
         raise RuntimeError(f"VBench failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}{hint}")
     lines = proc.stdout.strip().splitlines()

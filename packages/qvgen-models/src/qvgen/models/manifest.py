@@ -155,7 +155,9 @@ def read_student_manifest(directory: str | Path) -> StudentManifest:
     except OSError as e:
         raise FileNotFoundError(f"{path}: no fake-quant student manifest here ({e.strerror or e})") from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: invalid student manifest: not UTF-8 text (byte {e.start}); {REEXPORT}") from e
+        raise ValueError(
+            f"{path}: invalid student manifest: not UTF-8 text (byte {e.start}); {REEXPORT}"
+        ) from e
     try:
         manifest = StudentManifest.model_validate_json(text)
     except (ValidationError, json.JSONDecodeError) as e:
@@ -177,7 +179,7 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
         raise ValueError(f"{path}: a {manifest.family!r} student, but a {family!r} model was asked for")
     try:
         model = get_family(manifest.family).load_transformer(manifest.checkpoint, dtype="float32")
-    except (OSError, ValueError) as e:  # the error names the checkpoint folder; say which manifest pointed there
+    except (OSError, ValueError) as e:  # names the checkpoint folder; say which manifest pointed there
         wrapped = f"{path}: cannot load the base checkpoint {manifest.checkpoint!r} it records: {e}"
         raise (FileNotFoundError(wrapped) if isinstance(e, FileNotFoundError) else ValueError(wrapped)) from e
     recorded = manifest.layers

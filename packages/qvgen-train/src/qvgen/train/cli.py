@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from qvgen.core import cli_main, schema_json
 from qvgen.entrypoints.qvgen_train import IMPORT_GROUP_MAPPINGS as IMPORT_GROUP_MAPPINGS
@@ -42,7 +42,7 @@ def _dispatch(argv: Sequence[str]) -> int:
         else:
             cfg = load_precompute_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"qvgen-train: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.dry_run:
         print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
@@ -72,18 +72,8 @@ def _dispatch(argv: Sequence[str]) -> int:
 
 
 def _one_line(e: ConfigError) -> str:
-    """A config error as one line: the file (and `--set` items), then each invalid field with its problem."""
-    cause = e.__cause__
-    if not isinstance(cause, ValidationError):
-        return " ".join(str(e).split())
-    head = str(e).splitlines()[0]
-    fields = "; ".join(
-        f"{'.'.join(str(x) for x in err['loc']) or '(config)'}: {err['msg']} (got {err['input']!r})"
-        if "input" in err and not isinstance(err["input"], dict) else
-        f"{'.'.join(str(x) for x in err['loc']) or '(config)'}: {err['msg']}"
-        for err in cause.errors(include_url=False)
-    )  # fmt: skip
-    return f"{head}: {fields}"
+    """A config error as one line (qvgen.core already writes each invalid field with its problem on it)."""
+    return " ".join(str(e).split())
 
 
 def _import_reference(args: argparse.Namespace) -> int:
@@ -99,7 +89,7 @@ def _import_reference(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
         )  # fmt: skip
     except (ReferenceImportError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"qvgen-train: error: {e}", file=sys.stderr)
         return 2
     print(f"student: {out}")
     return 0

@@ -290,7 +290,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
                 if teacher_target:
                     assert teacher is not None
                     with torch.no_grad():
-                        tdtype = next(teacher.parameters()).dtype
+                        # the model's dtype, not its first parameter's: diffusers keeps some modules in
+                        # fp32 (Wan's scale_shift_table comes first), so a bf16 Wan teacher got fp32 inputs
+                        tdtype = getattr(teacher, "dtype", None) or next(teacher.parameters()).dtype
                         xt = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
                         target = family.predict(teacher, xt, text.to(tdtype), lengths)
                 else:
@@ -421,7 +423,7 @@ def _fit_svdquant(cfg: RunConfig, family: Any, teacher: nn.Module, student: nn.M
     batches = iter(make_loader(cfg.data, rank=0, world_size=1))  # every process: the same batches, same λ
     vae_config = _vae_config(Path(cfg.model.checkpoint))
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    tdtype = next(teacher.parameters()).dtype
+    tdtype = getattr(teacher, "dtype", None) or next(teacher.parameters()).dtype  # see the training step
 
     def run_batch() -> None:
         batch = next(batches)

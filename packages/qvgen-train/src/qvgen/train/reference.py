@@ -124,7 +124,9 @@ def read_reference(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path], di
     except (ValueError, RecursionError) as e:  # JSONDecodeError, not UTF-8, an int past 4300 digits, too deep
         raise ReferenceImportError(f"{config_path}: not valid JSON: {e}") from e
     if not isinstance(config, dict):
-        raise ReferenceImportError(f"{config_path}: expected a JSON object (the diffusers config), got {type(config).__name__}")
+        raise ReferenceImportError(
+            f"{config_path}: expected a JSON object (the diffusers config), got {type(config).__name__}"
+        )
     if (folder / REF_INDEX).is_file():
         index_path = folder / REF_INDEX
         try:
@@ -135,7 +137,9 @@ def read_reference(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path], di
             raise ReferenceImportError(f"{index_path}: weight_map must map keys to file names")
         outside = sorted({v for v in weight_map.values() if not v or Path(v).name != v or v in (".", "..")})
         if outside:  # an index is data: it names files beside it, never paths elsewhere
-            raise ReferenceImportError(f"{index_path}: weight_map names {outside[:3]}; expected bare file names in {folder}")
+            raise ReferenceImportError(
+                f"{index_path}: weight_map names {outside[:3]}; expected bare file names in {folder}"
+            )
         files = sorted({folder / name for name in weight_map.values()})
     elif (folder / REF_TENSORS).is_file():
         files = [folder / REF_TENSORS]
