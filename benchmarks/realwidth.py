@@ -228,9 +228,10 @@ def flow(
     cfg = load_config(ROOT / "configs" / CONFIGS[family], overrides)
     with stage("train+export"), StateMeter() as meter:
         result = run(cfg)
-    del result.model
     out["phi_rank"] = result.phi_rank
     out["losses"] = [round(x, 6) for x in result.losses]
+    fq_dir, deploy_dir = Path(str(result.fake_quant_dir)), Path(str(result.deploy_dir))
+    del result  # the converted student
     plan = memory_plan(name, world_size=1, sharding="ddp", initial_rank=INITIAL_RANK,
                        teacher_dtype=cfg.model.dtype, act_groups=GROUPS, num_layers=layers)  # fmt: skip
     measured = meter.result or {}
@@ -241,8 +242,6 @@ def flow(
         "measured_total": sum(measured.get(k, 0) for k in ("student", "phi", "teacher")),
         "plan_total": plan.total_bytes,
     }  # fmt: skip
-    assert result.fake_quant_dir is not None and result.deploy_dir is not None
-    fq_dir, deploy_dir = Path(result.fake_quant_dir), Path(result.deploy_dir)
     out["bytes"] = {"fp32_transformer": _dir_bytes(base / "transformer"), "deploy": _dir_bytes(deploy_dir),
                     "fake_quant": _dir_bytes(fq_dir)}  # fmt: skip
     out["deploy_over_fp32"] = out["bytes"]["deploy"] / out["bytes"]["fp32_transformer"]
@@ -304,7 +303,7 @@ def flow(
     report = json.loads((eval_dir / "report.json").read_text())
     out["report_keys"] = sorted(report)[:12]
     out["flow_ok"] = (
-        result.phi_rank in (0, None)
+        out["phi_rank"] in (0, None)
         and out["sample_finite"]
         and math.isfinite(out["deploy_rel_err"])
         and (eval_dir / "report.html").exists()

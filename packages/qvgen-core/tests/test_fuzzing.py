@@ -25,6 +25,7 @@ from qvgen.core.fuzzing import (
     config_documents,
     fuzz_examples,
     fuzz_settings,
+    run_fuzz_suite,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
@@ -201,3 +202,24 @@ def test_override_with_an_unreadable_value_is_a_config_error(tmp_path: Path) -> 
     path.write_text("steps: 1\nout: x\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(Cfg, path, ["steps=" + "9" * 5000])
+
+
+def test_run_fuzz_suite_counts_every_package_and_a_package_that_errors(tmp_path: Path) -> None:
+    """What `benchmarks/reliability.py` calls: one pytest per package; an import error is a failure too."""
+    good = tmp_path / "packages" / "qvgen-a" / "tests"
+    good.mkdir(parents=True)
+    (good / "test_fuzz_a.py").write_text(
+        "from pathlib import Path\n"
+        "from qvgen.core.fuzzing import check_loader\n"
+        "def test_three(tmp_path):\n"
+        "    for i in range(3):\n"
+        "        check_loader('a.loader', lambda: i, folder=tmp_path, names=[])\n"
+    )
+    broken = tmp_path / "packages" / "qvgen-b" / "tests"
+    broken.mkdir(parents=True)
+    (broken / "test_fuzz_b.py").write_text("import qvgen_no_such_module\n")
+    (tmp_path / "packages" / "qvgen-c" / "tests").mkdir(parents=True)  # no fuzz tests: skipped
+    data = run_fuzz_suite(tmp_path, tmp_path / "counts.json")
+    assert data["loaders"]["a.loader"] == {"cases": 3, "failures": 0, "accepted": 3}
+    assert data["loaders"]["qvgen-b: pytest"]["failures"] == 1
+    assert (data["fuzz_cases"], data["fuzz_failures"]) == (4, 1)
