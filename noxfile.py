@@ -91,8 +91,8 @@ def tests(session: nox.Session, package: str) -> None:
 def slow(session: nox.Session) -> None:
     """The multi-process tests (DDP, FSDP2, two sampling processes: `@pytest.mark.slow`), every package
     installed together, then every loader fuzz test (`tests/test_fuzz*.py`) with ten times the examples
-    (`QVGEN_FUZZ_PROFILE=slow`). Not a default session: it takes 5–10 min on a 2-core CPU, plus about 20 min
-    of fuzzing."""
+    (`QVGEN_FUZZ_PROFILE=slow`, 19,000 inputs). Not a default session: it takes 5–10 min on a 2-core CPU, plus
+    about 3 min of fuzzing."""
     install_local(session, [*LIBRARY_PACKAGES, "demo"])
     for package in [*LIBRARY_PACKAGES, "demo"]:
         tests_dir = str(PACKAGES / f"qvgen-{package}" / "tests")
@@ -140,6 +140,16 @@ def demo(session: nox.Session) -> None:
     install_local(session, [*LIBRARY_PACKAGES, "demo"])
     args = session.posargs or []
     session.run("qvgen", "demo", *args, env=TEST_ENV)
+
+
+@nox.session(python=PYTHON)
+def realwidth(session: nox.Session) -> None:
+    """`benchmarks/realwidth.py`: Wan2.1-T2V-1.3B and CogVideoX-2B at the released width (depth reduced)
+    through precompute → training → export → load_pipeline → sampling → scoring, and the peer step when
+    `QVGEN_REFERENCE_QUANT` names the reference's `training/quant/quant.py`. Not a default: ~15 min on a
+    2-core CPU. Writes the `## realwidth` section of benchmarks/RESULTS.md (`-- --no-results`: print only)."""
+    install_local(session, [*LIBRARY_PACKAGES, "demo"])
+    session.run("python", str(ROOT / "benchmarks" / "realwidth.py"), *session.posargs, env=TEST_ENV)
 
 
 @nox.session(python=PYTHON)

@@ -257,14 +257,29 @@ def flow(
         latents, noise = torch.randn(lat, generator=g), torch.randn(lat, generator=g)
         text_len = 512 if family == "wan" else 226
         text = torch.randn(1, text_len, 4096, generator=g)
-        errs = []
+        teacher = fam.load_transformer(base)
+        deploy_layers = {n: m for n, m in deploy.named_modules() if type(m).__name__ == "DeployLinear"}
+        errs, layer_errs, fp_errs = [], [], []
         for t in fam.sample_timesteps(3, g):
             x = fam.noised_inputs(latents, noise, t.reshape(1))
+            seen: dict[str, tuple[Any, Any]] = {}
+            hooks = [m.register_forward_hook(lambda m, a, o, n=n, s=seen: s.__setitem__(n, (a[0], o)))
+                     for n, m in fake.named_modules() if n in deploy_layers]  # fmt: skip
             f = fam.predict(fake, x, text, torch.tensor([text_len]))
-            d = fam.predict(deploy, x, text, torch.tensor([text_len]))
-            errs.append(float((d.float() - f.float()).norm() / f.float().norm()))
+            for h in hooks:
+                h.remove()
+            d = fam.predict(deploy, x, text, torch.tensor([text_len]))  # sets the deploy model's timestep
+            r = fam.predict(teacher, x, text, torch.tensor([text_len]))
+            errs.append(float((d - f).norm() / f.norm()))
+            fp_errs.append(float((f - r).norm() / r.norm()))
+            # each deploy layer on the fake-quant layer's own input: the layers themselves, without the
+            # 4-bit activation codes that float rounding flips upstream
+            layer_errs += [float((deploy_layers[n](a) - o).norm() / o.norm()) for n, (a, o) in seen.items()]
         out["deploy_rel_err"] = max(errs)
-        del fake, deploy
+        out["deploy_layer_rel_err_max"] = max(layer_errs)
+        out["deploy_layers_compared"] = len(layer_errs) // 3
+        out["fake_quant_vs_fp_rel_err"] = max(fp_errs)
+        del fake, deploy, teacher
     with stage("load_pipeline"):
         pipe = load_pipeline(base, deploy_dir, progress=False)
     caption = captions.parent.joinpath("captions.csv").read_text().splitlines()[1].split(",", 1)[1].strip('"')

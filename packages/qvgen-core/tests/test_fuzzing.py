@@ -69,6 +69,10 @@ def test_check_loader_passes_a_returned_object_and_counts_it(
         (UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte"), "unwrapped UnicodeDecodeError"),
         (json.JSONDecodeError("Expecting value", "x f.json", 0), "unwrapped JSONDecodeError"),
         (OSError(""), "empty message"),
+        (
+            ValueError("f.json: invalid manifest: 1 validation error for M\nsteps\n  Input should be"),
+            "of 3 lines",
+        ),
     ],
 )
 def test_check_loader_fails_an_internal_or_anonymous_error_and_counts_the_failure(
@@ -195,6 +199,20 @@ def test_config_file_that_used_to_escape_is_one_config_error_naming_the_file(
         load_config(Cfg, path)
     assert str(info.value).startswith(f"{path}: ")
     assert time.monotonic() - start < 5
+
+
+def test_yaml_syntax_error_and_odd_override_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("steps: 1\nout: : x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Cfg, path)
+    assert (
+        str(info.value) == f"{path}: not valid YAML: mapping values are not allowed here (line 2, column 6)"
+    )
+    path.write_text("steps: 1\nout: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(Cfg, path, ["names\n=[a]"])
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path} --set 'names\\n=[a]'")
 
 
 def test_override_with_an_unreadable_value_is_a_config_error(tmp_path: Path) -> None:

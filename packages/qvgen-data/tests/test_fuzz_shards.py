@@ -113,6 +113,7 @@ def shard_folders(draw: st.DrawFn) -> dict[str, Blob]:
                 "members",
                 "tar_bytes",
                 "manifest",
+                "manifest_bytes",
             ]
         )
     )
@@ -159,6 +160,9 @@ def shard_folders(draw: st.DrawFn) -> dict[str, Blob]:
     elif how == "manifest":
         tree = draw(mutated_trees(json.loads(files[MANIFEST])))
         files[MANIFEST] = json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
+    elif how == "manifest_bytes":
+        junk = [b"[" * 100_000, b'{"num_samples": ' + b"1" * 5000 + b"}", b"\xff{}"]
+        files[MANIFEST] = draw(st.one_of(mutated_bytes(files[MANIFEST]), st.sampled_from(junk)))
     return {k: Blob(v) for k, v in files.items()}
 
 

@@ -43,6 +43,7 @@ from qvgen.core.config import (
     schema_json,
     set_dotted,
     validate_config,
+    validation_summary,
     yaml_load_strict,
 )
 from qvgen.core.frozen import Frozen
@@ -141,6 +142,7 @@ __all__ = [
     "silence_known_import_noise",
     "tree_fingerprint",
     "validate_config",
+    "validation_summary",
     "write_errors_named",
     "write_provenance",
     "yaml_load_strict",

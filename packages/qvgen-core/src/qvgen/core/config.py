@@ -67,6 +67,16 @@ _StrictLoader.add_implicit_resolver(
 )
 
 
+def yaml_error_summary(e: yaml.YAMLError) -> str:
+    """A PyYAML error as one line: the problem and where ("line 3, column 7"), without the quoted snippet."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        what = " ".join(str(x) for x in (e.context, e.problem) if x) or type(e).__name__
+        return f"{what}{where}"
+    return " ".join(str(e).split())
+
+
 MAX_TREE_VALUES = 100_000
 """A config tree holding more values than this (counting each use of a YAML alias) is refused: an alias bomb."""
 MAX_TREE_DEPTH = 64
@@ -117,7 +127,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml_load_strict(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {e}") from e
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {yaml_error_summary(e)}") from e
     return key, value
 
 
@@ -155,7 +165,7 @@ def read_config_tree(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = yaml_load_strict(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{p}: not valid YAML: {yaml_error_summary(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -231,8 +241,14 @@ def _expand_value(value: Any, dotted: str) -> Any:
 def load_config(cls: type[M], path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> M:
     """Read `path`, apply the `--set` `overrides`, validate as `cls`; every error names the file."""
     tree = apply_overrides_to_tree(read_config_tree(path), overrides)
-    source = str(path) + "".join(f" --set {item}" for item in overrides)
+    source = str(path) + "".join(f" --set {_shown(item)}" for item in overrides)
     return validate_config(cls, tree, source)
+
+
+def _shown(item: str) -> str:
+    """A `--set` item as the error shows it: as typed, or quoted when it holds a line break or control character
+    (so the error stays one line)."""
+    return item if item.isprintable() else repr(item)
 
 
 def apply_overrides(cfg: M, overrides: Sequence[str], source: str = "--set") -> M:
@@ -240,7 +256,7 @@ def apply_overrides(cfg: M, overrides: Sequence[str], source: str = "--set") -> 
     if not overrides:
         return cfg
     tree = apply_overrides_to_tree(cfg.model_dump(mode="json"), overrides)
-    return validate_config(type(cfg), tree, source + "".join(f" --set {item}" for item in overrides))
+    return validate_config(type(cfg), tree, source + "".join(f" --set {_shown(item)}" for item in overrides))
 
 
 def add_override_argument(parser: argparse.ArgumentParser, example: str = "train.max_steps=4") -> None:

@@ -6,9 +6,9 @@ starts from valid files made by its own helpers, mutates them with the strategie
 `check_loader`'s property on each input:
 
 - the loader returns (a valid object), or raises a documented user error (`ValueError`, its subclasses
-  `ConfigError`/`ShardFormatError`/..., or `OSError`; `cli_main` prints those as one message) whose first line
-  names the file and is not a bare internal message (`UnicodeDecodeError`, `json.JSONDecodeError`, ...
-  unwrapped fail);
+  `ConfigError`/`ShardFormatError`/..., or `OSError`; `cli_main` prints those as one line) whose message is one
+  line (no newline) naming the file, and not a bare internal message (`UnicodeDecodeError`,
+  `json.JSONDecodeError`, ... unwrapped fail);
 - no other exception (`KeyError`, `TypeError`, `IndexError`, `struct.error`, `RecursionError`, `MemoryError`);
 - no hang: each call runs under a wall-clock alarm (`CASE_TIMEOUT_S`);
 - no partial write: the input folder is byte-for-byte unchanged afterwards.
@@ -137,7 +137,7 @@ def check_loader(
 ) -> Any:
     """Run `call()` once and assert the fuzz property; count the input under `loader`.
 
-    `names`: the paths (or file names) of which the error's first line must mention at least one. `folder`:
+    `names`: the paths (or file names) of which the error's one line must mention at least one. `folder`:
     the input folder that must be unchanged afterwards. `validate(result)` may assert more about a returned
     object. `outputs`: what a loader that also writes (an importer) must not leave behind, as a file or a
     non-empty folder, when it refuses the input. Returns the result (None when the loader refused the input).
@@ -187,6 +187,8 @@ def _bad_user_error(e: BaseException, names: Sequence[str | os.PathLike[str]]) -
     wanted = [os.fspath(n) for n in names]
     if not any(w and w in first for w in wanted):
         return f"{type(e).__name__} whose first line names none of {wanted}: {first[:300]!r}"
+    if "\n" in str(e).strip():
+        return f"{type(e).__name__} of {len(str(e).strip().split(chr(10)))} lines: {first[:200]!r}"
     return None
 
 

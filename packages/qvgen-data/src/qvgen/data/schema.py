@@ -11,7 +11,7 @@ import torch
 from pydantic import Field, ValidationError
 from torch import Tensor
 
-from qvgen.core import Frozen
+from qvgen.core import Frozen, validation_summary
 
 MANIFEST_NAME = "manifest.json"
 """File name of the dataset manifest inside a shard directory."""
@@ -91,15 +91,19 @@ def read_manifest(directory: str | Path) -> ShardManifest:
     """Load and validate `<directory>/manifest.json`; errors name the file."""
     path = Path(directory) / MANIFEST_NAME
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
         raise ShardFormatError(
             f"{path}: no shard manifest; write the shards with qvgen.data.write_shards first"
         ) from e
+    except UnicodeDecodeError as e:
+        raise ShardFormatError(f"{path}: invalid shard manifest: not UTF-8 text (byte {e.start})") from e
     try:
         return ShardManifest.model_validate(json.loads(text))
-    except (ValidationError, json.JSONDecodeError) as e:
-        raise ShardFormatError(f"{path}: invalid shard manifest: {e}") from e
+    except ValidationError as e:  # one line, each field named
+        raise ShardFormatError(f"{path}: invalid shard manifest: {validation_summary(e)}") from e
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, a 5000-digit int, deep nesting
+        raise ShardFormatError(f"{path}: invalid shard manifest: {type(e).__name__}: {e}") from e
 
 
 @dataclass(frozen=True, slots=True)

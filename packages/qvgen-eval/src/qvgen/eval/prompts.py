@@ -22,6 +22,8 @@ def load_prompts(path: str | Path, dimensions: Sequence[str] = ()) -> list[str]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise FileNotFoundError(f"cannot read prompt file {p}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompt file {p} is not UTF-8 text (byte {e.start})") from e
     if p.suffix == ".json":
         prompts = _from_vbench_json(p, text, dimensions)
     else:
@@ -39,7 +41,7 @@ def load_prompts(path: str | Path, dimensions: Sequence[str] = ()) -> list[str]:
 def _from_vbench_json(p: Path, text: str, dimensions: Sequence[str]) -> list[str]:
     try:
         data = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise ValueError(f"prompt file {p} is not valid JSON: {e}") from e
     if not isinstance(data, list):
         raise ValueError(f"prompt file {p}: expected VBench's full-info list of {{'prompt_en', 'dimension'}}")
@@ -49,6 +51,8 @@ def _from_vbench_json(p: Path, text: str, dimensions: Sequence[str]) -> list[str
         if not isinstance(entry, dict) or not isinstance(entry.get("prompt_en"), str):
             raise ValueError(f"prompt file {p}, entry {i}: expected an object with a string 'prompt_en'")
         tags = entry.get("dimension", [])
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ValueError(f"prompt file {p}, entry {i}: 'dimension' must be a list of dimension names")
         if not wanted or wanted & set(tags):
             out.append(entry["prompt_en"].strip())
     return out

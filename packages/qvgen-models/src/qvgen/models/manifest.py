@@ -31,6 +31,7 @@ from qvgen.core import (
     file_sha256,
     replace_output_dir,
     sealed_manifest_json,
+    validation_summary,
 )
 from qvgen.models.registry import FAMILIES, get_family
 from qvgen.models.spec import FamilyName
@@ -161,7 +162,8 @@ def read_student_manifest(directory: str | Path) -> StudentManifest:
     try:
         manifest = StudentManifest.model_validate_json(text)
     except (ValidationError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: invalid student manifest: {e}") from e
+        why = validation_summary(e) if isinstance(e, ValidationError) else e  # one line, each field named
+        raise ValueError(f"{path}: invalid student manifest: {why}") from e
     check_manifest_seal(path, json.loads(text), REEXPORT)
     return manifest
 

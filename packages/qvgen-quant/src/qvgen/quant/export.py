@@ -27,7 +27,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from qvgen.core import Provenance, check_manifest_seal, file_sha256, replace_output_dir, sealed_manifest_json
+from qvgen.core import (
+    Provenance,
+    check_manifest_seal,
+    file_sha256,
+    replace_output_dir,
+    sealed_manifest_json,
+    validation_summary,
+)
 from qvgen.quant import skeleton
 from qvgen.quant.config import ClippedDynamicActivation
 from qvgen.quant.deploy import DeployLinear, DeployTarget
@@ -175,7 +182,8 @@ def read_manifest(directory: str | os.PathLike[str]) -> DeployManifest:
         text = path.read_text(encoding="utf-8")
         manifest = DeployManifest.model_validate_json(text)
     except (ValidationError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: invalid deploy manifest: {e}") from e
+        why = validation_summary(e) if isinstance(e, ValidationError) else e  # one line, each field named
+        raise ValueError(f"{path}: invalid deploy manifest: {why}") from e
     check_manifest_seal(path, json.loads(text), REEXPORT)
     return manifest
 

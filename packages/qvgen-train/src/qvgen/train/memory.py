@@ -60,6 +60,18 @@ def _quantizer_params(model: nn.Module, plan: dict[str, quant.LayerRole], groups
     return extra, io
 
 
+def _teacher_bytes(model: nn.Module, dtype: Literal["float32", "bfloat16", "float16"]) -> int:
+    """The teacher's parameters in `dtype`, except those diffusers keeps in float32 when it loads a model in
+    a 16-bit dtype (`_keep_in_fp32_modules`, matched on the dotted name's parts as diffusers does: Wan's
+    time embedder, norms and modulation tables), plus its buffers (RoPE tables) at their own dtype."""
+    keep = tuple(getattr(model, "_keep_in_fp32_modules", None) or ())
+    total = sum(b.numel() * b.element_size() for b in model.buffers())
+    for name, p in model.named_parameters():
+        fp32 = any(k in name.split(".") for k in keep)
+        total += p.numel() * (4 if fp32 else TEACHER_BYTES[dtype])
+    return total
+
+
 def memory_plan(
     model_name: str,
     *,
@@ -99,7 +111,7 @@ def memory_plan(
         phi_params=phi,
         student_bytes=-(-student * ADAMW_FP32 // shard),
         phi_bytes=phi * ADAMW_FP32,
-        teacher_bytes=params * TEACHER_BYTES[teacher_dtype],
+        teacher_bytes=_teacher_bytes(model, teacher_dtype),
         gathered_block_bytes=largest_block * 8 if sharding == "fsdp2" else 0,
     )
 
