@@ -429,42 +429,39 @@ def peer_step(s: dict[str, Any], i: int) -> None:
     s["optimizer"].zero_grad(set_to_none=True)
 
 
-def peer_memory_child(kind: str, layers: int, steps: int) -> None:
-    import diffusers  # noqa: F401
+def peer_child(kind: str, layers: int, timed: int) -> None:
+    """Build `kind`'s student, run 1 + `timed` steps; print the step times and the peak RSS above imports."""
+    import diffusers  # noqa: F401  (imports are part of the baseline)
     import torch
 
-    from qvgen.train import run  # noqa: F401
+    from qvgen.train import run  # noqa: F401  (the recipe's imports: accelerate, the families)
 
     torch.set_num_threads(1)
     base = _status_bytes("VmRSS")
     _reset_peak_rss()
     s = peer_build(kind, layers)
-    for i in range(steps):
+    times = []
+    for i in range(1 + timed):
+        start = time.perf_counter()
         peer_step(s, i)
-    print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - base}))
+        times.append(time.perf_counter() - start)
+    print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - base, "step_s": times[1:]}))
 
 
 def peer(layers: int, timed: int) -> dict[str, Any]:
-    import torch
-
-    torch.set_num_threads(1)
-    states = {k: peer_build(k, layers) for k in ("qvgen", "reference")}
-    times: dict[str, list[float]] = {k: [] for k in states}
-    for i in range(1 + timed):
-        for k, s in states.items():
-            start = time.perf_counter()
-            peer_step(s, i)
-            if i >= 1:
-                times[k].append(time.perf_counter() - start)
-    del states
-    med = {k: statistics.median(v) for k, v in times.items()}
-    peak = {}
-    for k in ("qvgen", "reference"):
+    """Each side in its own fresh process (qvgen first, then the reference): median step, peak RSS."""
+    res = {}
+    for kind in ("qvgen", "reference"):
         proc = subprocess.run(
-            [sys.executable, __file__, "--peer-memory", k, "--peer-layers", str(layers)],
-            capture_output=True, text=True, check=True,
+            [sys.executable, __file__, "--peer-child", kind, "--peer-layers", str(layers),
+             "--peer-steps", str(timed)],
+            capture_output=True, text=True,
         )  # fmt: skip
-        peak[k] = int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
+        if proc.returncode:
+            raise RuntimeError(f"peer {kind} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        res[kind] = json.loads(proc.stdout.strip().splitlines()[-1])
+    med = {k: statistics.median(v["step_s"]) for k, v in res.items()}
+    peak = {k: v["peak_bytes"] for k, v in res.items()}
     return {"layers": layers, "step_s": med, "peak_bytes": peak,
             "ref_step_over_qvgen_step": med["reference"] / med["qvgen"],
             "ref_peak_over_qvgen_peak": peak["reference"] / peak["qvgen"]}  # fmt: skip
@@ -606,10 +603,10 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help=argparse.SUPPRESS
     )  # development: keep base/shards
-    parser.add_argument("--peer-memory", choices=("qvgen", "reference"), help=argparse.SUPPRESS)
+    parser.add_argument("--peer-child", choices=("qvgen", "reference"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.peer_memory:
-        peer_memory_child(args.peer_memory, args.peer_layers, 2)
+    if args.peer_child:
+        peer_child(args.peer_child, args.peer_layers, args.peer_steps)
         return
     if args.flow:
         work = args.work

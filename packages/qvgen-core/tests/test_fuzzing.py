@@ -211,8 +211,8 @@ def test_yaml_syntax_error_and_odd_override_are_one_line_naming_the_file(tmp_pat
     )
     path.write_text("steps: 1\nout: x\n")
     with pytest.raises(ConfigError) as info:
-        load_config(Cfg, path, ["names\n=[a]"])
-    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path} --set 'names\\n=[a]'")
+        load_config(Cfg, path, ["steps=\nx"])
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{path} --set 'steps=\\nx': ")
 
 
 def test_override_with_an_unreadable_value_is_a_config_error(tmp_path: Path) -> None:

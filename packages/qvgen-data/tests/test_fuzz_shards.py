@@ -218,3 +218,24 @@ def test_sample_meta_with_an_infinite_text_length_is_one_error_naming_the_shard(
     with pytest.raises(ValueError, match="unreadable sample: OverflowError") as info:
         list(make_loader(LoaderConfig(shards=tmp_path, mode="eval", num_workers=0)))
     assert str(info.value).startswith(str(tmp_path / "shard-000000.tar"))
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (b"\xff{}", "not UTF-8"),  # found by the fuzzing above: was UnicodeDecodeError
+        (b'{"num_samples": ' + b"1" * 5000 + b"}", "ValueError"),  # was a bare ValueError naming no file
+        (b"[" * 100_000, "RecursionError"),
+        (b'{"num_samples": -1}', "num_samples"),  # pydantic's report, now one line
+    ],
+)
+def test_unreadable_shard_manifest_is_one_line_naming_it(
+    tmp_path: Path, manifest: bytes, message: str
+) -> None:
+    for name, data in valid_shards().items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / MANIFEST).write_bytes(manifest)
+    with pytest.raises(ValueError, match=message) as info:
+        list(make_loader(LoaderConfig(shards=tmp_path, mode="eval", num_workers=0)))
+    assert "\n" not in str(info.value) and str(info.value).startswith(f"{tmp_path / MANIFEST}: ")

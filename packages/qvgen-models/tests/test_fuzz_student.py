@@ -168,3 +168,15 @@ def test_sealed_student_manifest_with_a_missing_checkpoint_names_the_manifest(tm
     with pytest.raises(FileNotFoundError, match="cannot load the base checkpoint") as info:
         load_student(folder)
     assert str(info.value).startswith(str(folder / STUDENT_MANIFEST))
+
+
+def test_invalid_sealed_student_manifest_is_one_line_naming_the_file_and_field(tmp_path: Path) -> None:
+    """The fuzzing's one-line rule: pydantic's multi-line report became `field: problem (got value)`."""
+    folder = _folder(tmp_path, _sealed({**json.loads(valid_student()[0]), "steps": -1}))
+    with pytest.raises(ValueError) as info:
+        read_student_manifest(folder)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(
+        f"{folder / STUDENT_MANIFEST}: invalid student manifest: "
+    )
+    assert "steps" in message

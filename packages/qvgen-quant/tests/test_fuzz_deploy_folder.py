@@ -155,3 +155,17 @@ def test_the_unmutated_deploy_folder_loads(tmp_path: Path) -> None:
     (tmp_path / MANIFEST_FILE).write_bytes(manifest)
     (tmp_path / TENSORS_FILE).write_bytes(tensors)
     assert isinstance(load_quantized(TinyBlock(), tmp_path), TinyBlock)
+
+
+def test_invalid_sealed_manifest_is_one_line_naming_the_file_and_field(tmp_path: Path) -> None:
+    """The fuzzing's one-line rule: pydantic's multi-line report became `field: problem (got value)`."""
+    manifest, tensors = valid_folder()
+    (tmp_path / MANIFEST_FILE).write_bytes(_sealed({**json.loads(manifest), "num_train_timesteps": 0}))
+    (tmp_path / TENSORS_FILE).write_bytes(tensors)
+    with pytest.raises(ValueError) as info:
+        read_manifest(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(
+        f"{tmp_path / MANIFEST_FILE}: invalid deploy manifest: "
+    )
+    assert "num_train_timesteps" in message

@@ -86,9 +86,12 @@ def test_num_train_timesteps_sets_the_bin_width() -> None:
         attach_timestep_context_(model, num_train_timesteps=1000)
 
 
-def test_context_rejects_2d_timesteps_and_bad_num_train_timesteps() -> None:
-    with pytest.raises(ValueError, match=r"shape \(2, 2\)"):
-        TimestepContext().set(torch.zeros(2, 2))
+def test_context_rejects_3d_timesteps_and_bad_num_train_timesteps() -> None:
+    # [B, S] per-token timesteps are accepted (test_per_token_timesteps.py); more dimensions are not
+    with pytest.raises(ValueError, match=r"shape \(2, 2, 2\)"):
+        TimestepContext().set(torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match=r"S >= 1"):
+        TimestepContext().set(torch.zeros(2, 0))
     with pytest.raises(ValueError, match="num_train_timesteps must be >= 1"):
         TimestepContext(0)
 

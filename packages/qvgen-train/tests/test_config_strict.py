@@ -85,3 +85,15 @@ def test_method_config_does_not_import_the_run_config():
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     assert not any(name and name.startswith("qvgen.train") for name in imported), imported
+
+
+@pytest.mark.parametrize("mode", ["reference", "reference_nofix"])
+def test_the_reference_replay_group_modes_are_refused_for_training(
+    run_dict, wan_shards, tmp_path, capsys, mode
+):
+    data = run_dict("wan", wan_shards, tmp_path / "out")
+    data.setdefault("quant", {}).setdefault("activation", {"kind": "clipped_dynamic"})["group_mode"] = mode
+    capsys.readouterr()
+    assert main(["run", str(_write(tmp_path, data)), "--dry-run"]) == 2
+    line = _one_error_line(capsys)
+    assert "group_mode" in line and "replays the reference's sampling" in line

@@ -35,6 +35,7 @@ import math
 import os
 import signal
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,7 +97,11 @@ class FuzzHang(Exception):
 
 @contextmanager
 def _alarm(seconds: float) -> Iterator[None]:
-    if not hasattr(signal, "setitimer") or seconds <= 0:
+    if (
+        not hasattr(signal, "setitimer")
+        or seconds <= 0
+        or threading.current_thread() is not threading.main_thread()
+    ):
         yield
         return
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -345,9 +344,8 @@ def train_variant(cfg: RunConfig) -> TrainedVariant:
     """Run `cfg` (PTQ when max_steps is 0) and return its deploy export, Φ's final rank and its losses."""
     from qvgen.train import run
 
-    if cfg.output_dir.exists():  # a previous demo's run: start clean (metrics.jsonl is appended to)
-        shutil.rmtree(cfg.output_dir)
-    result = run(cfg)
+    # a previous demo's run is replaced (temp sibling + rename); a folder qvgen-train did not write is refused
+    result = run(cfg, overwrite=True)
     if result.deploy_dir is None:
         raise RuntimeError(f"{cfg.output_dir}: the run wrote no deploy export (export.deploy is off)")
     return TrainedVariant(result.deploy_dir, result.phi_rank, tuple(result.losses))

@@ -39,7 +39,7 @@ from qvgen.quant.integer_gemm import (
 )
 from qvgen.quant.linear import QuantLinear
 from qvgen.quant.packing import CONTAINER_BITS, pack_int4, packed_columns, unpack_int4
-from qvgen.quant.roles import LayerRole
+from qvgen.quant.roles import NON_LATENT_INPUT_ROLES, LayerRole
 from qvgen.quant.svdquant import SmoothLowRank
 from qvgen.quant.triton_dispatch import fused_w4a4_unsupported
 
@@ -88,6 +88,7 @@ class DeployLinear(nn.Module):
         self.act_quantizer = act_quantizer
         if act_quantizer is not None:
             act_quantizer.requires_grad_(False)
+            act_quantizer.token_groups = self.role not in NON_LATENT_INPUT_ROLES
         self.register_buffer(
             "weight_packed",
             torch.zeros(out_features, packed_columns(in_features), dtype=torch.uint8, device=device),

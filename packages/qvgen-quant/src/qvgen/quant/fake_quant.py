@@ -294,7 +294,9 @@ class ActivationQuantizer(nn.Module):
 
     `clip_logit_lo`/`clip_logit_hi` `[G]` are learnable; sigmoid gives the clip factors. The group of each
     sample comes from the shared `TimestepContext` (set by `attach_timestep_context_`); with G = 1 no
-    timestep is needed.
+    timestep is needed. Under per-token timesteps `[B, S]` an input `[B, S, ...]` (or `[B*S, K]`) takes
+    each token's group from its own timestep, any other input its sample's group; `token_groups = False`
+    (set from the layer's role for Linears reading text or image tokens) always takes the sample's.
     """
 
     def __init__(self, cfg: ClippedDynamicActivation, *, device: torch.device | str | None = None) -> None:
@@ -306,6 +308,9 @@ class ActivationQuantizer(nn.Module):
         self.clip_logit_lo = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.clip_logit_hi = nn.Parameter(torch.full((cfg.groups,), init, device=device, dtype=torch.float32))
         self.context: TimestepContext | None = None
+        self.token_groups = True
+        """Whether this quantizer's input is the latent token sequence, so that `[B, S]` timesteps give
+        per-token groups (`QuantLinear`/`DeployLinear` set it from the role)."""
         self.label = "activation quantizer"
         """Names the owning layer in errors (`prepare_` sets it)."""
 
@@ -324,9 +329,24 @@ class ActivationQuantizer(nn.Module):
             )
         return self.context.group_index(self.groups, self.group_mode, self.clip_logit_lo.device)
 
+    def token_group_index(self) -> Tensor | None:
+        """Per-token group indices `[B, S]` (long) under `[B, S]` timesteps, else None."""
+        if self.groups == 1 or not self.token_groups or self.context is None:
+            return None
+        return self.context.token_group_index(self.groups, self.group_mode, self.clip_logit_lo.device)
+
     def sample_clips(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Clip factors (lo, hi) gathered per sample and shaped to broadcast over `x`'s tokens."""
+        """Clip factors (lo, hi) gathered per sample (per token under `[B, S]` timesteps) and shaped to
+        broadcast over `x`'s tokens."""
         g = self.group_index()
+        tg = self.token_group_index()
+        if tg is not None and x.dim() >= 3 and x.shape[:2] == tg.shape:
+            lo, hi = self.clip_factors(compute_dtype(x))
+            shape = tuple(tg.shape) + (1,) * (x.dim() - 2)
+            return lo[tg].reshape(shape), hi[tg].reshape(shape)
+        if tg is not None and x.dim() == 2 and x.shape[0] == tg.numel():
+            lo, hi = self.clip_factors(compute_dtype(x))
+            return lo[tg].reshape(-1, 1), hi[tg].reshape(-1, 1)
         batch = g.shape[0]
         if x.dim() >= 2 and x.shape[0] == batch:
             shape = (batch,) + (1,) * (x.dim() - 1)

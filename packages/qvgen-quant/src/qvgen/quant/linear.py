@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from qvgen.quant.config import ClippedDynamicActivation, NoActivationQuant, QuantConfig
 from qvgen.quant.fake_quant import ActivationQuantizer, WeightQuantizer
-from qvgen.quant.roles import LayerRole
+from qvgen.quant.roles import NON_LATENT_INPUT_ROLES, LayerRole
 from qvgen.quant.svdquant import SmoothLowRank
 
 
@@ -41,6 +41,8 @@ class QuantLinear(nn.Module):
         self.weight_quantizer = weight_quantizer
         self.act_quantizer = act_quantizer
         self.role = LayerRole(role)
+        if isinstance(act_quantizer, ActivationQuantizer):
+            act_quantizer.token_groups = self.role not in NON_LATENT_INPUT_ROLES
         self.lowrank: nn.Module | None
         self.register_module("lowrank", None)
         self.weight_delta: nn.Module | None

@@ -39,6 +39,22 @@ class LayerRole(StrEnum):
     other = "other"
 
 
+NON_LATENT_INPUT_ROLES: frozenset[LayerRole] = frozenset(
+    {
+        LayerRole.cross_k,
+        LayerRole.cross_v,
+        LayerRole.cross_kv,
+        LayerRole.image_k,
+        LayerRole.image_v,
+        LayerRole.image_kv,
+        LayerRole.image_proj,
+        LayerRole.text_proj,
+    }
+)
+"""Roles whose Linear reads text or image tokens, not the latent token sequence: under per-token
+timesteps `[B, S]` their activations take each sample's clip group, never a token's."""
+
+
 def matches_any(name: str, globs: Iterable[str]) -> bool:
     """Whether a module name matches any fnmatch glob (case-sensitive)."""
     return any(fnmatch.fnmatchcase(name, g) for g in globs)

@@ -11,6 +11,13 @@ transformer call (a device tensor: no host sync) and reset at the start of each 
 by the timestep rising above the previous call's (schedules run from high to low timesteps) or by an
 explicit `TimestepContext.reset_calls()`. `reference_call_groups` gives the groups such a run uses, and
 `record_call_groups` records the group each call really used.
+
+Per-token timesteps (Wan 2.2 TI2V's `expand_timesteps`): a `[B, S]` timestep holds one value per latent
+token, in the order of the patchified token sequence the blocks' Linears see (diffusers flattens the
+latent's (frame, height, width) patches, and the pipeline builds its `[B, S]` from the same mask, e.g.
+first-frame tokens at t = 0 in image-to-video mode). The context then keeps both the per-token groups
+(`token_group_index`, `[B, S]`) and per-sample ones (`group_index`, `[B]`, from each sample's largest
+timestep, its noise level) for layers whose input is not the latent sequence (text / image tokens).
 """
 
 from __future__ import annotations
@@ -58,14 +65,17 @@ def reference_call_groups(
 
 
 class TimestepContext:
-    """Holds the current call's timesteps `[B]` and the group indices derived from them."""
+    """Holds the current call's timesteps `[B]` (and `[B, S]` per-token ones) and the groups derived from them."""
 
     def __init__(self, num_train_timesteps: int = 1000) -> None:
         if num_train_timesteps < 1:
             raise ValueError(f"num_train_timesteps must be >= 1, got {num_train_timesteps}")
         self.num_train_timesteps = num_train_timesteps
         self.timesteps: Tensor | None = None
-        self._groups: dict[tuple[int, str, torch.device | None], Tensor] = {}
+        """Per-sample timesteps `[B]`: the call's `[B]`, or each sample's largest token timestep of a `[B, S]`."""
+        self.token_timesteps: Tensor | None = None
+        """The call's per-token timesteps `[B, S]`, or None when it passed a scalar or `[B]`."""
+        self._groups: dict[tuple[int, str, torch.device | None, bool], Tensor] = {}
         self.counts_calls = False
         """Whether `begin_call` counts calls (set by `attach_timestep_context_` when a quantizer uses a
         `reference*` mode, so the other modes pay nothing)."""
@@ -97,27 +107,56 @@ class TimestepContext:
     def set(self, timesteps: Tensor | float | int | None) -> None:
         """Store the timesteps of the coming forward (a scalar becomes shape `[1]`); None clears them."""
         self._groups = {}
+        self.token_timesteps = None
         if timesteps is None:
             self.timesteps = None
             return
         t = torch.as_tensor(timesteps).detach()
-        if t.dim() > 1:
-            raise ValueError(f"timestep must be a scalar or a 1-D tensor [B], got shape {tuple(t.shape)}")
+        if t.dim() > 2:
+            raise ValueError(
+                "timestep must be a scalar, a 1-D tensor [B] or a 2-D tensor [B, S] (one per latent token), "
+                f"got shape {tuple(t.shape)}"
+            )
+        if t.dim() == 2:
+            if t.shape[1] == 0:
+                raise ValueError(f"a per-token timestep [B, S] needs S >= 1, got shape {tuple(t.shape)}")
+            self.token_timesteps = t
+            self.timesteps = t.amax(dim=1)
+            return
         self.timesteps = t.reshape(-1)
 
     def group_index(self, groups: int, mode: GroupMode, device: torch.device | None = None) -> Tensor:
         """Per-sample group `[B]` (long): `bin` min(G-1, floor(t*G/T)), `mod` int(t) mod G, `reference`
         max(G-k, 0) for the k-th call of the run (G-1 before any counted call), `reference_nofix` G-1; on
         `device` (default: the timesteps'), cached per call so that every layer shares one copy."""
-        key = (groups, mode, device)
+        return self._group_index(groups, mode, device, tokens=False)
+
+    def token_group_index(
+        self, groups: int, mode: GroupMode, device: torch.device | None = None
+    ) -> Tensor | None:
+        """Per-token groups `[B, S]` (long) of a `[B, S]` timestep, by the same rule as `group_index`
+        (the `reference*` modes, which ignore the value, give each token its sample's group); None when
+        the call passed a scalar or `[B]`. Cached per call like `group_index`."""
+        if self.token_timesteps is None:
+            return None
+        return self._group_index(groups, mode, device, tokens=True)
+
+    def _group_index(self, groups: int, mode: GroupMode, device: torch.device | None, *, tokens: bool) -> Tensor:
+        key = (groups, mode, device, tokens)
         cached = self._groups.get(key)
         if cached is not None:
             return cached
         if device is not None:
-            g = self.group_index(groups, mode).to(device)
+            g = self._group_index(groups, mode, None, tokens=tokens).to(device)
             self._groups[key] = g
             return g
-        t = self.timesteps
+        if tokens and mode in REFERENCE_MODES:
+            tt = self.token_timesteps
+            assert tt is not None
+            g = self._group_index(groups, mode, None, tokens=False)[:, None].expand(tt.shape)
+            self._groups[key] = g
+            return g
+        t = self.token_timesteps if tokens else self.timesteps
         if t is None:
             raise RuntimeError(
                 "no timestep set for the activation quantizers: call the model with a `timestep` argument "
@@ -192,7 +231,8 @@ def attach_timestep_context_(
     """Share one `TimestepContext` among all activation quantizers of `model`; return it.
 
     If `model.forward` takes a `timestep_kwarg` parameter, one forward pre-hook stores it on every call
-    (Wan: float sigma*1000, CogVideoX: long; shape `[B]`). Otherwise set it with `set_timesteps_`.
+    (Wan: float sigma*1000, CogVideoX: long; shape `[B]`, or `[B, S]` for Wan 2.2 TI2V's per-token
+    timesteps). Otherwise set it with `set_timesteps_`.
     Calling again (e.g. after more layers were prepared) rebinds the same context.
     """
     context = getattr(model, CONTEXT_ATTR, None)

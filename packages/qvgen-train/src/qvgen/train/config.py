@@ -152,6 +152,13 @@ class RunConfig(Frozen):
         )  # fmt: skip
         if self.data is not None and self.data.mode != "train":
             raise ValueError("data.mode must be 'train' for a training run (eval mode ends after one pass)")
+        act = self.quant.activation
+        mode = getattr(act, "group_mode", None) if act is not None else None
+        if mode in ("reference", "reference_nofix"):
+            raise ValueError(
+                f"quant.activation.group_mode={mode!r} replays the reference's sampling call counter and is "
+                "only for sampling imported reference checkpoints; train with 'bin' (default) or 'mod'"
+            )
         return self
 
     @model_validator(mode="after")
