@@ -72,7 +72,9 @@ def tests(session: nox.Session, package: str) -> None:
     """One package alone: a fresh venv with only it and its declared qvgen dependencies."""
     closure = declared_qvgen_deps(package)
     # quant: the triton extra too, so its Triton kernel tests run under the CPU interpreter (TRITON_INTERPRET=1)
-    install_local(session, closure, extras=("triton",) if package == "quant" else ())
+    # models: peft too (its `lora` extra), so the LoRA tests run rather than skip
+    extras = {"quant": ("triton",), "models": ("peft",)}.get(package, ())
+    install_local(session, closure, extras=extras)
     undeclared = [SIBLING_MODULES[s] for s in SIBLING_MODULES if s not in closure]
     session.run(
         "python",

@@ -396,6 +396,7 @@ def peer_build(kind: str, layers: int) -> dict[str, Any]:
             weight_decay=1e-4,
         )  # fmt: skip
         branches = None
+    student.enable_gradient_checkpointing()  # both paper scripts: `gradient_checkpointing: true` / `--gradient_checkpointing`
     g = torch.Generator().manual_seed(1)
     latents = torch.randn(1, 16, 3, 8, 8, generator=g)
     noise = torch.randn(latents.shape, generator=g)

@@ -213,6 +213,9 @@ def test_yaml_syntax_error_and_odd_override_are_one_line_naming_the_file(tmp_pat
     with pytest.raises(ConfigError) as info:
         load_config(Cfg, path, ["steps=\nx"])
     assert "\n" not in str(info.value) and str(info.value).startswith(f"{path} --set 'steps=\\nx': ")
+    with pytest.raises(ConfigError) as info:  # an unknown key with a line break: pydantic names it as given
+        load_config(Cfg, path, ["a\nb=1"])
+    assert "\n" not in str(info.value) and "'a\\nb': Extra inputs are not permitted" in str(info.value)
 
 
 def test_override_with_an_unreadable_value_is_a_config_error(tmp_path: Path) -> None:

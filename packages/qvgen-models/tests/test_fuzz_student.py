@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -180,3 +181,18 @@ def test_invalid_sealed_student_manifest_is_one_line_naming_the_file_and_field(t
         f"{folder / STUDENT_MANIFEST}: invalid student manifest: "
     )
     assert "steps" in message
+
+
+def test_tensors_that_do_not_fit_are_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Found by the slow fuzzing: torch's load_state_dict error spans lines; the message is one line now."""
+    manifest, tensors = valid_student()
+    state = safetensors.torch.load(tensors)
+    state.pop(sorted(state)[0])
+    new = safetensors.torch.save(state)
+    (tmp_path / STUDENT_TENSORS).write_bytes(new)
+    (tmp_path / STUDENT_MANIFEST).write_bytes(
+        _sealed({**json.loads(manifest), "tensors_sha256": hashlib.sha256(new).hexdigest()})
+    )
+    with pytest.raises(ValueError, match="do not fit the rebuilt student") as info:
+        load_student(tmp_path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / STUDENT_TENSORS))

@@ -37,6 +37,9 @@ EXPECTED = {
     "wan2.1-t2v-1.3b": (306, _wan(30), 1.42e9),
     "wan2.1-t2v-14b": (406, _wan(40), 14.29e9),
     "wan2.1-i2v-14b-480p": (488, _wan_i2v(40), 16.39e9),
+    "wan2.2-ti2v-5b": (306, _wan(30), 5.00e9),  # released: 5B
+    "wan2.2-t2v-a14b": (406, _wan(40), 14.29e9),  # released: 27B in two experts, 14B each (A14B: active)
+    "wan2.2-i2v-a14b": (406, _wan(40), 14.29e9),  # no CLIP image tokens: the image enters as latents
     "cogvideox-2b": (245, _cog(30), 1.69e9),
     "cogvideox-5b": (341, _cog(42), 5.57e9),
     "cogvideox1.5-5b": (342, _cog(42, temporal_patches=True), 5.57e9),
@@ -84,6 +87,24 @@ RELEASED = {
         "text_dim": 4096, "freq_dim": 256, "in_channels": 16, "out_channels": 16, "eps": 1e-6,
         "qk_norm": "rms_norm_across_heads", "cross_attn_norm": True, "patch_size": (1, 2, 2),
     },
+    "wan2.2-ti2v-5b": {
+        "num_attention_heads": 24, "attention_head_dim": 128, "ffn_dim": 14336, "num_layers": 30,
+        "text_dim": 4096, "freq_dim": 256, "in_channels": 48, "out_channels": 48, "eps": 1e-6,
+        "qk_norm": "rms_norm_across_heads", "cross_attn_norm": True, "patch_size": (1, 2, 2),
+        "image_dim": None, "added_kv_proj_dim": None,
+    },
+    "wan2.2-t2v-a14b": {
+        "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40,
+        "text_dim": 4096, "freq_dim": 256, "in_channels": 16, "out_channels": 16, "eps": 1e-6,
+        "qk_norm": "rms_norm_across_heads", "cross_attn_norm": True, "patch_size": (1, 2, 2),
+        "image_dim": None, "added_kv_proj_dim": None,
+    },
+    "wan2.2-i2v-a14b": {
+        "num_attention_heads": 40, "attention_head_dim": 128, "ffn_dim": 13824, "num_layers": 40,
+        "text_dim": 4096, "freq_dim": 256, "in_channels": 36, "out_channels": 16, "eps": 1e-6,
+        "qk_norm": "rms_norm_across_heads", "cross_attn_norm": True, "patch_size": (1, 2, 2),
+        "image_dim": None, "added_kv_proj_dim": None,
+    },
     "cogvideox-5b": {
         "num_attention_heads": 48, "attention_head_dim": 64, "num_layers": 42, "in_channels": 16,
         "max_text_seq_length": 226, "text_embed_dim": 4096, "time_embed_dim": 512, "patch_size": 2,
@@ -110,10 +131,31 @@ def test_built_config_matches_the_released_config(name):
     assert got == RELEASED[name]
 
 
-def test_only_the_image_to_video_entry_is_not_trainable():
-    assert {n for n, m in REAL_MODELS.items() if not m.trainable} == {"wan2.1-i2v-14b-480p"}
+def test_only_the_image_to_video_and_wan22_entries_are_not_trainable():
+    not_trainable = {n for n, m in REAL_MODELS.items() if not m.trainable}
+    assert not_trainable == {"wan2.1-i2v-14b-480p", "wan2.2-ti2v-5b", "wan2.2-t2v-a14b", "wan2.2-i2v-a14b"}
     i2v = get_real_model("wan2.1-i2v-14b-480p")
     assert (i2v.sampling.height, i2v.sampling.width, i2v.sampling.num_frames) == (480, 832, 81)
     built = build_real_on_meta("wan2.1-i2v-14b-480p").config
     config = (built.in_channels, built.out_channels, built.image_dim, built.added_kv_proj_dim)
     assert config == (36, 16, 1280, 5120)
+
+
+def test_wan22_sampling_settings_and_experts_are_the_released_ones():
+    ti2v = get_real_model("wan2.2-ti2v-5b")
+    s = ti2v.sampling
+    assert (s.height, s.width, s.num_frames, s.fps, s.num_inference_steps) == (704, 1280, 121, 24, 50)
+    assert s.expand_timesteps and s.boundary_ratio is None and ti2v.experts == 1
+    assert s.scheduler_overrides["flow_shift"] == 5.0
+    t2v, i2v = get_real_model("wan2.2-t2v-a14b"), get_real_model("wan2.2-i2v-a14b")
+    assert t2v.experts == i2v.experts == 2
+    assert (t2v.sampling.boundary_ratio, t2v.sampling.guidance_scale, t2v.sampling.guidance_scale_2) == (
+        0.875, 4.0, 3.0,
+    )  # fmt: skip
+    assert (i2v.sampling.boundary_ratio, i2v.sampling.guidance_scale, i2v.sampling.guidance_scale_2) == (
+        0.9, 3.5, 3.5,
+    )  # fmt: skip
+    assert t2v.sampling.num_inference_steps == i2v.sampling.num_inference_steps == 40
+    assert t2v.sampling.scheduler_overrides["flow_shift"] == 12.0
+    assert i2v.sampling.scheduler_overrides["flow_shift"] == 5.0
+    assert not t2v.sampling.expand_timesteps and not i2v.sampling.expand_timesteps

@@ -28,7 +28,9 @@ def _token_timesteps(image_to_video: bool) -> torch.Tensor:
 def wan22() -> torch.nn.Module:
     torch.manual_seed(0)
     model = WanTransformer3DModel(**{**WAN_TINY_TRANSFORMER, "in_channels": C, "out_channels": C})
-    prepare_(model, QuantConfig.w4a4(), layer_roles=WAN.layer_roles, num_train_timesteps=WAN.num_train_timesteps)
+    prepare_(
+        model, QuantConfig.w4a4(), layer_roles=WAN.layer_roles, num_train_timesteps=WAN.num_train_timesteps
+    )
     initialize_(model, progress=False)
     with torch.no_grad():  # a different clip pair per group, so the group each token takes shows
         for m in model.modules():

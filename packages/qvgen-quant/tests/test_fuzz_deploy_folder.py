@@ -26,10 +26,12 @@ from qvgen.core.fuzzing import (
     Blob,
     check_loader,
     fuzz_settings,
+    join_safetensors,
     mutated_bytes,
     mutated_safetensors,
     mutated_text,
     mutated_trees,
+    split_safetensors,
 )
 from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, QuantConfig, convert_, initialize_, prepare_
 from qvgen.quant.export import load_quantized, read_manifest, save_quantized
@@ -169,3 +171,17 @@ def test_invalid_sealed_manifest_is_one_line_naming_the_file_and_field(tmp_path:
         f"{tmp_path / MANIFEST_FILE}: invalid deploy manifest: "
     )
     assert "num_train_timesteps" in message
+
+
+def test_safetensors_header_with_a_line_break_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    """Found by the slow fuzzing: safetensors quotes the bad header, line break and all."""
+    manifest, tensors = valid_folder()
+    header, body = split_safetensors(tensors)
+    header[next(k for k in header if k != "__metadata__")]["dtype"] = "F32\nX"
+    new = join_safetensors(header, body)
+    (tmp_path / TENSORS_FILE).write_bytes(new)
+    update = {"tensors_bytes": len(new), "tensors_sha256": hashlib.sha256(new).hexdigest()}
+    (tmp_path / MANIFEST_FILE).write_bytes(_sealed({**json.loads(manifest), **update}))
+    with pytest.raises(ValueError, match="cannot read the safetensors file") as info:
+        load_quantized(TinyBlock(), tmp_path)
+    assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / TENSORS_FILE))

@@ -21,7 +21,9 @@ from qvgen.quant.deploy import DeployLinear
 B, S, K, N = 2, 12, 64, 48
 
 
-def _layer(mode: str = "bin", role: LayerRole = LayerRole.attn_q, groups: int = 50) -> tuple[nn.Module, QuantLinear]:
+def _layer(
+    mode: str = "bin", role: LayerRole = LayerRole.attn_q, groups: int = 50
+) -> tuple[nn.Module, QuantLinear]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(K, N))
     act = ClippedDynamicActivation(groups=groups, group_mode=mode)  # type: ignore[arg-type]

@@ -18,3 +18,11 @@ def test_table_lists_both_models_under_both_shardings():
     assert text.count("| wan2.1-t2v-1.3b |") == 2 and text.count("| wan2.1-t2v-14b |") == 2
     small = memory_plan("wan2.1-t2v-1.3b", sharding="ddp")
     assert small.total_bytes < 30 * GIB
+
+
+def test_wan22_ti2v_5b_has_its_line_and_needs_fsdp2_on_80gb_cards():
+    assert table().count("| wan2.2-ti2v-5b |") == 2
+    ddp = memory_plan("wan2.2-ti2v-5b", sharding="ddp")
+    fsdp = memory_plan("wan2.2-ti2v-5b", sharding="fsdp2")
+    assert 4.95e9 < ddp.student_params < 5.1e9  # Wan2.2-TI2V-5B (+ quantizer parameters)
+    assert ddp.total_bytes > 80e9 > fsdp.total_bytes  # configs/wan2.2-ti2v-5b-qvgen.yaml shards with FSDP2

@@ -198,6 +198,25 @@ def test_paper_scale_configs_of_the_larger_models_sample_with_their_settings(con
     assert cfg.model.family == get_real_model(model).family
 
 
+def test_wan22_ti2v_5b_config_carries_the_wan_method_and_shards_with_fsdp2():
+    from qvgen.models.real_models import get_real_model
+
+    cfg = load_config(CONFIGS / "wan2.2-ti2v-5b-qvgen.yaml")
+    paper = load_config(CONFIGS / "wan2.1-t2v-1.3b-qvgen.yaml")
+    entry = get_real_model("wan2.2-ti2v-5b")
+    assert cfg.model.family == entry.family == "wan"
+    assert cfg.model.sample_flow_shift == entry.sampling.scheduler_overrides["flow_shift"] == 5.0
+    # the method settings of the paper's Wan run, unchanged
+    for section in ("quant", "aux", "optim"):
+        assert getattr(cfg, section) == getattr(paper, section), section
+    same = ("max_steps", "grad_clip", "gradient_checkpointing", "mixed_precision", "caption_dropout")
+    assert all(getattr(cfg.train, f) == getattr(paper.train, f) for f in same)
+    assert cfg.train.loss_target == paper.train.loss_target == "teacher"
+    # 5B does not fit DDP on 80 GB cards (memory plan); FSDP2 refuses in-training validation
+    assert cfg.train.sharding == "fsdp2" and cfg.logging.validation is None
+    assert cfg.data.batch_size == paper.data.batch_size
+
+
 def test_the_method_rank_bound_holds_for_every_real_model():
     from qvgen.models.real_models import REAL_MODELS, build_real_on_meta
     from qvgen.train.method_config import SMALLEST_LINEAR

@@ -197,10 +197,12 @@ def validation_summary(e: ValidationError) -> str:
     """A pydantic error as one line: each invalid field's dotted path, its problem and the value given."""
     parts = []
     for err in e.errors(include_url=False):
-        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        # a key with a line break in it stays quoted, so the summary stays one line
+        where = ".".join(str(x) if str(x).isprintable() else repr(str(x)) for x in err["loc"])
+        where = where or "(top level)"
         value = err.get("input")
         shown = "" if isinstance(value, dict | list) or "input" not in err else f" (got {_short_repr(value)})"
-        parts.append(f"{where}: {err['msg']}{shown}")
+        parts.append(f"{where}: {' '.join(str(err['msg']).split())}{shown}")
     return "; ".join(parts)
 
 

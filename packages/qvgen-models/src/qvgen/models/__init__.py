@@ -9,6 +9,7 @@ with known_import_noise_dropped():
 from qvgen.models.cogvideox import CogVideoXFamily
 from qvgen.models.encoder import PipelineEncoder, encoder_identity, weights_digest
 from qvgen.models.family import Components, ModelFamily, NoisedInputs
+from qvgen.models.lora import LoraKeyError, enable_lora_, unmatched_lora_keys
 from qvgen.models.manifest import (
     STUDENT_MANIFEST,
     STUDENT_TENSORS,
@@ -53,6 +54,7 @@ __all__ = [
     "Components",
     "DType",
     "FamilyName",
+    "LoraKeyError",
     "ModelFamily",
     "ModelSpec",
     "NoisedInputs",
@@ -64,6 +66,7 @@ __all__ = [
     "WanSpec",
     "build_real_on_meta",
     "build_real_width",
+    "enable_lora_",
     "encoder_identity",
     "get_family",
     "get_real_model",
@@ -78,5 +81,6 @@ __all__ = [
     "save_student",
     "set_hf_progress_bars",
     "to_torch_dtype",
+    "unmatched_lora_keys",
     "weights_digest",
 ]

@@ -18,6 +18,7 @@ deploy / fake-quant layers. PEFT is the ``qvgen-models[lora]`` extra and is impo
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -25,7 +26,9 @@ from typing import Any
 
 from torch import nn
 
-LORA_KEY = re.compile(r"^(?P<module>.+?)\.(lora_A|lora_B|lora_magnitude_vector|lora_embedding_A|lora_embedding_B)\b")
+LORA_KEY = re.compile(
+    r"^(?P<module>.+?)\.(lora_A|lora_B|lora_magnitude_vector|lora_embedding_A|lora_embedding_B)\b"
+)
 """A PEFT-format LoRA key: the module path before ``.lora_A.weight`` / ``.lora_B.weight`` / ``.lora_B.bias``."""
 MAX_NAMED = 8
 """Unmatched keys named in the error (the count says how many there are)."""
@@ -66,7 +69,9 @@ class LoraKeyError(ValueError):
 
 def _load_lora_adapter(transformer: nn.Module, stock: Any, *args: Any, **kwargs: Any) -> Any:
     refused: list[LoraKeyError] = []
-    with _low_bit_dispatch(transformer, refused):
+    with _low_bit_dispatch(transformer, refused), warnings.catch_warnings():
+        # PEFT says this on every second adapter diffusers loads, which is how diffusers holds several
+        warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute in the model")
         try:
             return stock(*args, **kwargs)
         except Exception:

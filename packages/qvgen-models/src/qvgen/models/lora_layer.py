@@ -26,7 +26,9 @@ from qvgen.quant import DeployLinear, QuantLinear, SmoothLowRank
 class QuantLoraLinear(PeftLoraLinear):
     """PEFT LoRA on a `DeployLinear` / `QuantLinear`; fusing goes into the base layer's ``kept`` branch."""
 
-    def __init__(self, base_layer: DeployLinear | QuantLinear, adapter_name: str, config: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, base_layer: DeployLinear | QuantLinear, adapter_name: str, config: Any, **kwargs: Any
+    ) -> None:
         if getattr(config, "use_dora", False):
             raise ValueError(
                 f"{base_layer.label}: DoRA needs the layer's float weight; a low-bit layer takes plain LoRA only"
@@ -34,6 +36,9 @@ class QuantLoraLinear(PeftLoraLinear):
         super().__init__(base_layer, adapter_name, config=config, **kwargs)
         self._unfused: tuple[int, str] | None = None
         """Before the first merge: (rank, dtype name) of the base's kept branch, or (0, "") when it had none."""
+
+    def _get_in_out_features(self, module: torch.nn.Module) -> tuple[int, int]:
+        return module.in_features, module.out_features  # PEFT's generic lookup warns on non-nn.Linear types
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         names = check_adapters_to_merge(self, adapter_names)
@@ -65,7 +70,9 @@ class QuantLoraLinear(PeftLoraLinear):
                 ups.append(b)
             down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
         if safe_merge and not (torch.isfinite(down).all() and torch.isfinite(up).all()):
-            raise ValueError(f"{base.label}: NaN/Inf in the fused low-rank branch; adapters {names} look broken")
+            raise ValueError(
+                f"{base.label}: NaN/Inf in the fused low-rank branch; adapters {names} look broken"
+            )
         kept.down, kept.up, kept.rank = down, up, down.shape[0]
         base.kept = kept
         self.merged_adapters.extend(names)

@@ -33,6 +33,7 @@ from qvgen.core import (
     sealed_manifest_json,
     validation_summary,
 )
+from qvgen.models.lora import enable_lora_
 from qvgen.models.registry import FAMILIES, get_family
 from qvgen.models.spec import FamilyName
 from qvgen.quant import LayerRole, QuantConfig
@@ -213,9 +214,11 @@ def load_student(directory: str | Path, *, family: str | None = None) -> nn.Modu
     try:
         tensors = load_file(str(tensors_path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{tensors_path}: cannot read the student tensors ({e})") from e
+        why = " ".join(str(e).split())  # safetensors quotes the header, line breaks included
+        raise ValueError(f"{tensors_path}: cannot read the student tensors ({why})") from e
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"{tensors_path}: tensors do not fit the rebuilt student: {e}") from e
-    return model.eval()
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())  # torch's is multi-line
+        raise ValueError(f"{tensors_path}: tensors do not fit the rebuilt student: {why}") from e
+    return enable_lora_(model).eval()  # diffusers' LoRA loaders work on the student as on the deploy model

@@ -25,6 +25,7 @@ from transformers.utils import logging as transformers_logging
 
 from qvgen import quant
 from qvgen.models import checkpoint as ckpt
+from qvgen.models.lora import enable_lora_
 from qvgen.models.spec import DType, to_torch_dtype
 
 PIPELINES: Final[dict[str, tuple[type[nn.Module], type[Any]]]] = {
@@ -78,6 +79,7 @@ def load_pipeline(
     No full-precision transformer weights are read: ``base_dir/transformer`` may be absent. ``dtype`` applies
     to the text encoder and the VAE (Wan's VAE stays float32, as in the official code); the transformer keeps
     the dtypes it was saved with. ``progress`` (None: only on a terminal) covers loading and sampling bars.
+    ``pipe.load_lora_weights(...)`` works on it (`qvgen.models.enable_lora_`; needs the ``lora`` extra).
     """
     deploy = Path(deploy_dir)
     manifest = quant.read_manifest(deploy)
@@ -91,7 +93,7 @@ def load_pipeline(
     show = progress_default(progress)
     torch_dtype = to_torch_dtype(dtype)
     with hf_progress_bars(show):
-        transformer = quant.load_quantized(deploy, model_class=transformer_cls)
+        transformer = enable_lora_(quant.load_quantized(deploy, model_class=transformer_cls))
         try:
             pipe = pipeline_cls.from_pretrained(root, transformer=transformer, dtype=torch_dtype)
         except (OSError, ValueError) as e:

@@ -36,6 +36,14 @@ class SamplingSettings(Frozen):
     """Keyword overrides applied to the checkpoint's scheduler config (`from_config(..., **overrides)`)."""
     use_dynamic_cfg: bool = False
     """CogVideoX's dynamic guidance (the reference passes True)."""
+    guidance_scale_2: Annotated[float, Field(ge=1)] | None = None
+    """Two-expert Wan 2.2 (A14B): the low-noise expert's guidance (`WanPipeline`'s `guidance_scale_2`);
+    `guidance_scale` is then the high-noise expert's."""
+    boundary_ratio: Annotated[float, Field(gt=0, lt=1)] | None = None
+    """Two-expert Wan 2.2 (A14B): the pipeline's `boundary_ratio`; steps with t >= ratio * T run
+    `transformer` (the high-noise expert), the later ones `transformer_2` (the low-noise expert)."""
+    expand_timesteps: bool = False
+    """Wan 2.2 TI2V: the pipeline passes one timestep per latent token (`[B, S]`)."""
 
 
 class RealModel(Frozen):
@@ -48,7 +56,11 @@ class RealModel(Frozen):
     sampling: SamplingSettings
     trainable: bool
     """Whether its family can load, train and sample it (the five text-to-video models can; Wan I2V's entry
-    is for roles, memory plans and PTQ of its transformer only: its family refuses the folder on load)."""
+    is for roles, memory plans and PTQ of its transformer only: its family refuses the folder on load).
+    The Wan 2.2 entries are not trainable yet (issue 34): the two-expert run and the TI2V flow are not built."""
+    experts: Annotated[int, Field(ge=1, le=2)] = 1
+    """Transformers of this config in the checkpoint: 2 for Wan 2.2 A14B (`transformer` = high-noise expert,
+    `transformer_2` = low-noise expert, same architecture); `transformer` is one expert's config."""
 
 
 # Checked 2026-11-27 against copies of the released transformer configs (the hub files themselves were not
@@ -81,6 +93,23 @@ _COG15_5B = {
 #   image latents), image_dim 1280 (CLIP ViT-H/14 features), added_kv_proj_dim 5120 (diffusers
 #   `convert_wan_to_diffusers.py` "Wan-I2V-14B-480p"; Wan's own i2v-14B config has the 14B's dim/ffn/heads/layers).
 _WAN_I2V_14B = {**_WAN_14B, "in_channels": 36, "image_dim": 1280, "added_kv_proj_dim": 5120}
+# Wan 2.2 (diffusers `convert_wan_to_diffusers.py` "Wan2.2-TI2V-5B" / "Wan2.2-T2V-A14B" / "Wan2.2-I2V-14B-720p",
+# matching Wan-Video/Wan2.2 `wan/configs/`): TI2V-5B is dim 3072 (24 heads x 128), ffn 14336, 30 layers, 48
+# latent channels (the 16x16-compressing Wan 2.2 VAE); each A14B expert has the 2.1 14B architecture, I2V with
+# in_channels 36 (noise + mask + image latents) and no CLIP image tokens (no image_dim / added_kv_proj_dim).
+# Sampling from Wan's configs: TI2V-5B 704x1280, 121 frames, 24 fps, 50 steps, guidance 5, shift 5;
+# T2V-A14B 720x1280, 81 frames, 16 fps, 40 steps, guidance 4 (high noise) / 3 (low noise), shift 12,
+# boundary 0.875; I2V-A14B the same size, guidance 3.5 / 3.5, shift 5, boundary 0.9 (diffusers' conversion
+# writes boundary_ratio 0.875 / 0.9 and expand_timesteps into model_index.json).
+_WAN22_TI2V_5B = {
+    **WAN_REAL_TRANSFORMER,
+    "num_attention_heads": 24,
+    "ffn_dim": 14336,
+    "in_channels": 48,
+    "out_channels": 48,
+}
+_WAN22_A14B = dict(_WAN_14B)
+_WAN22_I2V_A14B = {**_WAN_14B, "in_channels": 36}
 _WAN_SAMPLING = {"num_frames": 81, "fps": 16, "guidance_scale": 5.0, "scheduler": "UniPCMultistepScheduler"}
 _UNIPC = {"prediction_type": "flow_prediction", "use_flow_sigmas": True}
 _COG_SAMPLING = {
@@ -112,6 +141,29 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
                                           scheduler_overrides={**_UNIPC, "flow_shift": 3.0}),
             ),
             RealModel(
+                name="wan2.2-ti2v-5b", family="wan", hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+                transformer=_WAN22_TI2V_5B, trainable=False,
+                sampling=SamplingSettings(height=704, width=1280, num_frames=121, fps=24, guidance_scale=5.0,
+                                          scheduler="UniPCMultistepScheduler", expand_timesteps=True,
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 5.0}),
+            ),
+            RealModel(
+                name="wan2.2-t2v-a14b", family="wan", hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
+                transformer=_WAN22_A14B, trainable=False, experts=2,
+                sampling=SamplingSettings(height=720, width=1280, num_frames=81, fps=16, num_inference_steps=40,
+                                          guidance_scale=4.0, guidance_scale_2=3.0, boundary_ratio=0.875,
+                                          scheduler="UniPCMultistepScheduler",
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 12.0}),
+            ),
+            RealModel(
+                name="wan2.2-i2v-a14b", family="wan", hub_id="Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+                transformer=_WAN22_I2V_A14B, trainable=False, experts=2,
+                sampling=SamplingSettings(height=720, width=1280, num_frames=81, fps=16, num_inference_steps=40,
+                                          guidance_scale=3.5, guidance_scale_2=3.5, boundary_ratio=0.9,
+                                          scheduler="UniPCMultistepScheduler",
+                                          scheduler_overrides={**_UNIPC, "flow_shift": 5.0}),
+            ),
+            RealModel(
                 name="cogvideox-2b", family="cogvideox", hub_id="THUDM/CogVideoX-2b",
                 transformer=dict(COG_REAL_TRANSFORMER), trainable=True,
                 sampling=SamplingSettings(height=480, width=720, num_frames=49, fps=8,
@@ -133,7 +185,8 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
     }
 )  # fmt: skip
 """The paper's models by name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, cogvideox-2b, cogvideox-5b, cogvideox1.5-5b),
-and wan2.1-i2v-14b-480p (roles and memory plans; not trainable here)."""
+and wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b (roles and memory plans; not
+trainable here yet)."""
 
 
 def get_real_model(name: str) -> RealModel:

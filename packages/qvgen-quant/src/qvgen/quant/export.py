@@ -375,7 +375,10 @@ def _load_into(model: nn.Module, directory: Path, *, assign: bool) -> nn.Module:
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: cannot read the safetensors file ({e}); it is truncated or corrupt") from e
+        why = " ".join(str(e).split())  # safetensors quotes the header, line breaks included
+        raise ValueError(
+            f"{path}: cannot read the safetensors file ({why}); it is truncated or corrupt"
+        ) from e
     if type(model).__name__ != manifest.source.class_name:
         raise ValueError(
             f"{directory / MANIFEST_FILE}: saved from a {manifest.source.class_name}, "

@@ -141,7 +141,9 @@ class TimestepContext:
             return None
         return self._group_index(groups, mode, device, tokens=True)
 
-    def _group_index(self, groups: int, mode: GroupMode, device: torch.device | None, *, tokens: bool) -> Tensor:
+    def _group_index(
+        self, groups: int, mode: GroupMode, device: torch.device | None, *, tokens: bool
+    ) -> Tensor:
         key = (groups, mode, device, tokens)
         cached = self._groups.get(key)
         if cached is not None:

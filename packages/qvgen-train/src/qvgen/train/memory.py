@@ -116,7 +116,9 @@ def memory_plan(
     )
 
 
-def table(models: tuple[str, ...] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b"), world_size: int = 8) -> str:
+def table(
+    models: tuple[str, ...] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b"), world_size: int = 8
+) -> str:
     """Markdown table of `memory_plan` for each model under DDP and FSDP2."""
     rows = [
         "| model | sharding | student params | Φ params (r0 32) | student states | Φ states | teacher bf16 "

@@ -151,7 +151,8 @@ def read_reference(folder: Path) -> tuple[dict[str, Tensor], dict[str, Path], di
         try:
             part = load_file(str(path))
         except (SafetensorError, OSError) as e:
-            raise ReferenceImportError(f"{path}: cannot read the safetensors file ({e})") from e
+            why = " ".join(str(e).split())  # safetensors quotes the header, line breaks included
+            raise ReferenceImportError(f"{path}: cannot read the safetensors file ({why})") from e
         for key, value in part.items():
             tensors[key] = value
             where[key] = path
