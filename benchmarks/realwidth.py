@@ -431,7 +431,8 @@ def peer_step(s: dict[str, Any], i: int) -> None:
 
 
 def peer_child(kind: str, layers: int, timed: int) -> None:
-    """Build `kind`'s student, run 1 + `timed` steps; print the step times and the peak RSS above imports."""
+    """Build `kind`'s student, run 1 + `timed` steps; print the step times and the peak RSS above imports
+    during the steps (and, apart, during the build)."""
     import diffusers  # noqa: F401  (imports are part of the baseline)
     import torch
 
@@ -441,12 +442,16 @@ def peer_child(kind: str, layers: int, timed: int) -> None:
     base = _status_bytes("VmRSS")
     _reset_peak_rss()
     s = peer_build(kind, layers)
+    build_peak, state = _status_bytes("VmHWM") - base, _status_bytes("VmRSS") - base
+    _reset_peak_rss()  # the steps' own peak: initialisation (range search, SVDs) is not the training step
     times = []
     for i in range(1 + timed):
         start = time.perf_counter()
         peer_step(s, i)
         times.append(time.perf_counter() - start)
-    print(json.dumps({"peak_bytes": _status_bytes("VmHWM") - base, "step_s": times[1:]}))
+    peak = _status_bytes("VmHWM") - base
+    print(json.dumps({"peak_bytes": peak, "build_peak_bytes": build_peak, "state_bytes": state,
+                      "step_s": times[1:]}))  # fmt: skip
 
 
 def peer(layers: int, timed: int) -> dict[str, Any]:
@@ -464,6 +469,8 @@ def peer(layers: int, timed: int) -> dict[str, Any]:
     med = {k: statistics.median(v["step_s"]) for k, v in res.items()}
     peak = {k: v["peak_bytes"] for k, v in res.items()}
     return {"layers": layers, "step_s": med, "peak_bytes": peak,
+            "build_peak_bytes": {k: v["build_peak_bytes"] for k, v in res.items()},
+            "state_bytes": {k: v["state_bytes"] for k, v in res.items()},
             "ref_step_over_qvgen_step": med["reference"] / med["qvgen"],
             "ref_peak_over_qvgen_peak": peak["reference"] / peak["qvgen"]}  # fmt: skip
 

@@ -646,3 +646,23 @@ def stale_videos_refused(work: Path) -> Scenario:
     return ok, ", ".join(f"{k} changed: {'refused' if v else 'REUSED'}" for k, v in results.items()) + (
         f"; --overwrite resamples: {resampled}"
     )
+
+
+# ------------------------------------------------------------------------------------ fuzzing
+
+
+def fuzz_loaders(work: Path) -> tuple[bool, str, int, int]:
+    """Every user-fed loader's hypothesis fuzz tests (`packages/*/tests/test_fuzz*.py`, default profile),
+    counted through `QVGEN_FUZZ_COUNTS`: (ok, evidence, generated inputs, failures)."""
+    from qvgen.core.fuzzing import run_fuzz_suite
+
+    counts = run_fuzz_suite(Path(__file__).resolve().parents[1], work / "fuzz_counts.json")
+    cases, failures = int(counts["fuzz_cases"]), int(counts["fuzz_failures"])
+    loaders = counts.get("loaders", {})
+    per = ", ".join(f"{k} {v['cases']}" for k, v in sorted(loaders.items()))
+    return (
+        failures == 0 and cases >= 1000,
+        f"{cases} inputs over {len(loaders)} loaders ({per})",
+        cases,
+        failures,
+    )

@@ -239,3 +239,18 @@ def test_original_wan_format_lora_loads_as_its_diffusers_twin(folders: tuple[Pat
     pipe.unload_lora_weights()
     pipe.load_lora_weights(original_sd, adapter_name="original")
     assert torch.equal(run(t), expected)
+
+
+def test_a_lora_bias_runs_unfused_and_is_refused_on_fuse(folders: tuple[Path, Path, Path]) -> None:
+    base, _, deploy = folders
+    t = load_pipeline(base, deploy, progress=False).transformer
+    bare = run(t)
+    sd = lora_state_dict(t, 8, targets=LORA_TARGETS[:1])
+    sd[f"transformer.{LORA_TARGETS[0]}.lora_B.bias"] = torch.full(
+        (t.get_submodule(LORA_TARGETS[0]).out_features,), 0.1
+    )
+    t.load_lora_adapter(sd, adapter_name="biased")
+    assert rel_err(run(t), bare) > 1e-4
+    with pytest.raises(ValueError, match=r"adapter 'biased' has a LoRA bias.*use it unfused"):
+        t.fuse_lora()
+    assert not t.get_submodule(LORA_TARGETS[0]).merged

@@ -276,8 +276,11 @@ class CogVideoXFamily:
         device = generator.device if generator is not None else torch.device("cpu")
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)
 
-    def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
+    def noised_inputs(
+        self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
+    ) -> NoisedInputs:
         """x_t = √ᾱ·x0 + √(1−ᾱ)·ε; target v = √ᾱ·ε − √(1−ᾱ)·x0 (the scheduler's get_velocity)."""
+        _spec(spec)
         check_noising_batch("cogvideox", latents, noise, timesteps)
         if timesteps.dtype.is_floating_point:
             raise TypeError(f"cogvideox timesteps must be integers in [0, 999]; got {timesteps.dtype}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,8 @@ class Components:
     text_encoder: nn.Module
     tokenizer: Any
     scheduler: Any
+    pipeline_config: Mapping[str, Any] = field(default_factory=dict)
+    """The pipeline's own registered settings from model_index.json (Wan 2.2 TI2V: ``expand_timesteps``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Keyword arguments for the family's diffusers pipeline constructor."""
@@ -33,6 +35,7 @@ class Components:
             "text_encoder": self.text_encoder,
             "tokenizer": self.tokenizer,
             "scheduler": self.scheduler,
+            **self.pipeline_config,
         }
 
 
@@ -43,7 +46,8 @@ class NoisedInputs:
     `target` is the data target in the transformer's output space, so that
     ``mse(predict(...), target)`` is the plain denoising loss: Wan's flow velocity ε − x0, CogVideoX's
     v = √ᾱ·ε − √(1−ᾱ)·x0 (docs/method.md §7.1 shows the x0-space loss weighted by 1/(1−ᾱ) equals this).
-    Exactly one of `sigma` (Wan, flow matching) and `alpha_bar` (CogVideoX, DDPM) is set, shape (B,).
+    Exactly one of `sigma` (Wan, flow matching) and `alpha_bar` (CogVideoX, DDPM) is set, shape (B,);
+    for a Wan 2.2 TI2V model (``expand_timesteps``) `timestep` and `sigma` are per latent token, (B, S).
     """
 
     hidden_states: Tensor
@@ -116,8 +120,11 @@ class ModelFamily(Protocol):
         """Training timesteps (B,) in the units the transformer takes."""
         ...
 
-    def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
-        """Noise normalised latents to `timesteps` and state the data target."""
+    def noised_inputs(
+        self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
+    ) -> NoisedInputs:
+        """Noise normalised latents to `timesteps` and state the data target; `spec` (the run's model)
+        selects the checkpoint's own timestep convention (Wan 2.2 TI2V: one timestep per latent token)."""
         ...
 
     def predict(

@@ -21,7 +21,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
+from types import MethodType
 from typing import Any
 
 from torch import nn
@@ -41,14 +41,14 @@ def enable_lora_(transformer: nn.Module) -> nn.Module:
     """
     if getattr(transformer, "_qvgen_lora_enabled", False):
         return transformer
-    stock = getattr(transformer, "load_lora_adapter", None)
-    if stock is None:
+    if not hasattr(transformer, "load_lora_adapter"):
         raise TypeError(
             f"{type(transformer).__name__} has no `load_lora_adapter`: LoRA needs a diffusers model "
             "(PeftAdapterMixin), e.g. WanTransformer3DModel or CogVideoXTransformer3DModel"
         )
-    transformer.load_lora_adapter = partial(_load_lora_adapter, transformer, stock)  # type: ignore[method-assign]
-    transformer._qvgen_lora_enabled = True
+    # an instance attribute over the class's method: a bound method, so `copy.deepcopy` rebinds it to the copy
+    transformer.load_lora_adapter = MethodType(_load_lora_adapter, transformer)  # type: ignore[method-assign,assignment]
+    transformer._qvgen_lora_enabled = True  # type: ignore[assignment]
     return transformer
 
 
@@ -67,13 +67,15 @@ class LoraKeyError(ValueError):
     """A LoRA whose keys match no layer of the transformer (the message names them)."""
 
 
-def _load_lora_adapter(transformer: nn.Module, stock: Any, *args: Any, **kwargs: Any) -> Any:
+def _load_lora_adapter(transformer: nn.Module, *args: Any, **kwargs: Any) -> Any:
+    """diffusers' own ``load_lora_adapter`` (the class's), with PEFT knowing the low-bit layers."""
+    stock = type(transformer).load_lora_adapter  # type: ignore[attr-defined]
     refused: list[LoraKeyError] = []
     with _low_bit_dispatch(transformer, refused), warnings.catch_warnings():
         # PEFT says this on every second adapter diffusers loads, which is how diffusers holds several
         warnings.filterwarnings("ignore", message=r"Already found a `peft_config` attribute in the model")
         try:
-            return stock(*args, **kwargs)
+            return stock(transformer, *args, **kwargs)
         except Exception:
             # diffusers' own clean-up after a failed injection may raise something else; ours is the cause
             if refused:

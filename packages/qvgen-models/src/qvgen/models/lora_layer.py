@@ -14,7 +14,7 @@ upcast exactly), and ``unmerge`` cuts them back off, restoring the kept branch b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
@@ -38,14 +38,24 @@ class QuantLoraLinear(PeftLoraLinear):
         """Before the first merge: (rank, dtype name) of the base's kept branch, or (0, "") when it had none."""
 
     def _get_in_out_features(self, module: torch.nn.Module) -> tuple[int, int]:
-        return module.in_features, module.out_features  # PEFT's generic lookup warns on non-nn.Linear types
+        low_bit = cast(DeployLinear | QuantLinear, module)  # PEFT's generic lookup warns on these types
+        return low_bit.in_features, low_bit.out_features
+
+    def _low_bit(self) -> DeployLinear | QuantLinear:
+        return cast(DeployLinear | QuantLinear, self.get_base_layer())
+
+    def _factors(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A `[r, in]`, B `[out, r]`) of adapter ``name``, detached float32."""
+        a = cast(torch.nn.Linear, self.lora_A[name]).weight.detach().float()
+        b = cast(torch.nn.Linear, self.lora_B[name]).weight.detach().float()
+        return a, b
 
     def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         names = check_adapters_to_merge(self, adapter_names)
         names = [n for n in names if n in self.lora_A]
         if not names:
             return
-        base = self.get_base_layer()
+        base = self._low_bit()
         for name in names:
             if self.lora_bias.get(name):
                 raise ValueError(
@@ -53,21 +63,21 @@ class QuantLoraLinear(PeftLoraLinear):
                     "use it unfused"
                 )
         kept = base.kept
-        device = (kept.smooth if kept is not None else self.lora_A[names[0]].weight).device
+        device = (kept.smooth if kept is not None else self._factors(names[0])[0]).device
         if self._unfused is None:
             self._unfused = (kept.rank, kept.dtype_name) if kept is not None else (0, "")
         if kept is None:
             kept = SmoothLowRank(base.in_features, base.out_features, 1, device=device)
-            downs, ups = [], []
+            downs: list[torch.Tensor] = []
+            ups: list[torch.Tensor] = []
         else:
             downs, ups = [kept.down.float()], [kept.up.float()]
         lam = kept.smooth.float()
         with torch.no_grad():
             for name in names:
-                a = self.lora_A[name].weight.detach().float().to(device)
-                b = self.lora_B[name].weight.detach().float().to(device) * self.scaling[name]
-                downs.append(a * lam[None, :])  # A x = (A diag λ)(x / λ)
-                ups.append(b)
+                a, b = self._factors(name)
+                downs.append(a.to(device) * lam[None, :])  # A x = (A diag λ)(x / λ)
+                ups.append(b.to(device) * self.scaling[name])
             down, up = torch.cat(downs, dim=0), torch.cat(ups, dim=1)
         if safe_merge and not (torch.isfinite(down).all() and torch.isfinite(up).all()):
             raise ValueError(
@@ -80,7 +90,7 @@ class QuantLoraLinear(PeftLoraLinear):
     def unmerge(self) -> None:
         if not self.merged or self._unfused is None:
             return
-        base = self.get_base_layer()
+        base = self._low_bit()
         rank, dtype_name = self._unfused
         kept = base.kept
         assert kept is not None

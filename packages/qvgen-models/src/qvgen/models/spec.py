@@ -47,6 +47,10 @@ class WanSpec(Frozen):
     """Shift of the flow-matching sigmas drawn for training (the official recipe uses 1.0)."""
     sample_flow_shift: Annotated[float, Field(gt=0)] = 3.0
     """Flow shift of the sampling scheduler (3.0 for 480p, 5.0 for 720p)."""
+    image_to_video: bool = False
+    """Wan 2.2 TI2V folders only (``expand_timesteps`` in model_index.json): train in the image-to-video mode
+    of `WanImageToVideoPipeline`, the first latent frame's tokens clean at t = 0; False trains text-to-video
+    (every token at the sample's t). A folder without ``expand_timesteps`` refuses True."""
 
 
 class CogVideoXSpec(Frozen):
