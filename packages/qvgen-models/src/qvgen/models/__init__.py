@@ -40,7 +40,7 @@ from qvgen.models.real_width import (
 from qvgen.models.registry import FAMILIES, get_family, load_components
 from qvgen.models.roles import roles_of
 from qvgen.models.spec import CogVideoXSpec, DType, FamilyName, ModelSpec, WanSpec, to_torch_dtype
-from qvgen.models.wan import WanFamily
+from qvgen.models.wan import WanFamily, token_timesteps, wan_pipeline_config
 
 __all__ = [
     "FAMILIES",
@@ -81,6 +81,8 @@ __all__ = [
     "save_student",
     "set_hf_progress_bars",
     "to_torch_dtype",
+    "token_timesteps",
     "unmatched_lora_keys",
+    "wan_pipeline_config",
     "weights_digest",
 ]

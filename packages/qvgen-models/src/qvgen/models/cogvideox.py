@@ -276,6 +276,10 @@ class CogVideoXFamily:
         device = generator.device if generator is not None else torch.device("cpu")
         return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator, device=device)
 
+    def checkpoint_fps(self, path: str | Path) -> int:
+        """The frame rate of a folder's videos: `default_fps` for every CogVideoX 1.0 folder."""
+        return self.default_fps
+
     def noised_inputs(
         self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
     ) -> NoisedInputs:

@@ -79,6 +79,10 @@ class ModelFamily(Protocol):
         """Frame rate of the official sampling scripts' videos (written mp4s use it unless told otherwise)."""
         ...
 
+    def checkpoint_fps(self, path: str | Path) -> int:
+        """The frame rate for a local diffusers folder, read from its config (Wan 2.2 TI2V: 24)."""
+        ...
+
     @property
     def layer_roles(self) -> Mapping[str, LayerRole]:
         """fnmatch glob over transformer module names → role; matches fused ``to_qkv``/``to_kv`` too."""

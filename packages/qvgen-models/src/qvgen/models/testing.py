@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from qvgen.models.cogvideox import CogTinyVariant, CogVideoXFamily
 from qvgen.models.registry import get_family
 from qvgen.models.spec import ModelSpec
+from qvgen.models.wan import WanFamily, WanTinyVariant
 
 _SPEC_ADAPTER: TypeAdapter[ModelSpec] = TypeAdapter(ModelSpec)
 
@@ -36,6 +37,13 @@ def tiny_cogvideox_checkpoint(variant: CogTinyVariant, seed: int = 0) -> Path:
     """A tiny CogVideoX shaped like 2B, 5B (RoPE) or 1.5 (RoPE + temporal patches), cached like the others."""
     out = _cache_root() / f"cogvideox-{variant}-seed{seed}"
     return CogVideoXFamily().save_tiny(out, seed=seed, variant=variant)
+
+
+@functools.cache
+def tiny_wan_checkpoint(variant: WanTinyVariant, seed: int = 0) -> Path:
+    """A tiny Wan shaped like 2.1 T2V ("t2v") or 2.2 TI2V-5B ("ti2v": 48-channel residual VAE,
+    ``expand_timesteps``), cached like the others."""
+    return WanFamily().save_tiny(_cache_root() / f"wan-{variant}-seed{seed}", seed=seed, variant=variant)
 
 
 def tiny_spec(family: str, **overrides: Any) -> ModelSpec:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import torch
 from diffusers.models.autoencoders.autoencoder_kl_wan import AutoencoderKLWan
@@ -109,6 +110,23 @@ WAN_TINY_TEXT_ENCODER: Final[Mapping[str, Any]] = MappingProxyType(
         "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
     }
 )  # fmt: skip
+# Wan 2.2 TI2V-5B: 48 latent channels; its VAE (diffusers' conversion script, "Wan2.2" VAE) patchifies 2x2
+# pixels into 12 channels, is residual and compresses 16x spatially (4x in time); real base_dim 160, decoder 256.
+WAN22_TI2V_TINY_TRANSFORMER: Final[Mapping[str, Any]] = MappingProxyType(
+    {**WAN_TINY_TRANSFORMER, "in_channels": 48, "out_channels": 48}
+)
+WAN22_TI2V_TINY_VAE: Final[Mapping[str, Any]] = MappingProxyType(
+    {"base_dim": 8, "decoder_base_dim": 8, "z_dim": 48, "dim_mult": [1, 1, 1, 1], "num_res_blocks": 1,
+     "temperal_downsample": [False, True, True], "is_residual": True, "in_channels": 12, "out_channels": 12,
+     "patch_size": 2, "scale_factor_spatial": 16, "scale_factor_temporal": 4,
+     "latents_mean": [0.0] * 48, "latents_std": [1.0] * 48}
+)  # fmt: skip
+WanTinyVariant = Literal["t2v", "ti2v"]
+"""Tiny Wan shapes: "t2v" (Wan 2.1 T2V) or "ti2v" (Wan 2.2 TI2V-5B: 48-channel VAE, ``expand_timesteps``)."""
+WAN_FPS: Final = 16
+"""Wan 2.1's sampling frame rate (`generate.py`'s default)."""
+WAN22_TI2V_FPS: Final = 24
+"""Wan 2.2 TI2V-5B's sampling frame rate (Wan-Video/Wan2.2 `wan/configs/wan_ti2v_5B.py`, ``sample_fps``)."""
 WAN_TINY_TEXT_LENGTH: Final = 16
 WAN_MAX_TEXT_LENGTH: Final = 512
 
@@ -138,6 +156,43 @@ def _train_sigmas(shift: float) -> Tensor:
     ).sigmas.clone()
 
 
+def wan_pipeline_config(path: str | Path) -> dict[str, Any]:
+    """The settings a diffusers folder's model_index.json registers for `WanPipeline` that qvgen follows:
+    ``expand_timesteps`` (Wan 2.2 TI2V) when set; empty for a Wan 2.1 folder or a bare transformer folder.
+    `path` is the pipeline folder or its ``transformer/`` subfolder."""
+    root = Path(path).expanduser()
+    index = root / "model_index.json"
+    if not index.is_file() and root.name == "transformer":
+        index = root.parent / "model_index.json"
+    if not index.is_file():
+        return {}
+    config = json.loads(index.read_text())
+    return {"expand_timesteps": True} if config.get("expand_timesteps") else {}
+
+
+def token_timesteps(timesteps: Tensor, latent_shape: tuple[int, ...], *, first_frame_clean: bool) -> Tensor:
+    """`WanPipeline`'s ``expand_timesteps`` timestep, (B,) → (B, S): the latent mask's patch grid
+    (``mask[:, ::2, ::2]``, frame-major as the transformer flattens its tokens) times each sample's t; with
+    `first_frame_clean` (image-to-video) the first latent frame's tokens are at t = 0."""
+    _, _, frames, height, width = latent_shape
+    if height % 2 or width % 2:
+        raise ValueError(f"wan: per-token timesteps need even latent height and width; got {latent_shape}")
+    mask = torch.ones(frames, height, width, dtype=torch.float32, device=timesteps.device)
+    if first_frame_clean:
+        mask[0] = 0
+    return mask[None, :, ::2, ::2].flatten(1) * timesteps.to(torch.float32)[:, None]
+
+
+def _expands_timesteps(spec: WanSpec) -> bool:
+    expands = spec.checkpoint is not None and bool(wan_pipeline_config(spec.checkpoint))
+    if spec.image_to_video and not expands:
+        raise ValueError(
+            f"wan: image_to_video=True needs a Wan 2.2 TI2V folder (expand_timesteps in model_index.json); "
+            f"{spec.checkpoint} is not one: set model.image_to_video to false"
+        )
+    return expands
+
+
 def _latent_stats(z: Tensor, vae_config: Mapping[str, Any] | None) -> tuple[Tensor, Tensor]:
     mean = vae_config["latents_mean"] if vae_config is not None else WAN_LATENTS_MEAN
     std = vae_config["latents_std"] if vae_config is not None else WAN_LATENTS_STD
@@ -155,7 +210,7 @@ class WanFamily:
 
     name: Final = "wan"
     num_train_timesteps: Final = WAN_NUM_TRAIN_TIMESTEPS
-    default_fps: Final = 16
+    default_fps: Final = WAN_FPS
     layer_roles: Final[Mapping[str, LayerRole]] = WAN_LAYER_ROLES
     keep_high_precision: Final[tuple[str, ...]] = ()
     latent_layout: Final = "BCFHW"
@@ -173,6 +228,7 @@ class WanFamily:
             text_encoder=ckpt.load_model(UMT5EncoderModel, root, "text_encoder", torch_dtype),
             tokenizer=ckpt.load_tokenizer(root),
             scheduler=ckpt.load_scheduler(root),
+            pipeline_config=wan_pipeline_config(root),
         )
 
     def load_transformer(self, path: str | Path, dtype: DType | torch.dtype = "float32") -> nn.Module:
@@ -218,11 +274,48 @@ class WanFamily:
         idx = torch.randint(0, sigmas.numel(), (batch_size,), generator=generator, device=device)
         return sigmas[idx] * float(WAN_NUM_TRAIN_TIMESTEPS)
 
-    def noised_inputs(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
-        """x_t = (1 − σ)·x0 + σ·ε with σ = t/1000; target ε − x0 (the flow velocity)."""
+    def checkpoint_fps(self, path: str | Path) -> int:
+        """The frame rate of a folder's videos: 24 for a Wan 2.2 TI2V folder (``expand_timesteps`` in its
+        model_index.json), else `default_fps`."""
+        return WAN22_TI2V_FPS if wan_pipeline_config(path) else self.default_fps
+
+    def noised_inputs(
+        self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
+    ) -> NoisedInputs:
+        """x_t = (1 − σ)·x0 + σ·ε with σ = t/1000; target ε − x0 (the flow velocity).
+
+        A Wan 2.2 TI2V `spec` (its folder's model_index.json sets ``expand_timesteps``) turns (B,) timesteps
+        into the pipeline's per-token (B, S) ones (`token_timesteps`; ``spec.image_to_video`` keeps the first
+        latent frame clean at t = 0); (B, S) timesteps are taken as given. Each token is noised to its own σ.
+        """
+        if timesteps.ndim == 1 and spec is not None and _expands_timesteps(_spec(spec)):
+            timesteps = token_timesteps(
+                timesteps, tuple(latents.shape), first_frame_clean=_spec(spec).image_to_video
+            )
+        if timesteps.ndim == 2:
+            return self._noised_per_token(latents, noise, timesteps)
         check_noising_batch("wan", latents, noise, timesteps)
         sigma = timesteps.to(torch.float32) / float(WAN_NUM_TRAIN_TIMESTEPS)
         s = sigma.to(latents.dtype).view(-1, 1, 1, 1, 1)
+        return NoisedInputs(
+            hidden_states=(1 - s) * latents + s * noise,
+            timestep=timesteps.to(torch.float32),
+            target=noise - latents,
+            sigma=sigma,
+        )
+
+    def _noised_per_token(self, latents: Tensor, noise: Tensor, timesteps: Tensor) -> NoisedInputs:
+        b, _, frames, height, width = latents.shape
+        tokens = frames * (height // 2) * (width // 2)
+        if noise.shape != latents.shape or timesteps.shape != (b, tokens) or height % 2 or width % 2:
+            raise ValueError(
+                f"wan: per-token timesteps must be (B, F·H/2·W/2) = ({b}, {tokens}) for latents "
+                f"{tuple(latents.shape)} (even H, W) and noise of the same shape; got timesteps "
+                f"{tuple(timesteps.shape)}, noise {tuple(noise.shape)}"
+            )
+        sigma = timesteps.to(torch.float32) / float(WAN_NUM_TRAIN_TIMESTEPS)
+        grid = sigma.to(latents.dtype).view(b, 1, frames, height // 2, width // 2)
+        s = grid.repeat_interleave(2, dim=3).repeat_interleave(2, dim=4)
         return NoisedInputs(
             hidden_states=(1 - s) * latents + s * noise,
             timestep=timesteps.to(torch.float32),
@@ -264,11 +357,13 @@ class WanFamily:
         return pipe
 
     def sample_kwargs(self, components: Components, **overrides: Any) -> dict[str, Any]:
-        """480×832, 81 frames, 50 steps, CFG 5.0 (the official Wan 2.1 1.3B settings) + `overrides`."""
+        """480×832, 81 frames, 50 steps, CFG 5.0 (the official Wan 2.1 1.3B settings) + `overrides`;
+        704×1280, 121 frames for a Wan 2.2 TI2V checkpoint (``expand_timesteps``, `wan_ti2v_5B.py`)."""
+        ti2v = bool(components.pipeline_config.get("expand_timesteps"))
         defaults: dict[str, Any] = {
-            "height": 480,
-            "width": 832,
-            "num_frames": 81,
+            "height": 704 if ti2v else 480,
+            "width": 1280 if ti2v else 832,
+            "num_frames": 121 if ti2v else 81,
             "num_inference_steps": 50,
             "guidance_scale": 5.0,
             "max_sequence_length": self.max_text_length(components),
@@ -276,26 +371,33 @@ class WanFamily:
         return {**defaults, **overrides}
 
     # -- tiny and real configs -------------------------------------------------------------------------
-    def build_tiny_components(self, seed: int = 0) -> Components:
-        """Hidden 128 (2×64), 2 blocks, text dim 64, FFN 256; UMT5 2×64; in-process tokenizer; UniPC flow."""
+    def build_tiny_components(self, seed: int = 0, variant: WanTinyVariant = "t2v") -> Components:
+        """Hidden 128 (2×64), 2 blocks, text dim 64, FFN 256; UMT5 2×64; in-process tokenizer; UniPC flow.
+
+        ``variant="ti2v"``: Wan 2.2 TI2V-5B's shape: 48 latent channels, the residual 16×-compressing VAE
+        (``is_residual``, ``patch_size`` 2, base dim 8) and ``expand_timesteps`` in the pipeline config."""
+        ti2v = variant == "ti2v"
         tokenizer = make_t5_tokenizer(model_max_length=WAN_TINY_TEXT_LENGTH, seed=seed)
         text_config = UMT5Config(vocab_size=len(tokenizer), **WAN_TINY_TEXT_ENCODER)
         torch.manual_seed(seed)
         text_encoder = UMT5EncoderModel(text_config).eval()
         torch.manual_seed(seed)
-        transformer = WanTransformer3DModel(**WAN_TINY_TRANSFORMER).eval()
+        transformer = WanTransformer3DModel(
+            **(WAN22_TI2V_TINY_TRANSFORMER if ti2v else WAN_TINY_TRANSFORMER)
+        ).eval()
         torch.manual_seed(seed)
-        vae = AutoencoderKLWan(**WAN_TINY_VAE).eval()
+        vae = AutoencoderKLWan(**(WAN22_TI2V_TINY_VAE if ti2v else WAN_TINY_VAE)).eval()
         scheduler = UniPCMultistepScheduler(
             prediction_type="flow_prediction",
             use_flow_sigmas=True,
             num_train_timesteps=WAN_NUM_TRAIN_TIMESTEPS,
             flow_shift=3.0,
         )
-        return Components(transformer, vae, text_encoder, tokenizer, scheduler)
+        config = {"expand_timesteps": True} if ti2v else {}
+        return Components(transformer, vae, text_encoder, tokenizer, scheduler, pipeline_config=config)
 
-    def save_tiny(self, out_dir: str | Path, seed: int = 0) -> Path:
-        return ckpt.save_pipeline_atomic(self.pipeline(self.build_tiny_components(seed)), out_dir)
+    def save_tiny(self, out_dir: str | Path, seed: int = 0, variant: WanTinyVariant = "t2v") -> Path:
+        return ckpt.save_pipeline_atomic(self.pipeline(self.build_tiny_components(seed, variant)), out_dir)
 
     def real_transformer_config(self) -> dict[str, Any]:
         """Wan2.1-T2V-1.3B transformer constructor arguments."""

@@ -278,7 +278,9 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
                 latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
                 noise = torch.randn(latents.shape, generator=generator)
                 timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
-                x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
+                x = family.noised_inputs(
+                    latents.to(device), noise.to(device), timesteps.to(device), cfg.model
+                )
                 text, lengths = batch.text_embeddings.to(device).float(), batch.text_lengths.to(device)
                 if empty is not None and bool(
                     torch.rand((), generator=generator) < cfg.train.caption_dropout
@@ -430,7 +432,7 @@ def _fit_svdquant(cfg: RunConfig, family: Any, teacher: nn.Module, student: nn.M
         latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
-        x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device))
+        x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device), cfg.model)
         x = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
         text = batch.text_embeddings.to(device).to(tdtype)
         family.predict(teacher, x, text, batch.text_lengths.to(device))
