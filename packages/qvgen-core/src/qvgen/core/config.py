@@ -225,8 +225,8 @@ def expand_model_paths(model: M, where: str = "") -> M:
 
 def _expand_value(value: Any, dotted: str) -> Any:
     if isinstance(value, Path):
-        expanded = expand_path(value, dotted)
-        return value if expanded == value else expanded
+        path = expand_path(value, dotted)
+        return value if path == value else path
     if isinstance(value, BaseModel):
         return expand_model_paths(value, dotted + ".")
     if isinstance(value, list | tuple):
@@ -235,8 +235,8 @@ def _expand_value(value: Any, dotted: str) -> Any:
             return value
         return type(value)(items)
     if isinstance(value, dict):
-        expanded = {k: _expand_value(v, f"{dotted}.{k}") for k, v in value.items()}
-        return value if all(expanded[k] is value[k] for k in value) else expanded
+        mapped = {k: _expand_value(v, f"{dotted}.{k}") for k, v in value.items()}
+        return value if all(mapped[k] is value[k] for k in value) else mapped
     return value
 
 
