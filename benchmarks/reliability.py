@@ -45,7 +45,6 @@ import yaml
 from torch import nn
 
 from qvgen import quant
-from qvgen.data import EncodedSample, WriterConfig, write_shards
 from qvgen.models import get_family, load_student, save_student
 from qvgen.models.testing import tiny_checkpoint
 from qvgen.train.config import RunConfig
@@ -56,34 +55,8 @@ W4A4_G1 = quant.QuantConfig(
 )
 
 
-def tiny_shards(out: Path, n: int = 8) -> Path:
-    g = torch.Generator().manual_seed(0)
-    samples = [
-        EncodedSample(
-            id=f"s{i}", caption=f"clip {i}", latents_mean=torch.randn(16, 3, 8, 8, generator=g),
-            latents_logvar=torch.full((16, 3, 8, 8), -3.0), text_embeddings=torch.randn(16, 64, generator=g),
-            text_length=4 + i % 8, video_shape=(9, 64, 64),
-        )
-        for i in range(n)
-    ]  # fmt: skip
-    cfg = WriterConfig(samples_per_shard=4, family="wan", latent_dtype="float32", text_dtype="float32")
-    write_shards(samples, out, cfg, encoder_name="bench-wan")
-    return out
-
-
-def run_dict(shards: Path, out: Path, **sections: Any) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "model": {"family": "wan", "checkpoint": str(tiny_checkpoint("wan")), "dtype": "float32"},
-        "aux": {"decay": {"initial_rank": 4, "period": 2}},
-        "data": {"shards": str(shards), "batch_size": 2, "num_workers": 0, "shuffle_buffer": 4},
-        "train": {"max_steps": 7, "caption_dropout": 0.0, "seed": 3},
-        "logging": {"progress_bar": False},
-        "checkpoint": {"every_n_steps": None},
-        "output_dir": str(out),
-    }
-    for key, value in sections.items():
-        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
-    return cfg
+tiny_shards = trust.tiny_shards
+run_dict = trust.run_dict
 
 
 class Proj(nn.Module):
@@ -293,7 +266,7 @@ def enospc_all(work: Path, shards: Path) -> tuple[bool, str]:
 def main() -> int:
     torch.set_num_threads(1)
     root = Path(tempfile.mkdtemp(prefix="qvgen-reliability-"))
-    shards = tiny_shards(root / "shards")
+    shards = tiny_shards(root)
     issue13 = run_scenarios(
         root,
         [

@@ -203,7 +203,7 @@ def reference_replay(work: Path) -> tuple[bool, str, int, int]:
 
 
 def tiny_shards(work: Path) -> Path:
-    """A few tiny-Wan shards written by the public shard writer."""
+    """Eight tiny-Wan samples in two shards under `work/shards`, written by the public shard writer."""
     from qvgen.data import EncodedSample, WriterConfig, write_shards
 
     g = torch.Generator().manual_seed(0)
@@ -220,8 +220,8 @@ def tiny_shards(work: Path) -> Path:
     return work / "shards"
 
 
-def run_yaml(work: Path, shards: Path, out: str | Path, name: str = "run.yaml", **sections: Any) -> Path:
-    """A tiny QVGen run config file (W4A4, Φ r0 = 4 decaying every 2 steps)."""
+def run_dict(shards: Path, out: str | Path, **sections: Any) -> dict[str, Any]:
+    """A tiny QVGen run config (W4A4, Φ r0 = 4 decaying every 2 steps, 7 steps); `sections` update it."""
     cfg: dict[str, Any] = {
         "model": {"family": "wan", "checkpoint": str(tiny_checkpoint("wan")), "dtype": "float32"},
         "aux": {"decay": {"initial_rank": 4, "period": 2}},
@@ -229,13 +229,19 @@ def run_yaml(work: Path, shards: Path, out: str | Path, name: str = "run.yaml", 
         "train": {"max_steps": 7, "caption_dropout": 0.0, "seed": 3},
         "logging": {"progress_bar": False},
         "checkpoint": {"every_n_steps": None},
-        "export": {"fake_quant": True, "deploy": False},
         "output_dir": str(out),
     }
     for key, value in sections.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg
+
+
+def run_yaml(work: Path, shards: Path, out: str | Path, name: str = "run.yaml", **sections: Any) -> Path:
+    """`run_dict` (fake-quant export only) written to `work/name`."""
     path = work / name
-    path.write_text(yaml.safe_dump(cfg))
+    path.write_text(
+        yaml.safe_dump(run_dict(shards, out, **{"export": {"fake_quant": True, "deploy": False}, **sections}))
+    )
     return path
 
 

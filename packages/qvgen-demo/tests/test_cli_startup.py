@@ -1,26 +1,15 @@
 """`qvgen --help`, `qvgen demo --help` and a wrong flag are answered before torch, diffusers or transformers are
 imported; the parser's defaults are `DemoConfig`'s."""
 
-import subprocess
-import sys
-
 import pytest
 
-HEAVY = {"torch", "diffusers", "transformers", "torchao", "accelerate"}
+from qvgen.core.testing import HEAVY_MODULES, modules_imported_by_console_script
+
+HEAVY = HEAVY_MODULES
 
 
 def _imported(*argv: str) -> tuple[int, set[str]]:
-    """Run the console script's `main` with `argv` under `-X importtime`: exit code, top-level modules imported."""
-    code = (
-        f"import sys; sys.argv = ['qvgen', *{list(argv)!r}]; from qvgen.entrypoints.qvgen import main; main()"
-    )
-    done = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120
-    )
-    names = {
-        line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
-    }
-    return done.returncode, names
+    return modules_imported_by_console_script("qvgen.entrypoints.qvgen", "qvgen", *argv)
 
 
 @pytest.mark.parametrize(

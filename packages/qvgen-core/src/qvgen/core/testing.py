@@ -55,3 +55,22 @@ def fill_filesystem(folder: str | os.PathLike[str], leave_bytes: int = 0) -> Pat
         except OSError:
             pass
     return ballast
+
+
+HEAVY_MODULES = frozenset({"torch", "diffusers", "transformers", "torchao", "accelerate"})
+"""What a console script must not import before it has parsed its arguments."""
+
+
+def modules_imported_by_console_script(entrypoint: str, prog: str, *argv: str) -> tuple[int, set[str]]:
+    """Run `entrypoint`'s `main()` (e.g. `qvgen.entrypoints.qvgen_train`) as `prog argv...` in a fresh
+    interpreter under `-X importtime`: its exit code and the names of every module it imported."""
+    import sys
+
+    code = f"import sys; sys.argv = [{prog!r}, *{list(argv)!r}]; from {entrypoint} import main; main()"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120
+    )
+    names = {
+        line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
+    }
+    return done.returncode, names

@@ -25,6 +25,13 @@ from transformers.utils import logging as transformers_logging
 
 from qvgen import quant
 from qvgen.models import checkpoint as ckpt
+from qvgen.models.experts import (
+    EXPERTS_MANIFEST,
+    ExpertsManifest,
+    boundary_ratio_of,
+    has_transformer_2,
+    read_experts_manifest,
+)
 from qvgen.models.lora import enable_lora_
 from qvgen.models.spec import DType, to_torch_dtype
 
@@ -80,8 +87,21 @@ def load_pipeline(
     to the text encoder and the VAE (Wan's VAE stays float32, as in the official code); the transformer keeps
     the dtypes it was saved with. ``progress`` (None: only on a terminal) covers loading and sampling bars.
     ``pipe.load_lora_weights(...)`` works on it (`qvgen.models.enable_lora_`; needs the ``lora`` extra).
+    A two-expert deploy folder (`qvgen.models.ExpertsManifest`: ``transformer/`` + ``transformer_2/``) gives
+    the Wan 2.2 A14B pipeline with both low-bit experts and the base folder's ``boundary_ratio``; neither
+    ``base_dir/transformer`` nor ``base_dir/transformer_2`` is read. A two-expert base folder with a
+    one-transformer deploy folder is refused (its full-precision ``transformer_2`` would be loaded).
     """
     deploy = Path(deploy_dir)
+    experts = read_experts_manifest(deploy)
+    if experts is not None:
+        return _load_two_expert_pipeline(base_dir, deploy, experts, dtype=dtype, progress=progress)
+    if has_transformer_2(base_dir):
+        raise ValueError(
+            f"{base_dir} is a two-expert Wan 2.2 folder (transformer_2 in model_index.json), but {deploy} holds "
+            f"one transformer: pass a two-expert deploy folder ({EXPERTS_MANIFEST} + transformer/ + "
+            "transformer_2/, written by a qvgen-train run with expert=both)"
+        )
     manifest = quant.read_manifest(deploy)
     name = manifest.source.class_name
     if name not in PIPELINES:
@@ -99,6 +119,47 @@ def load_pipeline(
         except (OSError, ValueError) as e:
             raise OSError(f"cannot load the {pipeline_cls.__name__} components from {root}: {e}") from e
     if pipeline_cls is WanPipeline and pipe.vae.dtype != torch.float32:
+        pipe.vae.to(torch.float32)
+    pipe.set_progress_bar_config(disable=not show)
+    return pipe
+
+
+def _load_two_expert_pipeline(
+    base_dir: str | Path,
+    deploy: Path,
+    experts: ExpertsManifest,
+    *,
+    dtype: DType | torch.dtype,
+    progress: bool | None,
+) -> WanPipeline:
+    """`WanPipeline` of a two-expert base folder with both low-bit experts of ``deploy``; the base folder's
+    ``boundary_ratio`` is kept and must equal the one the experts were trained for."""
+    where = deploy / EXPERTS_MANIFEST
+    if experts.content != "deploy":
+        raise ValueError(f"{where}: holds {experts.content!r} experts; load_pipeline needs a deploy folder")
+    root = ckpt.check_folder(base_dir, BASE_COMPONENTS)
+    boundary = boundary_ratio_of(root)
+    if boundary is None or not has_transformer_2(root):
+        raise ValueError(
+            f"{where}: two experts, but {root / 'model_index.json'} has no transformer_2/boundary_ratio; "
+            "pass the two-expert Wan 2.2 base folder they were quantized from"
+        )
+    if abs(boundary - experts.boundary_ratio) > 1e-9:
+        raise ValueError(
+            f"{where}: boundary_ratio {experts.boundary_ratio} (trained for) != {boundary} in "
+            f"{root / 'model_index.json'}: each expert would be sampled outside the timesteps it was trained on"
+        )
+    show = progress_default(progress)
+    with hf_progress_bars(show):
+        loaded = {
+            name: enable_lora_(quant.load_quantized(deploy / name, model_class=WanTransformer3DModel))
+            for name in experts.experts
+        }
+        try:
+            pipe = WanPipeline.from_pretrained(root, **loaded, dtype=to_torch_dtype(dtype))
+        except (OSError, ValueError) as e:
+            raise OSError(f"cannot load the WanPipeline components from {root}: {e}") from e
+    if pipe.vae.dtype != torch.float32:
         pipe.vae.to(torch.float32)
     pipe.set_progress_bar_config(disable=not show)
     return pipe

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from qvgen.models.cogvideox import CogTinyVariant, CogVideoXFamily
+from qvgen.models.experts import A14B_BOUNDARY_RATIO, save_tiny_two_expert
 from qvgen.models.registry import get_family
 from qvgen.models.spec import ModelSpec
 from qvgen.models.wan import WanFamily, WanTinyVariant
@@ -44,6 +45,14 @@ def tiny_wan_checkpoint(variant: WanTinyVariant, seed: int = 0) -> Path:
     """A tiny Wan shaped like 2.1 T2V ("t2v") or 2.2 TI2V-5B ("ti2v": 48-channel residual VAE,
     ``expand_timesteps``), cached like the others."""
     return WanFamily().save_tiny(_cache_root() / f"wan-{variant}-seed{seed}", seed=seed, variant=variant)
+
+
+@functools.cache
+def tiny_two_expert_checkpoint(seed: int = 0, boundary_ratio: float = A14B_BOUNDARY_RATIO) -> Path:
+    """A tiny Wan 2.2 A14B-shaped folder: two experts (`transformer`, `transformer_2`) and ``boundary_ratio``
+    (`qvgen.models.save_tiny_two_expert`), cached like the others."""
+    out = _cache_root() / f"wan-two-expert-seed{seed}-b{boundary_ratio}"
+    return save_tiny_two_expert(out, seed=seed, boundary_ratio=boundary_ratio)
 
 
 def tiny_spec(family: str, **overrides: Any) -> ModelSpec:
