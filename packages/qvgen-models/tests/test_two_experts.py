@@ -102,7 +102,7 @@ def test_load_pipeline_refuses_one_transformer_deploy_on_a_two_expert_base(
     two_expert: tuple[Path, Path],
 ) -> None:
     base, deploy = two_expert
-    with pytest.raises(ValueError, match="two-expert Wan 2.2 folder"):
+    with pytest.raises(ValueError, match=r"two-expert Wan 2\.2 folder"):
         load_pipeline(base, deploy / "transformer")
 
 

@@ -57,7 +57,8 @@ class RealModel(Frozen):
     trainable: bool
     """Whether its family can load, train and sample it (the five text-to-video models can; Wan I2V's entry
     is for roles, memory plans and PTQ of its transformer only: its family refuses the folder on load).
-    The Wan 2.2 entries are not trainable yet (issue 34): the two-expert run and the TI2V flow are not built."""
+    Wan 2.2 TI2V-5B trains (per-token timesteps, text- or image-to-video mode); the A14B entries are not
+    trainable yet (issue 34): the two-expert run is not built."""
     experts: Annotated[int, Field(ge=1, le=2)] = 1
     """Transformers of this config in the checkpoint: 2 for Wan 2.2 A14B (`transformer` = high-noise expert,
     `transformer_2` = low-noise expert, same architecture); `transformer` is one expert's config."""
@@ -142,7 +143,7 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
             ),
             RealModel(
                 name="wan2.2-ti2v-5b", family="wan", hub_id="Wan-AI/Wan2.2-TI2V-5B-Diffusers",
-                transformer=_WAN22_TI2V_5B, trainable=False,
+                transformer=_WAN22_TI2V_5B, trainable=True,
                 sampling=SamplingSettings(height=704, width=1280, num_frames=121, fps=24, guidance_scale=5.0,
                                           scheduler="UniPCMultistepScheduler", expand_timesteps=True,
                                           scheduler_overrides={**_UNIPC, "flow_shift": 5.0}),
@@ -185,8 +186,8 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
     }
 )  # fmt: skip
 """The paper's models by name (wan2.1-t2v-1.3b, wan2.1-t2v-14b, cogvideox-2b, cogvideox-5b, cogvideox1.5-5b),
-and wan2.1-i2v-14b-480p, wan2.2-ti2v-5b, wan2.2-t2v-a14b, wan2.2-i2v-a14b (roles and memory plans; not
-trainable here yet)."""
+and wan2.2-ti2v-5b (trainable), wan2.1-i2v-14b-480p, wan2.2-t2v-a14b, wan2.2-i2v-a14b (roles and memory
+plans; not trainable here yet)."""
 
 
 def get_real_model(name: str) -> RealModel:

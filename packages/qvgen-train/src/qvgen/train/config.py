@@ -136,6 +136,13 @@ class RunConfig(Frozen):
     export: ExportConfig = ExportConfig()
     output_dir: Path
     """Run folder: metrics.jsonl, checkpoints/, final/ and validation/."""
+    expert: Literal["transformer", "transformer_2", "both"] | None = None
+    """Wan 2.2 A14B (two experts, `boundary_ratio` in the checkpoint's model_index.json): the expert to
+    quantize, distilled from its own full-precision expert on the timesteps `WanPipeline` gives it
+    (`transformer`: t ≥ boundary_ratio·1000, `transformer_2`: below). `both`: `transformer` then
+    `transformer_2`, each a complete run in `output_dir/<expert>/` (own Φ, rank decay, checkpoints, export),
+    then `output_dir/final/{fake_quant,deploy}/` assembled as two-expert folders (`qvgen.models.load_pipeline`
+    reads the deploy one). null: the checkpoint's one `transformer`."""
 
     @model_validator(mode="after")
     def _data_when_training(self) -> RunConfig:
@@ -158,6 +165,28 @@ class RunConfig(Frozen):
             raise ValueError(
                 f"quant.activation.group_mode={mode!r} replays the reference's sampling call counter and is "
                 "only for sampling imported reference checkpoints; train with 'bin' (default) or 'mod'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _experts_are_wan(self) -> RunConfig:
+        """expert vs model.family, logging.validation and checkpoint.resume_from."""
+        if self.expert is None:
+            return self
+        if self.model.family != "wan":
+            raise ValueError(
+                f"expert={self.expert!r} needs model.family 'wan' (Wan 2.2 A14B), not {self.model.family!r}"
+            )
+        if self.logging.validation is not None:
+            raise ValueError(
+                f"expert={self.expert!r} with logging.validation: a clip needs both experts; set "
+                "logging.validation=null and sample the exported two-expert deploy folder"
+            )
+        resume = self.checkpoint.resume_from
+        if self.expert == "both" and resume is not None and resume != "latest":
+            raise ValueError(
+                f"expert='both' with checkpoint.resume_from={str(resume)!r}: each expert has its own "
+                "checkpoints (output_dir/<expert>/checkpoints); use resume_from=latest"
             )
         return self
 

@@ -32,15 +32,25 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Path | None]:
-    """Write `final/fake_quant` and/or `final/deploy` (convert_ runs in place: call it last)."""
+def transformer_checkpoint(cfg: RunConfig) -> Path:
+    """The folder the run's transformer loads from: `model.checkpoint`, or its `<expert>/` subfolder for a
+    one-expert run of a Wan 2.2 A14B folder (`cfg.expert`)."""
     if cfg.model.checkpoint is None:
         raise ValueError("model.checkpoint: set the local diffusers folder the student was quantized from")
+    root = Path(cfg.model.checkpoint)
+    if cfg.expert == "both":
+        raise ValueError("expert='both' has one transformer per sub-run; pass a one-expert config")
+    return root if cfg.expert is None else root / cfg.expert
+
+
+def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Path | None]:
+    """Write `final/fake_quant` and/or `final/deploy` (convert_ runs in place: call it last)."""
+    checkpoint = transformer_checkpoint(cfg)
     final = Path(cfg.output_dir) / "final"  # created by the writers below: an empty final/ means no export
     version, git_sha = importlib.metadata.version("qvgen-train"), _git_sha()
     facts = {
         "run_config": canonical_digest(cfg),
-        "checkpoint": str(Path(cfg.model.checkpoint).resolve()),
+        "checkpoint": str(checkpoint.resolve()),
         "steps": cfg.train.max_steps,
         "qvgen_train_version": version,
         "git_sha": git_sha or "",
@@ -51,7 +61,7 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
             student,
             final / "fake_quant",
             family=cfg.model.family,
-            checkpoint=cfg.model.checkpoint,
+            checkpoint=checkpoint,
             quant_config=cfg.quant,
             steps=cfg.train.max_steps,
             qvgen_train_version=version,
@@ -72,7 +82,7 @@ def export_student(student: nn.Module, cfg: RunConfig) -> tuple[Path | None, Pat
         quant.save_quantized(
             student,
             deploy_dir,
-            identity=str(Path(cfg.model.checkpoint).resolve()),
+            identity=str(checkpoint.resolve()),
             provenance=Provenance.of("qvgen-train run", facts),
         )
     return fake_dir, deploy_dir

@@ -31,11 +31,21 @@ from qvgen.core import (
     write_errors_named,
 )
 from qvgen.data import LatentBatch, make_loader
-from qvgen.models import get_family
+from qvgen.models import (
+    EXPERTS,
+    STUDENT_MANIFEST,
+    ExpertName,
+    ExpertsManifest,
+    boundary_ratio_of,
+    expert_timestep_mask,
+    get_family,
+    has_transformer_2,
+    write_experts_folder,
+)
 from qvgen.train import checkpoint as ckpt
 from qvgen.train import methods, sharding
 from qvgen.train.config import RunConfig
-from qvgen.train.export import export_student
+from qvgen.train.export import export_student, transformer_checkpoint
 from qvgen.train.loss import distill_loss
 from qvgen.train.method_config import EfficientDMMethod, QDMMethod, SVDQuantMethod
 from qvgen.train.optim import build_optimizer, build_scheduler
@@ -88,6 +98,11 @@ def _resume_point(cfg: RunConfig, accelerator: Accelerator) -> tuple[Path, ckpt.
         return None
     state = ckpt.verify_checkpoint(path)
     ckpt.check_compatible(path, state, cfg.model_dump(mode="json"), accelerator.num_processes)
+    if state.config.get("expert") != cfg.expert:
+        raise ckpt.CheckpointError(
+            f"{path}: checkpoint of expert {state.config.get('expert')!r}, but this run trains {cfg.expert!r}; "
+            "resume with the same expert, or start a new output_dir"
+        )
     return path, state
 
 
@@ -147,6 +162,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
     `qvgen.core.Interrupted` naming the last checkpoint and `resume_command` (how the user resumes).
     """
     cfg = expand_model_paths(cfg)  # `~`/`$VAR` in every path, as `load_config` does: one folder, not two
+    if cfg.expert == "both":
+        return _run_both_experts(cfg, overwrite=overwrite, resume_command=resume_command)
     if cfg.logging.tensorboard and not any(
         importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")
     ):
@@ -173,6 +190,8 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
     if cfg.model.checkpoint is None:
         raise ValueError("model.checkpoint: set the local diffusers folder of the model to quantize")
     device, rank = accelerator.device, accelerator.process_index
+    checkpoint = transformer_checkpoint(cfg)  # model.checkpoint, or one expert's subfolder of it
+    expert = _expert_range(cfg)  # (expert, boundary_ratio): timesteps on its side of the boundary only
     resume = _resume_point(cfg, accelerator)
     start = resume[1].step if resume is not None else 0
 
@@ -182,10 +201,10 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
     teacher_target = _uses_teacher_target(cfg)
     teacher = None
     if teacher_target or isinstance(cfg.method, SVDQuantMethod):
-        teacher = family.load_transformer(cfg.model.checkpoint, dtype=cfg.model.dtype).to(device)
+        teacher = family.load_transformer(checkpoint, dtype=cfg.model.dtype).to(device)
         teacher.eval().requires_grad_(False)
     fsdp = cfg.train.sharding == "fsdp2"  # Φ outside the shards: no re-wrap, gradients all-reduced
-    student = family.load_transformer(cfg.model.checkpoint, dtype="float32").train()
+    student = family.load_transformer(checkpoint, dtype="float32").train()
     if not fsdp:
         student.to(device)
 
@@ -277,7 +296,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
                 data_batches += 1
                 latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
                 noise = torch.randn(latents.shape, generator=generator)
-                timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
+                timesteps = _sample_timesteps(family, latents.shape[0], generator, cfg, expert)
                 x = family.noised_inputs(
                     latents.to(device), noise.to(device), timesteps.to(device), cfg.model
                 )
@@ -374,7 +393,7 @@ def run(cfg: RunConfig, *, overwrite: bool = False, resume_command: str | None =
     if fsdp:  # gather the shards (collective), rebuild the plain student on the main process
         full = sharding.gather_full_state(student)
         if accelerator.is_main_process:
-            final = family.load_transformer(cfg.model.checkpoint, dtype="float32")
+            final = family.load_transformer(checkpoint, dtype="float32")
             quant.prepare_(
                 final,
                 cfg.quant,
@@ -431,7 +450,7 @@ def _fit_svdquant(cfg: RunConfig, family: Any, teacher: nn.Module, student: nn.M
         batch = next(batches)
         latents = family.normalize_latents(batch.sample_latents(generator), vae_config)
         noise = torch.randn(latents.shape, generator=generator)
-        timesteps = family.sample_timesteps(latents.shape[0], generator, cfg.model)
+        timesteps = _sample_timesteps(family, latents.shape[0], generator, cfg, _expert_range(cfg))
         x = family.noised_inputs(latents.to(device), noise.to(device), timesteps.to(device), cfg.model)
         x = dataclasses.replace(x, hidden_states=x.hidden_states.to(tdtype))
         text = batch.text_embeddings.to(device).to(tdtype)
@@ -450,3 +469,101 @@ def _rewrap(
     opt, sched = optimizer.optimizer, scheduler.scheduler
     accelerator.free_memory()
     return accelerator.prepare(inner, opt, sched)
+
+
+# --- two experts (Wan 2.2 A14B) ----------------------------------------------------------------------------
+
+
+def _expert_range(cfg: RunConfig) -> tuple[ExpertName, float] | None:
+    """(expert, boundary_ratio) of a one-expert run, read from the checkpoint's model_index.json; None else."""
+    if cfg.expert is None or cfg.expert == "both":
+        return None
+    assert cfg.model.checkpoint is not None
+    root = Path(cfg.model.checkpoint)
+    ratio = boundary_ratio_of(root)
+    if ratio is None or not has_transformer_2(root):
+        raise ValueError(
+            f"expert={cfg.expert!r}: {root / 'model_index.json'} has no transformer_2/boundary_ratio; "
+            "set expert=null for a one-transformer model, or pass a two-expert Wan 2.2 A14B folder"
+        )
+    return cfg.expert, ratio
+
+
+_MAX_DRAWS = 10_000
+"""Draws of the family's timestep sampler before an expert's range is declared unreachable."""
+
+
+def _sample_timesteps(
+    family: Any,
+    batch_size: int,
+    generator: torch.Generator,
+    cfg: RunConfig,
+    expert: tuple[ExpertName, float] | None,
+) -> torch.Tensor:
+    """The family's training timesteps; for one expert, only those `WanPipeline` gives that expert: the
+    family's own draws, kept when inside the expert's side of the boundary (its distribution restricted)."""
+    if expert is None:
+        return family.sample_timesteps(batch_size, generator, cfg.model)
+    name, ratio = expert
+    kept: list[torch.Tensor] = []
+    count = 0
+    for _ in range(_MAX_DRAWS):
+        t = family.sample_timesteps(batch_size, generator, cfg.model)
+        t = t[expert_timestep_mask(t, name, ratio, family.num_train_timesteps)]
+        kept.append(t)
+        count += t.numel()
+        if count >= batch_size:
+            return torch.cat(kept)[:batch_size]
+    raise ValueError(
+        f"expert={name!r}: no training timestep on its side of boundary_ratio={ratio} in {_MAX_DRAWS} draws "
+        "(model.train_flow_shift moves them); check the checkpoint's boundary_ratio"
+    )
+
+
+def _finished(cfg: RunConfig) -> bool:
+    """Whether a one-expert run's exports are all in place (each is written atomically)."""
+    final = cfg.output_dir / "final"
+    wanted = [final / "fake_quant" / STUDENT_MANIFEST] if cfg.export.fake_quant else []
+    wanted += [final / "deploy" / "quant_manifest.json"] if cfg.export.deploy else []
+    return bool(wanted) and all(p.is_file() for p in wanted)
+
+
+def _run_both_experts(cfg: RunConfig, *, overwrite: bool, resume_command: str | None) -> RunResult:
+    """`transformer`, then `transformer_2`: each a complete one-expert run in `output_dir/<expert>/`; an
+    expert whose exports are already there is not trained again (resume picks up the other). Then the
+    two-expert `final/fake_quant` and `final/deploy` folders (`qvgen.models.write_experts_folder`).
+    The result's `model` is an `nn.ModuleDict` of the experts trained by this call."""
+    assert cfg.model.checkpoint is not None
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if accelerator.is_main_process:
+        claim_run_folder(cfg, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    trained: dict[str, RunResult] = {}
+    subs = {e: cfg.model_copy(update={"expert": e, "output_dir": cfg.output_dir / e}) for e in EXPERTS}
+    for name, sub in subs.items():
+        _expert_range(sub)  # a one-transformer checkpoint is refused before anything trains
+        if _finished(sub):
+            log.info(
+                f"expert {name}: exported in {sub.output_dir / 'final'}, not trained again",
+                main_process_only=True,
+            )
+            continue
+        trained[name] = run(sub, resume_command=resume_command)
+    ratio = boundary_ratio_of(Path(cfg.model.checkpoint))
+    assert ratio is not None  # _expert_range checked it
+    fake_dir = deploy_dir = None
+    final = cfg.output_dir / "final"
+    if accelerator.is_main_process:
+        for content, wanted in (("fake_quant", cfg.export.fake_quant), ("deploy", cfg.export.deploy)):
+            if not wanted:
+                continue
+            manifest = ExpertsManifest(content=content, boundary_ratio=ratio)  # type: ignore[arg-type]
+            parts = {e: sub.output_dir / "final" / content for e, sub in subs.items()}
+            write_experts_folder(final / content, parts, manifest)
+        fake_dir = final / "fake_quant" if cfg.export.fake_quant else None
+        deploy_dir = final / "deploy" if cfg.export.deploy else None
+    accelerator.wait_for_everyone()
+    losses = tuple(loss for r in trained.values() for loss in r.losses)
+    phi = None if cfg.aux is None else auxiliary.rank_at(max(0, cfg.train.max_steps - 1), cfg.aux.decay).rank
+    model = nn.ModuleDict({name: r.model for name, r in trained.items()})
+    return RunResult(model, cfg.output_dir, fake_dir, deploy_dir, cfg.train.max_steps, losses, phi)

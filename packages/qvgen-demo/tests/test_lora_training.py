@@ -1,0 +1,67 @@
+"""The colour LoRA trainer (issue 35): recoloured clips, a few steps move the LoRA, diffusers-format round trip."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from qvgen.data import COLOURS
+from qvgen.demo import DEFAULT_TEACHER_DIR
+from qvgen.demo.lora_training import LORA_WEIGHTS_NAME, LoraTrainConfig, lora_clips, recolour, train_colour_lora
+from qvgen.models import get_family
+
+pytest.importorskip("peft")
+torch.set_num_threads(1)
+
+
+def test_recolour_paints_every_object_and_keeps_the_background() -> None:
+    cfg = LoraTrainConfig(out=Path("unused"), num_clips=3)
+    clips = lora_clips(cfg)
+    from qvgen.demo.world import ClipShape, world_clip
+    from qvgen.demo.flow import teacher_clip_shape, teacher_world_style
+
+    frames, height, width = teacher_clip_shape(DEFAULT_TEACHER_DIR)
+    original = world_clip(cfg.world_seed, 0, ClipShape(frames, height, width, teacher_world_style(DEFAULT_TEACHER_DIR)))
+    red = torch.tensor(COLOURS["red"]) / 255.0 * 2 - 1
+    changed = (clips[0].frames != original.frames).any(0)
+    assert changed.any()
+    assert torch.allclose(clips[0].frames.permute(1, 2, 3, 0)[changed], red.expand(int(changed.sum()), 3))
+    assert clips[0].caption == original.caption  # the caption keeps its own colour words
+    assert torch.equal(recolour(clips[0], "red"), clips[0].frames)  # idempotent
+
+
+def test_colour_lora_rejects_a_colour_outside_the_palette() -> None:
+    with pytest.raises(ValueError, match="not a palette colour"):
+        LoraTrainConfig(out=Path("x"), colour="pink")
+
+
+def test_two_steps_train_the_lora_and_it_loads_back_through_load_lora_weights(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    cfg = LoraTrainConfig(out=tmp_path / "lora", steps=2, num_clips=4, batch_size=2, rank=4, progress=False)
+    path = train_colour_lora(cfg)
+    assert path == tmp_path / "lora" / LORA_WEIGHTS_NAME
+    state = load_file(str(path))
+    assert state and all(k.startswith("transformer.") for k in state)  # diffusers' LoRA format
+    ups = [v for k, v in state.items() if ".lora_B." in k]
+    assert ups and all(v.abs().max() > 0 for v in ups)  # lora_B starts at 0: the steps moved every one
+    assert (tmp_path / "lora" / "lora_training.json").is_file()
+
+    family = get_family("wan")
+    pipe = family.pipeline(family.load(DEFAULT_TEACHER_DIR))
+    transformer = pipe.transformer
+    x = torch.randn(1, 16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    text = torch.randn(1, 32, transformer.config.text_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([500.0])
+    with torch.no_grad():
+        before = transformer(x, t, text, return_dict=False)[0]
+        pipe.load_lora_weights(str(tmp_path / "lora"), adapter_name="red")
+        after = transformer(x, t, text, return_dict=False)[0]
+        loaded = {n: p for n, p in transformer.named_parameters() if ".lora_B.red." in n}
+        assert len(loaded) == len(ups)
+        key = next(k for k in state if ".lora_B." in k)
+        module = key.removeprefix("transformer.").replace(".lora_B.weight", ".lora_B.red.weight")
+        assert torch.equal(loaded[module], state[key])
+        assert not torch.equal(before, after)
+        pipe.unload_lora_weights()
+        assert torch.equal(transformer(x, t, text, return_dict=False)[0], before)
