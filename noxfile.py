@@ -72,8 +72,8 @@ def tests(session: nox.Session, package: str) -> None:
     """One package alone: a fresh venv with only it and its declared qvgen dependencies."""
     closure = declared_qvgen_deps(package)
     # quant: the triton extra too, so its Triton kernel tests run under the CPU interpreter (TRITON_INTERPRET=1)
-    # models: peft too (its `lora` extra), so the LoRA tests run rather than skip
-    extras = {"quant": ("triton",), "models": ("peft",)}.get(package, ())
+    # models, demo: peft too (their `lora` extra), so the LoRA tests run rather than skip
+    extras = {"quant": ("triton",), "models": ("peft",), "demo": ("peft",)}.get(package, ())
     install_local(session, closure, extras=extras)
     undeclared = [SIBLING_MODULES[s] for s in SIBLING_MODULES if s not in closure]
     session.run(

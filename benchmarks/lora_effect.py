@@ -53,12 +53,14 @@ from qvgen.demo import (
 from qvgen.demo.lora_training import LORA_WEIGHTS_NAME, LoraTrainConfig, train_colour_lora
 from qvgen.eval import (
     AdherenceScorer,
+    Attribute,
     Contender,
     DeployModel,
     FullPrecisionModel,
     LoadedModel,
     SamplingSettings,
     VariantReport,
+    VideoAdherence,
     compare_models,
     load_model,
     paired_diff_ci,
@@ -84,6 +86,11 @@ def is_coloured(record: object, colour: str) -> bool:
     """Whether every clause of a video's adherence record was matched to an object of `colour`."""
     objects = getattr(record, "objects", ())
     return bool(objects) and all(o.matched is not None and o.matched.colour == colour for o in objects)
+
+
+def mean(records: list[VideoAdherence], attribute: Attribute, n: int) -> float:
+    """Mean of one adherence check over `n` videos; unscorable or missing ones count 0 (the demo's table)."""
+    return sum(r.value(attribute) for r in records) / n
 
 
 def red_flags(model: VariantReport) -> list[bool]:
@@ -132,8 +139,12 @@ def write_subsection(body: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=24, help="held-out non-red prompts (default: %(default)s)")
-    parser.add_argument("--lora-steps", type=int, default=300, help="LoRA training steps (default: %(default)s)")
+    parser.add_argument(
+        "--prompts", type=int, default=24, help="held-out non-red prompts (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--lora-steps", type=int, default=300, help="LoRA training steps (default: %(default)s)"
+    )
     parser.add_argument("--qat-steps", type=int, default=100, help="QVGen W4A4 steps (default: %(default)s)")
     parser.add_argument("--clips", type=int, default=256, help="QVGen training clips (default: %(default)s)")
     parser.add_argument("--lora", type=Path, default=None, help="an existing LoRA folder (skips training)")
@@ -162,7 +173,9 @@ def main() -> int:
         qat = f"reused from {args.run_dir}"
     else:
         budget = TrainBudget(steps=args.qat_steps)
-        rtn_dir = train_variant(run_config("rtn", 4, teacher, None, budget, out / "runs" / "rtn-w4a4", progress=False)).deploy_dir
+        rtn_dir = train_variant(
+            run_config("rtn", 4, teacher, None, budget, out / "runs" / "rtn-w4a4", progress=False)
+        ).deploy_dir
         shards = build_shards(teacher, out, args.clips)
         qvgen_dir = train_variant(
             run_config("qvgen", 4, teacher, shards, budget, out / "runs" / "qvgen-w4a4", progress=False)
@@ -175,7 +188,12 @@ def main() -> int:
     prompts = prompts_without(COLOUR, args.prompts, shape, teacher)
     frames, height, width = shape
     settings = SamplingSettings(
-        height=height, width=width, num_frames=frames, num_inference_steps=steps, guidance_scale=guidance, fps=8
+        height=height,
+        width=width,
+        num_frames=frames,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        fps=8,
     )
     fp = FullPrecisionModel(path=teacher)
     rtn = DeployModel(path=rtn_dir, base=teacher)
@@ -203,7 +221,15 @@ def main() -> int:
     models = {m.name: m for m in (report.teacher, *report.variants)}
     red = {name: red_flags(m) for name, m in models.items()}
     n = len(prompts)
-    head = ("model", "red fraction (95 % Wilson)", "Δ red vs no LoRA (paired, 95 % t)", "colour*", "shape", "motion", "unscorable")
+    head = (
+        "model",
+        "red fraction (95 % Wilson)",
+        "Δ red vs no LoRA (paired, 95 % t)",
+        "colour*",
+        "shape",
+        "motion",
+        "unscorable",
+    )
     lines = [head]
     fraction: dict[str, float] = {}
     for name, m in models.items():
@@ -218,12 +244,9 @@ def main() -> int:
         records = [x.adherence for x in m.samples if x.adherence is not None]
         unscorable = sum(r.unscorable is not None for r in records) + (n - len(records))
 
-        def mean(attr: str) -> float:
-            return sum(r.value(attr) for r in records) / n  # unscorable counts 0, as the demo's table
-
         lines.append(
-            (name, f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]", delta, f"{mean('colour'):.3f}",
-             f"{mean('shape'):.3f}", f"{mean('motion'):.3f}", f"{unscorable}/{n}")
+            (name, f"{k}/{n} = {k / n:.3f} [{lo:.3f}, {hi:.3f}]", delta, f"{mean(records, 'colour', n):.3f}",
+             f"{mean(records, 'shape', n):.3f}", f"{mean(records, 'motion', n):.3f}", f"{unscorable}/{n}")
         )  # fmt: skip
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
     table = "\n".join(" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines)

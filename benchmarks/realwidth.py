@@ -545,6 +545,16 @@ def section(args: argparse.Namespace, flows: dict[str, Any], peer_row: dict[str,
         + " |"
     )
     rows.append(
+        "| same, each deploy layer on the fake-quant layer's input (max) | "
+        + " | ".join(f"{f.get('deploy_layer_rel_err_max', float('nan')):.2e}" for f in flows.values())
+        + " |"
+    )
+    rows.append(
+        "| fake-quant vs full precision rel. error (for scale) | "
+        + " | ".join(f"{f.get('fake_quant_vs_fp_rel_err', float('nan')):.2e}" for f in flows.values())
+        + " |"
+    )
+    rows.append(
         "| deploy folder / fp32 transformer | "
         + " | ".join(f"{f.get('deploy_over_fp32', float('nan')):.3f}" for f in flows.values())
         + " |"
@@ -575,7 +585,10 @@ def section(args: argparse.Namespace, flows: dict[str, Any], peer_row: dict[str,
         rows += [
             f"{peer_row['layers']} block(s); median step qvgen {peer_row['step_s']['qvgen']:.2f} s, reference "
             f"{peer_row['step_s']['reference']:.2f} s; peak RSS above imports qvgen "
-            f"{_gib(peer_row['peak_bytes']['qvgen'])}, reference {_gib(peer_row['peak_bytes']['reference'])}."
+            f"{_gib(peer_row['peak_bytes']['qvgen'])}, reference {_gib(peer_row['peak_bytes']['reference'])} "
+            f"during the steps (resident after the build: qvgen {_gib(peer_row['state_bytes']['qvgen'])}, "
+            f"reference {_gib(peer_row['state_bytes']['reference'])}). Block-level gradient checkpointing on both "
+            "sides (both paper scripts set it); the reference also checkpoints every quantizer and Linear."
         ]
     else:
         rows.append(peer_note)

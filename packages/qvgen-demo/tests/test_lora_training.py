@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from qvgen.data import COLOURS
-from qvgen.demo import DEFAULT_TEACHER_DIR
-from qvgen.demo.lora_training import LORA_WEIGHTS_NAME, LoraTrainConfig, lora_clips, recolour, train_colour_lora
+from qvgen.demo import DEFAULT_TEACHER_DIR, ClipShape, teacher_clip_shape, teacher_world_style, world_clip
+from qvgen.demo.lora_training import (
+    LORA_WEIGHTS_NAME,
+    LoraTrainConfig,
+    lora_clips,
+    recolour,
+    train_colour_lora,
+)
 from qvgen.models import get_family
 
 pytest.importorskip("peft")
@@ -17,11 +23,10 @@ torch.set_num_threads(1)
 def test_recolour_paints_every_object_and_keeps_the_background() -> None:
     cfg = LoraTrainConfig(out=Path("unused"), num_clips=3)
     clips = lora_clips(cfg)
-    from qvgen.demo.world import ClipShape, world_clip
-    from qvgen.demo.flow import teacher_clip_shape, teacher_world_style
-
     frames, height, width = teacher_clip_shape(DEFAULT_TEACHER_DIR)
-    original = world_clip(cfg.world_seed, 0, ClipShape(frames, height, width, teacher_world_style(DEFAULT_TEACHER_DIR)))
+    original = world_clip(
+        cfg.world_seed, 0, ClipShape(frames, height, width, teacher_world_style(DEFAULT_TEACHER_DIR))
+    )
     red = torch.tensor(COLOURS["red"]) / 255.0 * 2 - 1
     changed = (clips[0].frames != original.frames).any(0)
     assert changed.any()
@@ -65,3 +70,26 @@ def test_two_steps_train_the_lora_and_it_loads_back_through_load_lora_weights(tm
         assert not torch.equal(before, after)
         pipe.unload_lora_weights()
         assert torch.equal(transformer(x, t, text, return_dict=False)[0], before)
+
+
+def test_train_lora_command_defaults_are_the_config_defaults() -> None:
+    from qvgen.entrypoints.qvgen import build_parser
+
+    args = build_parser().parse_args(["train-lora", "--out", "x"])
+    cfg = LoraTrainConfig(out=Path("x"))
+    assert (args.colour, args.steps, args.rank, args.clips) == (
+        cfg.colour,
+        cfg.steps,
+        cfg.rank,
+        cfg.num_clips,
+    )
+
+
+def test_train_lora_command_refuses_an_unknown_colour_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qvgen.demo.cli import main
+
+    assert main(["train-lora", "--out", str(tmp_path / "l"), "--colour", "pink"]) == 2
+    assert "not a palette colour" in capsys.readouterr().out
+    assert not (tmp_path / "l").exists()

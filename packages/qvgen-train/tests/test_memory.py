@@ -26,3 +26,11 @@ def test_wan22_ti2v_5b_has_its_line_and_needs_fsdp2_on_80gb_cards():
     fsdp = memory_plan("wan2.2-ti2v-5b", sharding="fsdp2")
     assert 4.95e9 < ddp.student_params < 5.1e9  # Wan2.2-TI2V-5B (+ quantizer parameters)
     assert ddp.total_bytes > 80e9 > fsdp.total_bytes  # configs/wan2.2-ti2v-5b-qvgen.yaml shards with FSDP2
+
+
+def test_wan22_a14b_plans_one_expert_and_needs_fsdp2_on_80gb_cards():
+    assert table().count("| wan2.2-t2v-a14b |") == 2
+    ddp = memory_plan("wan2.2-t2v-a14b", sharding="ddp")
+    fsdp = memory_plan("wan2.2-t2v-a14b", sharding="fsdp2")
+    assert 14.0e9 < ddp.student_params < 14.5e9  # one expert (expert: both trains them one after the other)
+    assert ddp.total_bytes > 80e9 > fsdp.total_bytes  # configs/wan2.2-t2v-a14b-qvgen.yaml shards with FSDP2

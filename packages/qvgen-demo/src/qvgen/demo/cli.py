@@ -1,4 +1,5 @@
-"""The `qvgen` command: `qvgen demo` (QVGen end to end on the embedded teacher) and `qvgen train-teacher`."""
+"""The `qvgen` command: `qvgen demo` (QVGen end to end on the embedded teacher), `qvgen train-teacher` and
+`qvgen train-lora`."""
 
 from __future__ import annotations
 
@@ -35,6 +36,19 @@ def _dispatch(argv: Sequence[str]) -> int:
             cfg, evaluate_only=args.evaluate_only, overwrite_embedded=args.overwrite_embedded,
             progress=not args.no_progress,
         )  # fmt: skip
+    if args.command == "train-lora":
+        from qvgen.demo.lora_training import LoraTrainConfig, train_colour_lora
+
+        try:
+            lora_cfg = LoraTrainConfig(
+                out=args.out, teacher=args.teacher or DEFAULTS.teacher, colour=args.colour, steps=args.steps,
+                rank=args.rank, num_clips=args.clips, progress=not args.no_progress,
+            )  # fmt: skip
+        except ValueError as e:  # pydantic's ValidationError is a ValueError
+            print(f"qvgen train-lora: {e}")
+            return 2
+        print(f"qvgen train-lora: {train_colour_lora(lora_cfg).resolve()}")
+        return 0
     if args.command == "demo":
         try:
             demo_cfg = DemoConfig(

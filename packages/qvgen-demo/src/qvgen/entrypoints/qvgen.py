@@ -90,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bars (default: only when stdout is a terminal)",
     )
     _add_train_teacher(sub)
+    _add_train_lora(sub)
     return parser
 
 
@@ -132,6 +133,28 @@ def _add_train_teacher(subparsers: Any) -> None:
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_override_argument(p, "seed=1")  # --set KEY=VALUE: any other TeacherConfig field (YAML values)
+
+
+def _add_train_lora(subparsers: Any) -> None:
+    """Register `qvgen train-lora` (defaults: `qvgen.demo.lora_training.LoraTrainConfig`'s, a test checks)."""
+    p = subparsers.add_parser(
+        "train-lora",
+        help="train a LoRA on the tiny Wan teacher that draws every object in one colour (needs peft)",
+        description=(
+            "Train a PEFT LoRA on the attention and FFN Linears of a teacher on procedural clips whose objects "
+            "are recoloured while their captions keep the original colour words; save it in the diffusers "
+            "format (pipe.load_lora_weights reads it, also on W4A4 qvgen pipelines)."
+        ),
+    )
+    p.add_argument("--out", type=Path, required=True, help="output folder of the LoRA")
+    p.add_argument(
+        "--teacher", type=Path, default=None, help="teacher diffusers folder (default: the embedded one)"
+    )
+    p.add_argument("--colour", default="red", help="palette colour of every object (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default: %(default)s)")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank (default: %(default)s)")
+    p.add_argument("--clips", type=int, default=256, help="procedural training clips (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main() -> None:

@@ -117,9 +117,12 @@ def memory_plan(
 
 
 def table(
-    models: tuple[str, ...] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b"), world_size: int = 8
+    models: tuple[str, ...] = ("wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.2-ti2v-5b", "wan2.2-t2v-a14b"),
+    world_size: int = 8,
 ) -> str:
-    """Markdown table of `memory_plan` for each model under DDP and FSDP2."""
+    """Markdown table of `memory_plan` for each model under DDP and FSDP2. A two-expert model (Wan 2.2
+    A14B) is planned for one expert: `expert: both` trains them one after the other, each with only its own
+    teacher loaded."""
     rows = [
         "| model | sharding | student params | Φ params (r0 32) | student states | Φ states | teacher bf16 "
         "| gathered block | total / GPU | left of 80 GB for activations |",
