@@ -41,6 +41,8 @@ import torch
 from qvgen.core import atomic_write_text, file_sha256
 from qvgen.demo import (
     DEFAULT_TEACHER_DIR,
+    LORA_WEIGHTS_NAME,
+    LoraTrainConfig,
     TrainBudget,
     build_shards,
     held_out_prompts,
@@ -48,9 +50,9 @@ from qvgen.demo import (
     teacher_clip_shape,
     teacher_sampling,
     teacher_world_style,
+    train_colour_lora,
     train_variant,
 )
-from qvgen.demo.lora_training import LORA_WEIGHTS_NAME, LoraTrainConfig, train_colour_lora
 from qvgen.eval import (
     AdherenceScorer,
     Attribute,

@@ -6,13 +6,17 @@ import pytest
 import torch
 
 from qvgen.data import COLOURS
-from qvgen.demo import DEFAULT_TEACHER_DIR, ClipShape, teacher_clip_shape, teacher_world_style, world_clip
-from qvgen.demo.lora_training import (
+from qvgen.demo import (
+    DEFAULT_TEACHER_DIR,
     LORA_WEIGHTS_NAME,
+    ClipShape,
     LoraTrainConfig,
     lora_clips,
     recolour,
+    teacher_clip_shape,
+    teacher_world_style,
     train_colour_lora,
+    world_clip,
 )
 from qvgen.models import get_family
 
@@ -93,3 +97,29 @@ def test_train_lora_command_refuses_an_unknown_colour_with_exit_2(
     assert main(["train-lora", "--out", str(tmp_path / "l"), "--colour", "pink"]) == 2
     assert "not a palette colour" in capsys.readouterr().out
     assert not (tmp_path / "l").exists()
+
+
+def test_evaluate_with_a_lora_adds_a_lora_row_after_each_model(tmp_path: Path) -> None:
+    from qvgen.demo import evaluate, held_out_prompts
+
+    lora = tmp_path / "lora"
+    train_colour_lora(LoraTrainConfig(out=lora, steps=1, num_clips=2, batch_size=1, rank=2, progress=False))
+    shape = teacher_clip_shape(DEFAULT_TEACHER_DIR)
+    prompts = held_out_prompts(1, shape, style=teacher_world_style(DEFAULT_TEACHER_DIR))
+    result = evaluate(
+        DEFAULT_TEACHER_DIR, [], prompts, tmp_path / "report", seed=0, sampling_steps=2, guidance_scale=3.0,
+        clip_shape=shape, progress=False, lora=lora,
+    )  # fmt: skip
+    assert [r.name for r in result.rows] == ["teacher", "teacher+lora"]
+    assert result.rows[1].scores.num_videos == 1
+    lora_model = result.report.variants[0]
+    assert lora_model.summary.latent_mse is not None and lora_model.summary.latent_mse > 0  # the LoRA acts
+
+
+def test_demo_lora_must_be_a_lora_folder_and_defaults_to_none(tmp_path: Path) -> None:
+    from qvgen.demo import DemoConfig
+    from qvgen.entrypoints.qvgen import build_parser
+
+    assert build_parser().parse_args(["demo"]).lora is None and DemoConfig().lora is None
+    with pytest.raises(ValueError, match=r"no pytorch_lora_weights\.safetensors"):
+        DemoConfig(lora=tmp_path)

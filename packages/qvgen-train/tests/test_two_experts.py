@@ -115,5 +115,7 @@ def test_expert_needs_a_two_expert_checkpoint(run_dict: Any, wan_shards: Path, t
 def test_expert_config_rules(run_dict: Any, wan_shards: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="use resume_from=latest"):
         _cfg(run_dict, wan_shards, tmp_path, checkpoint={"resume_from": str(tmp_path / "x")})
+    with pytest.raises(ValueError, match="enable one"):
+        _cfg(run_dict, wan_shards, tmp_path, export={"fake_quant": False, "deploy": False})
     with pytest.raises(ValueError, match=r"logging\.validation=null"):
         _cfg(run_dict, wan_shards, tmp_path, logging={"validation": {"every_n_steps": 2}})

@@ -576,8 +576,11 @@ def run_fuzz_suite(
             continue
         before = _failures(counts_path)
         done = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=root_path, env=env
-        )
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+            cwd=root_path, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if done.returncode != 0:  # the report only when something failed
+            print(done.stdout[-4000:], done.stderr[-2000:], sep="\n", file=sys.stderr)
         if done.returncode != 0 and _failures(counts_path) == before:
             record_case(f"{package.name}: pytest", f"pytest exited {done.returncode}", counts=counts_path)
     if not counts_path.exists():

@@ -59,14 +59,25 @@ from qvgen.demo.flow import (
     teacher_world_style,
     train_variant,
 )
+from qvgen.demo.lora_training import (
+    LORA_WEIGHTS_NAME,
+    LORA_WORLD_SEED,
+    LoraTrainConfig,
+    lora_clips,
+    recolour,
+    train_colour_lora,
+)
 from qvgen.demo.table import Evaluation, Row, evaluate, format_table
 
 __all__ += [
     "DATA_WORLD_SEED",
+    "LORA_WEIGHTS_NAME",
+    "LORA_WORLD_SEED",
     "PROMPT_WORLD_SEED",
     "DemoConfig",
     "DemoResult",
     "Evaluation",
+    "LoraTrainConfig",
     "Method",
     "Row",
     "TrainBudget",
@@ -78,11 +89,14 @@ __all__ += [
     "format_table",
     "held_out_clips",
     "held_out_prompts",
+    "lora_clips",
+    "recolour",
     "run_config",
     "run_demo",
     "teacher_clip_shape",
     "teacher_fingerprint",
     "teacher_sampling",
     "teacher_world_style",
+    "train_colour_lora",
     "train_variant",
 ]

@@ -56,6 +56,7 @@ def _dispatch(argv: Sequence[str]) -> int:
                 seed=args.seed,
                 bits=args.bits, num_clips=args.clips, progress=progress_default(args.progress),
                 sampling_steps=args.sampling_steps, guidance_scale=args.guidance, threads=args.threads,
+                lora=args.lora,
             )  # fmt: skip
         except ValueError as e:  # pydantic's ValidationError is a ValueError
             print(f"qvgen demo: {e}")

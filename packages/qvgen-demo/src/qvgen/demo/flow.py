@@ -93,10 +93,23 @@ class DemoConfig(Frozen):
     threads: Annotated[int, Field(ge=1)] | None = 1
     """torch intra-op threads; the tiny model gains nothing from more, and on a shared CPU extra threads
     contend (training steps about 20× slower with 2 threads on a busy 2-core box). None: torch's default."""
+    lora: Path | None = None
+    """A diffusers-format LoRA folder (`qvgen train-lora`'s); every model is then also sampled with it loaded
+    (rows ``teacher+lora``, ``rtn-…+lora``, ``qvgen-…+lora``). Needs peft (`qvgen-demo[lora]`)."""
 
     @model_validator(mode="after")
     def _phi_fits(self) -> DemoConfig:
         decay_period(self.initial_rank, self.steps)  # raises with the fix in the message
+        return self
+
+    @model_validator(mode="after")
+    def _lora_exists(self) -> DemoConfig:
+        from qvgen.demo.lora_training import LORA_WEIGHTS_NAME
+
+        if self.lora is not None and not (self.lora / LORA_WEIGHTS_NAME).is_file():
+            raise ValueError(
+                f"lora={self.lora}: no {LORA_WEIGHTS_NAME} there; give the folder `qvgen train-lora --out` wrote"
+            )
         return self
 
     def budget(self) -> TrainBudget:
@@ -402,6 +415,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
         guidance_scale=cfg.guidance_scale or default_guidance,
         clip_shape=shape,
         progress=cfg.progress,
+        lora=cfg.lora,
     )
     stages.update()
     stages.close()

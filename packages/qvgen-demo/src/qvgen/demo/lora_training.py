@@ -47,7 +47,7 @@ class LoraTrainConfig(Frozen):
     colour: str = "red"
     """The palette colour (qvgen.data `COLOURS`) every object of the training clips is drawn in."""
     rank: Annotated[int, Field(ge=1)] = 8
-    alpha: Annotated[float, Field(gt=0)] | None = None
+    alpha: Annotated[int, Field(ge=1)] | None = None
     """LoRA alpha; None: `rank` (scale 1)."""
     targets: tuple[str, ...] = DEFAULT_TARGETS
     steps: Annotated[int, Field(ge=0)] = 300
@@ -132,7 +132,8 @@ def train_colour_lora(cfg: LoraTrainConfig) -> Path:
                 for i in range(0, len(clips), 16)
             ]
         )
-        latents = family.normalize_latents(latents, components.vae.config)  # type: ignore[union-attr]
+        vae: Any = components.vae
+        latents = family.normalize_latents(latents, vae.config)
         text = encoder.encode_prompts([c.caption for c in clips])
         empty = encoder.encode_prompts([""])
     transformer = components.transformer

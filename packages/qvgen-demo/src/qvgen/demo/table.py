@@ -102,14 +102,19 @@ def evaluate(
     videos_per_prompt: int = 1,
     batch_size: int = 8,
     progress: bool = True,
+    lora: Path | None = None,
 ) -> Evaluation:
     """Teacher + deploy students on `prompts` (video k of the plan seeded `seed + k`) → report.json/html in
     `out_dir`, adherence scored on the exact frames → one `Row` per model (teacher first).
+
+    `lora`: a diffusers-format LoRA folder (e.g. `qvgen train-lora`'s); each model then also runs with it
+    loaded (``pipe.load_lora_weights``), as a row named ``<model>+lora`` right after the model's own.
 
     `batch_size` videos share one pipeline call (each keeps its own seeded noise); on a small CPU this is
     several times faster than one video per call."""
     import torch
 
+    from qvgen.core import file_sha256
     from qvgen.eval import (
         AdherenceScorer,
         Contender,
@@ -129,14 +134,35 @@ def evaluate(
     )  # fmt: skip
     cpu = torch.device("cpu")
     items = plan_items(list(prompts), videos_per_prompt, seed)
-    bar = tqdm(total=(1 + len(variants)) * len(items), desc="sample", unit="video", disable=not progress)
+    runs = (1 + len(variants)) * (1 if lora is None else 2)
+    bar = tqdm(total=runs * len(items), desc="sample", unit="video", disable=not progress)
 
-    def contender(name: str, source: FullPrecisionModel | DeployModel) -> Contender:
+    def contender(
+        name: str, source: FullPrecisionModel | DeployModel, adapter: Path | None = None
+    ) -> Contender:
         def load() -> LoadedModel:
-            return load_model("wan", source, "float32", cpu)
+            model = load_model("wan", source, "float32", cpu)
+            if adapter is None:
+                return model
+            from dataclasses import replace
+
+            from qvgen.demo.lora_training import LORA_WEIGHTS_NAME
+            from qvgen.models import enable_lora_
+
+            enable_lora_(model.components.transformer)  # the deploy layers need it; the teacher's don't
+            model.pipeline.load_lora_weights(str(adapter), adapter_name="lora")
+            digest = file_sha256(adapter / LORA_WEIGHTS_NAME)
+            return replace(model, facts={**model.identity(), "lora.sha256": digest})
 
         kind: Literal["full_precision", "deploy"] = source.kind
-        return Contender(name, kind, str(source.path), load)
+        return Contender(name if adapter is None else f"{name}+lora", kind, str(source.path), load)
+
+    models = [(n, DeployModel(path=p, base=teacher)) for n, p in variants]
+    others = [contender(n, s) for n, s in models]
+    if lora is not None:
+        others = [contender("teacher", FullPrecisionModel(path=teacher), lora)]
+        for n, s in models:
+            others += [contender(n, s), contender(n, s, lora)]
 
     def tick(_: GeneratedVideo) -> None:
         bar.update()
@@ -144,7 +170,7 @@ def evaluate(
     report = compare_models(
         "wan",
         contender("teacher", FullPrecisionModel(path=teacher)),
-        [contender(n, DeployModel(path=p, base=teacher)) for n, p in variants],
+        others,
         items,
         settings,
         out_dir,

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch intra-op threads (default: %(default)s; more only contend on a shared CPU)",
     )
     demo.add_argument(
+        "--lora",
+        type=Path,
+        default=None,
+        help="a diffusers-format LoRA folder (qvgen train-lora); every model also runs with it (+lora rows)",
+    )
+    demo.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,

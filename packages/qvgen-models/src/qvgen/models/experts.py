@@ -124,13 +124,7 @@ def build_tiny_two_expert(seed: int = 0, boundary_ratio: float = A14B_BOUNDARY_R
     torch.manual_seed(seed + 1)
     transformer_2 = WanTransformer3DModel.from_config(comps.transformer.config).eval()
     pipe = WanPipeline(
-        tokenizer=comps.tokenizer,
-        text_encoder=comps.text_encoder,
-        vae=comps.vae,
-        scheduler=comps.scheduler,
-        transformer=comps.transformer,
-        transformer_2=transformer_2,
-        boundary_ratio=boundary_ratio,
+        **{**comps.as_dict(), "transformer_2": transformer_2, "boundary_ratio": boundary_ratio}
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -182,6 +182,11 @@ class RunConfig(Frozen):
                 f"expert={self.expert!r} with logging.validation: a clip needs both experts; set "
                 "logging.validation=null and sample the exported two-expert deploy folder"
             )
+        if self.expert == "both" and not (self.export.fake_quant or self.export.deploy):
+            raise ValueError(
+                "expert='both' with export.fake_quant=false and export.deploy=false: the two-expert folders are "
+                "assembled from each expert's exports (and a resume skips an expert by them); enable one"
+            )
         resume = self.checkpoint.resume_from
         if self.expert == "both" and resume is not None and resume != "latest":
             raise ValueError(
