@@ -44,7 +44,9 @@ def test_released_widths_only_depth_reduced(name: str) -> None:
     assert {k: getattr(text, k) for k in TEXT} == TEXT and text.num_layers == 2
     expected_cls = "UMT5EncoderModel" if name.startswith("wan") else "T5EncoderModel"
     assert type(c.text_encoder).__name__ == expected_cls
-    assert c.tokenizer.model_max_length == (512 if name.startswith("wan") else released["max_text_seq_length"])
+    assert c.tokenizer.model_max_length == (
+        512 if name.startswith("wan") else released["max_text_seq_length"]
+    )
 
 
 def _digest(module: torch.nn.Module) -> str:
@@ -65,7 +67,7 @@ def test_deterministic_from_seed() -> None:
 
 
 def test_unknown_model_named() -> None:
-    with pytest.raises(ValueError, match="wan2.1-t2v-1.3b"):
+    with pytest.raises(ValueError, match=r"wan2\.1-t2v-1\.3b"):
         build_real_width("cogvideox-5b", device="meta")
 
 
