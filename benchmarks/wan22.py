@@ -413,7 +413,9 @@ def moved_away_equal(flow: Flow, work: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work", type=Path, default=None, help="work folder (default: a temporary one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -428,7 +430,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in RELEASED_PARAMS:
             ok, n_linear, n_roles, params = roles_ok(name)
             roles[name] = ok
-            print(f"| {name} | {n_linear} | {n_roles} | {params / 1e9:.3f}B | {RELEASED_PARAMS[name] / 1e9:.2f}B | {ok} |")
+            print(
+                f"| {name} | {n_linear} | {n_roles} | {params / 1e9:.3f}B | {RELEASED_PARAMS[name] / 1e9:.2f}B | {ok} |"
+            )
         ti2v, ti2v_pipe = ti2v_flow(work / "ti2v")
         two, two_pipe = two_expert_flow(work / "two-expert")
         print()
@@ -438,7 +442,9 @@ def main(argv: list[str] | None = None) -> int:
             extra = "per-token t" if f.name == "ti2v" else "+".join(sorted(f.experts_called))
             adh = "unscorable" if f.adherence is None else f"{f.adherence:.2f}"
             losses = " ".join(f"{x:.4f}" for x in f.losses)
-            print(f"| {f.name} | {losses} | {f.phi_rank} | {extra} | {adh} | {f.flicker:.4f} | {f.seconds:.1f} | {f.ok} |")
+            print(
+                f"| {f.name} | {losses} | {f.phi_rank} | {extra} | {adh} | {f.flicker:.4f} | {f.seconds:.1f} | {f.ok} |"
+            )
         errs = deploy_errors(ti2v, ti2v_pipe, two, two_pipe)
         tokens, gaps = per_token_timesteps(ti2v, ti2v_pipe)
         assert two.deploy is not None
