@@ -57,8 +57,9 @@ class RealModel(Frozen):
     trainable: bool
     """Whether its family can load, train and sample it (the five text-to-video models can; Wan I2V's entry
     is for roles, memory plans and PTQ of its transformer only: its family refuses the folder on load).
-    Wan 2.2 TI2V-5B trains (per-token timesteps, text- or image-to-video mode); the A14B entries are not
-    trainable yet (issue 34): the two-expert run is not built."""
+    Wan 2.2 TI2V-5B trains (per-token timesteps, text- or image-to-video mode) and T2V-A14B trains both
+    experts in one run (`RunConfig.expert: both`); I2V-A14B is for roles and memory plans only (its family
+    refuses image-to-video folders on load)."""
     experts: Annotated[int, Field(ge=1, le=2)] = 1
     """Transformers of this config in the checkpoint: 2 for Wan 2.2 A14B (`transformer` = high-noise expert,
     `transformer_2` = low-noise expert, same architecture); `transformer` is one expert's config."""
@@ -150,7 +151,7 @@ REAL_MODELS: Final[Mapping[str, RealModel]] = MappingProxyType(
             ),
             RealModel(
                 name="wan2.2-t2v-a14b", family="wan", hub_id="Wan-AI/Wan2.2-T2V-A14B-Diffusers",
-                transformer=_WAN22_A14B, trainable=False, experts=2,
+                transformer=_WAN22_A14B, trainable=True, experts=2,
                 sampling=SamplingSettings(height=720, width=1280, num_frames=81, fps=16, num_inference_steps=40,
                                           guidance_scale=4.0, guidance_scale_2=3.0, boundary_ratio=0.875,
                                           scheduler="UniPCMultistepScheduler",
