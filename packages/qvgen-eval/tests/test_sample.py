@@ -156,3 +156,20 @@ def test_generate_is_reproducible_for_a_seed_and_differs_across_seeds():
     assert torch.equal(ga.latents, gb.latents) and np.array_equal(ga.frames, gb.frames)
     assert not torch.equal(ga.latents, gc.latents)
     assert ga.frames.shape == (9, 32, 32, 3) and ga.frames.min() >= 0.0 and ga.frames.max() <= 1.0
+
+
+@pytest.mark.parametrize(("variant", "fps"), [("t2v", 16), ("ti2v", 24)])
+def test_sample_writes_the_frame_rate_of_the_checkpoint(tmp_path, variant, fps):
+    """Wan 2.1 clips are 16 fps, Wan 2.2 TI2V-5B's 24 (read from the folder's pipeline config)."""
+    import av
+
+    from qvgen.models.testing import tiny_wan_checkpoint
+
+    cfg = _write_config(
+        tmp_path / "sample.yaml", family="wan", out_dir=str(tmp_path / "out"), seed=0, device="cpu",
+        model={"kind": "full_precision", "path": str(tiny_wan_checkpoint(variant))},
+        prompts={"prompts": ["a dog"]}, sampling={**SMALL, "height": 64, "width": 64},
+    )  # fmt: skip
+    assert main(["sample", str(cfg)]) == 0
+    with av.open(str(tmp_path / "out" / "a dog-0.mp4")) as container:
+        assert container.streams.video[0].average_rate == fps

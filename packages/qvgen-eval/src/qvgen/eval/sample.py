@@ -172,7 +172,7 @@ def sample_items(
             "resampling %d video(s) in %s whose sidecar differs (on_change=resample)", len(stale), out_dir
         )
     kwargs = pipeline_kwargs(model, settings)
-    fps = settings.fps or model.family.default_fps
+    fps = settings.fps or model.family.components_fps(model.components)
     written, skipped = [], []
     for item, (path, provenance) in zip(items, planned, strict=True):
         if path in fresh:

@@ -280,6 +280,10 @@ class CogVideoXFamily:
         """The frame rate of a folder's videos: `default_fps` for every CogVideoX 1.0 folder."""
         return self.default_fps
 
+    def components_fps(self, components: Components) -> int:
+        """`default_fps`: every CogVideoX 1.0 pipeline samples at 8 fps."""
+        return self.default_fps
+
     def noised_inputs(
         self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
     ) -> NoisedInputs:

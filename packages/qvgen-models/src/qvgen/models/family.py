@@ -83,6 +83,10 @@ class ModelFamily(Protocol):
         """The frame rate for a local diffusers folder, read from its config (Wan 2.2 TI2V: 24)."""
         ...
 
+    def components_fps(self, components: Components) -> int:
+        """The frame rate of loaded components' videos, from their pipeline config (Wan 2.2 TI2V: 24)."""
+        ...
+
     @property
     def layer_roles(self) -> Mapping[str, LayerRole]:
         """fnmatch glob over transformer module names → role; matches fused ``to_qkv``/``to_kv`` too."""

@@ -279,6 +279,10 @@ class WanFamily:
         model_index.json), else `default_fps`."""
         return WAN22_TI2V_FPS if wan_pipeline_config(path) else self.default_fps
 
+    def components_fps(self, components: Components) -> int:
+        """24 for components loaded from a Wan 2.2 TI2V folder (``expand_timesteps``), else `default_fps`."""
+        return WAN22_TI2V_FPS if components.pipeline_config.get("expand_timesteps") else self.default_fps
+
     def noised_inputs(
         self, latents: Tensor, noise: Tensor, timesteps: Tensor, spec: ModelSpec | None = None
     ) -> NoisedInputs:
