@@ -497,6 +497,18 @@ def import_stderr_lines() -> tuple[int, str]:
     return len(lines), "\n".join(lines[:8])
 
 
+NOTES = (
+    "Deploy vs fake-quant: every deploy layer reproduces its fake-quant layer to < 1e-6 on the same input; the "
+    "whole-transformer gap comes from the 4-bit activation codes: float rounding differences of ~1e-7 between "
+    "the float GEMM (fake-quant) and the integer GEMM (deploy) move a few activations across a rounding "
+    "boundary, each flipped code moves the next layer's input by a whole quantization step, and with 512 (Wan) "
+    "/ 226 (CogVideoX) text tokens × 1536 / 1920 channels the flips compound through the blocks (float64 on "
+    "both sides gives the same gap for Wan: deploy's epilogue stays float32). Peer memory: the reference wraps "
+    "every quantizer and Linear in `torch.utils.checkpoint` (Q(W) and L·R recomputed in backward), qvgen keeps "
+    "a block's weight-sized intermediates while that block is recomputed; the reference pays for it in step time."
+)
+
+
 # -- report --------------------------------------------------------------------------------------------
 def _gib(n: float) -> str:
     return f"{n / 2**30:.3f} GiB"
@@ -592,6 +604,7 @@ def section(args: argparse.Namespace, flows: dict[str, Any], peer_row: dict[str,
         ]
     else:
         rows.append(peer_note)
+    rows += ["", NOTES]
     rows += [
         "",
         "`--help` medians of 5 (bytecode compiled): "
