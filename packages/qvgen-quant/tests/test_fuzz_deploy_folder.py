@@ -21,16 +21,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from qvgen.core import seal_manifest
 from qvgen.core.fuzzing import (
-    Blob,
     check_loader,
     fuzz_settings,
     join_safetensors,
-    mutated_bytes,
-    mutated_safetensors,
-    mutated_text,
-    mutated_trees,
+    mutated_manifest_folders,
+    sealed_json,
     split_safetensors,
 )
 from qvgen.quant import ClippedDynamicActivation, LSQPlusWeight, QuantConfig, convert_, initialize_, prepare_
@@ -72,47 +68,18 @@ def valid_folder() -> tuple[bytes, bytes]:
         ).read_bytes()
 
 
-def _sealed(tree: object) -> bytes:
-    try:
-        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode(
-            "utf-8", errors="surrogatepass"
-        )
-    except (
-        TypeError,
-        ValueError,
-        AttributeError,
-    ):  # not sealable (not a mapping, NaN, ...): write it unsealed
-        return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
+_sealed = sealed_json
 
 
-@st.composite
-def deploy_folders(draw: st.DrawFn) -> tuple[bytes, bytes]:
+def _vouch(manifest: dict, tensors: bytes) -> dict:
+    return {**manifest, "tensors_bytes": len(tensors), "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
+
+
+def deploy_folders() -> st.SearchStrategy[tuple[bytes, bytes]]:
     """(manifest bytes, tensors bytes): one of the two mutated, or neither."""
     manifest_bytes, tensors = valid_folder()
-    manifest = json.loads(manifest_bytes)
-    how = draw(
-        st.sampled_from(["same", "manifest", "manifest", "manifest_text", "tensors", "tensors", "tensors"])
-    )
-    if how == "manifest":
-        tree = draw(mutated_trees(manifest))
-        return Blob(_sealed(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), Blob(tensors)
-    if how == "manifest_text":
-        if draw(st.booleans()):
-            return Blob(draw(mutated_bytes(manifest_bytes))), Blob(tensors)
-        return Blob(
-            draw(mutated_text(manifest_bytes.decode())).encode("utf-8", errors="surrogatepass")
-        ), Blob(tensors)
-    if how == "tensors":
-        new = draw(mutated_safetensors(tensors))
-        if draw(st.integers(0, 4)):  # the manifest vouches for the new file, so its header is really parsed
-            manifest = {
-                **manifest,
-                "tensors_bytes": len(new),
-                "tensors_sha256": hashlib.sha256(new).hexdigest(),
-            }
-            manifest_bytes = _sealed(manifest)
-        return Blob(manifest_bytes), Blob(new)
-    return Blob(manifest_bytes), Blob(tensors)
+    kinds = ("same", "manifest", "manifest", "manifest_text", "tensors", "tensors", "tensors")
+    return mutated_manifest_folders(manifest_bytes, tensors, _vouch, kinds)
 
 
 def _valid(model: object) -> None:

@@ -555,6 +555,50 @@ def mutated_safetensors(draw: st.DrawFn, data: bytes) -> bytes:
 # --------------------------------------------------------------------------------------------- the suite
 
 
+def sealed_json(tree: object) -> bytes:
+    """`tree` as a sealed manifest (`qvgen.core.seal_manifest`); a tree that cannot be sealed (not a mapping,
+    NaN, ...) is written unsealed, so the loader's own refusal is what gets tested."""
+    from qvgen.core.seal import seal_manifest
+
+    try:
+        return json.dumps(seal_manifest(tree), indent=2, allow_nan=True).encode(
+            "utf-8", errors="surrogatepass"
+        )
+    except (TypeError, ValueError, AttributeError):
+        return json.dumps(tree, allow_nan=True).encode("utf-8", errors="surrogatepass")
+
+
+@st.composite
+def mutated_manifest_folders(
+    draw: st.DrawFn,
+    manifest_bytes: bytes,
+    tensors: bytes,
+    vouch: Callable[[dict[str, Any], bytes], dict[str, Any]],
+    kinds: Sequence[str] = ("same", "manifest", "manifest", "manifest_text", "tensors", "tensors"),
+) -> tuple[Blob, Blob]:
+    """(manifest, tensors) of a sealed-manifest folder with one of them mutated, or neither (`kinds` weights
+    the choice). A mutated tensors file usually comes with a manifest that `vouch`es for it (its size and
+    sha256 updated, re-sealed), so the safetensors header itself is what the loader parses."""
+    manifest = json.loads(manifest_bytes)
+    how = draw(st.sampled_from(list(kinds)))
+    if how == "manifest":
+        tree = draw(mutated_trees(manifest))
+        return Blob(sealed_json(tree) if draw(st.integers(0, 3)) else json.dumps(tree).encode()), Blob(
+            tensors
+        )
+    if how == "manifest_text":
+        if draw(st.booleans()):
+            return Blob(draw(mutated_bytes(manifest_bytes))), Blob(tensors)
+        text = draw(mutated_text(manifest_bytes.decode()))
+        return Blob(text.encode("utf-8", errors="surrogatepass")), Blob(tensors)
+    if how == "tensors":
+        new = draw(mutated_safetensors(tensors))
+        if draw(st.integers(0, 4)):
+            manifest_bytes = sealed_json(vouch(manifest, new))
+        return Blob(manifest_bytes), Blob(new)
+    return Blob(manifest_bytes), Blob(tensors)
+
+
 def run_fuzz_suite(
     root: str | os.PathLike[str], counts: str | os.PathLike[str], *, slow: bool = False
 ) -> dict[str, Any]:
