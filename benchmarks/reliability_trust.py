@@ -26,7 +26,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from qvgen import quant
-from qvgen.core.testing import fill_filesystem, small_filesystem
+from qvgen.core.testing import default_sigint, fill_filesystem, small_filesystem
 from qvgen.models import get_family, load_student
 from qvgen.models.testing import tiny_checkpoint
 
@@ -352,8 +352,9 @@ def sigint_one_line(work: Path, shards: Path) -> Scenario:
             checkpoint={"every_n_steps": 2, "keep_last": 2}, export={"fake_quant": False, "deploy": False}, aux=None,
         )  # fmt: skip
         proc = subprocess.Popen(
-            [*TRAIN, "run", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV
-        )
+            [*TRAIN, "run", str(cfg)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=ENV,
+            preexec_fn=default_sigint,
+        )  # fmt: skip
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
             ckpts = out / "checkpoints"

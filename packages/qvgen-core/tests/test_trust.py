@@ -33,7 +33,7 @@ from qvgen.core import (
     write_errors_named,
     write_provenance,
 )
-from qvgen.core.testing import fill_filesystem, small_filesystem
+from qvgen.core.testing import default_sigint, fill_filesystem, small_filesystem
 
 
 class Data(Frozen):
@@ -249,7 +249,9 @@ def test_a_real_signal_ends_a_cli_with_one_line(tmp_path: Path, sig: signal.Sign
         sys.exit(cli_main("qvgen-x", work, []))
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
     for _ in range(600):
         if ready.exists():
             break

@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from qvgen.core.testing import default_sigint
 from qvgen.train.checkpoint import latest_checkpoint
 
 
@@ -29,7 +30,9 @@ def test_a_signal_mid_run_exits_with_one_line_naming_the_checkpoint(
     config.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
     command = [sys.executable, "-m", "qvgen.entrypoints.qvgen_train", "run", str(config), "--no-progress"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint
+    )
     try:
         deadline = time.monotonic() + 300
         while latest_checkpoint(out / "checkpoints") is None:

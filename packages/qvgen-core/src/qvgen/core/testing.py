@@ -74,3 +74,12 @@ def modules_imported_by_console_script(entrypoint: str, prog: str, *argv: str) -
         line.rsplit("|", 1)[1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")
     }
     return done.returncode, names
+
+
+def default_sigint() -> None:
+    """`preexec_fn` for a child that a test interrupts: SIGINT back to its default action. A shell starts
+    background jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so a CI run
+    launched with `&` would otherwise never see the test's Ctrl-C."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
