@@ -88,11 +88,31 @@ def _dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+TOOL = "benchmarks/realwidth.py"
+"""The marker this benchmark leaves in each family folder it creates (`qvgen.core.claim_output_dir`)."""
+
+
+def _claim(path: Path) -> Path:
+    """A family's work folder, new or emptied: a previous run's folder of this benchmark is removed, any other
+    non-empty folder is refused (the benchmark deletes only what it wrote)."""
+    from qvgen.core import claim_output_dir, is_tool_output
+
+    if path.is_dir() and any(path.iterdir()):
+        if not is_tool_output(path, TOOL):
+            raise SystemExit(f"{path} is not empty and was not written by {TOOL}; choose another --work")
+        shutil.rmtree(path)
+    return claim_output_dir(path, TOOL)
+
+
 def _fresh(path: Path) -> Path:
-    """A new empty folder for one stage (writers may refuse a used one)."""
+    """A missing path for one stage (writers refuse a used folder) inside a folder `_claim` made; a stage
+    folder left by an earlier run there is removed."""
+    from qvgen.core import is_tool_output
+
+    if not is_tool_output(path.parent, TOOL):
+        raise RuntimeError(f"{path.parent} was not claimed by {TOOL}; stages run inside a claimed folder")
     if path.exists():
         shutil.rmtree(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -643,7 +663,9 @@ def main() -> None:
         peer_child(args.peer_child, args.peer_layers, args.peer_steps)
         return
     if args.flow:
-        work = args.work
+        from qvgen.core import claim_output_dir
+
+        work = claim_output_dir(args.work, TOOL)  # the parent's fresh folder, or (run by hand) a new one
         result = flow(args.flow, work, args.layers, args.text_layers, args.steps, args.reuse)
         (work / "flow.json").write_text(json.dumps(result, indent=1))
         return
@@ -656,7 +678,7 @@ def main() -> None:
     flows: dict[str, Any] = {}
     try:
         for family in args.families.split(","):
-            fam_work = _fresh(work / family)
+            fam_work = _claim(work / family)
             cmd = [sys.executable, __file__, "--flow", family, "--work", str(fam_work), "--layers",
                    str(args.layers), "--text-layers", str(args.text_layers), "--steps", str(args.steps)]  # fmt: skip
             start = time.perf_counter()

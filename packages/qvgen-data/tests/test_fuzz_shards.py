@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import io
 import json
-import shutil
 import tarfile
 import tempfile
 from pathlib import Path
@@ -190,7 +189,6 @@ def test_fuzzed_shard_folder_loads_or_is_one_error_naming_the_shard(
             names=[str(folder)],
             validate=_valid,
         )
-        shutil.rmtree(folder)
 
 
 def test_the_unmutated_shard_folder_loads(tmp_path: Path) -> None:

@@ -62,6 +62,7 @@ from qvgen.core.outputs import (
     claim_output_dir,
     expand_path,
     is_tool_output,
+    mark_output_dir,
     read_marker,
     replace_output_dir,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "is_tool_output",
     "known_import_noise_dropped",
     "load_config",
+    "mark_output_dir",
     "parse_override",
     "raise_on_sigterm",
     "read_config_tree",

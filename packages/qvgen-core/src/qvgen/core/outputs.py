@@ -105,7 +105,7 @@ def claim_output_dir(
             )
         return target
     target.mkdir(parents=True, exist_ok=True)
-    _write_marker(target, tool)
+    mark_output_dir(target, tool)
     return target
 
 
@@ -129,12 +129,14 @@ def replace_output_dir(
             )
 
     def fill(tmp: Path) -> None:
-        _write_marker(tmp, tool)
+        mark_output_dir(tmp, tool)
         write(tmp)
 
     return atomic_dir(target, fill)
 
 
-def _write_marker(folder: Path, tool: str) -> None:
+def mark_output_dir(folder: Path, tool: str) -> None:
+    """Write `tool`'s marker into `folder` (what `claim_output_dir` does to a new folder; for a tool that
+    adopts a folder it recognises as its own work, e.g. a run folder copied to be resumed)."""
     marker = OutputMarker(tool=tool, created=datetime.now(UTC).isoformat(timespec="seconds"))
     atomic_write_text(folder / MARKER_NAME, marker.model_dump_json(indent=2) + "\n")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +24,12 @@ import torch
 from torch import Tensor
 
 from qvgen.core import (
-    MARKER_NAME,
-    OutputMarker,
     Provenance,
     ProvenanceMismatch,
-    atomic_write_text,
     check_disjoint,
     claim_output_dir,
     file_fingerprint,
+    mark_output_dir,
     read_marker,
 )
 from qvgen.data.config import OnChange, WriterConfig
@@ -86,8 +83,7 @@ def claim_shard_dir(
                 "them with writer.on_change: rebuild (`qvgen-train precompute --overwrite`), or write into a "
                 "new folder"
             )
-        marker = OutputMarker(tool=tool, created=datetime.now(UTC).isoformat(timespec="seconds"))
-        atomic_write_text(target / MARKER_NAME, marker.model_dump_json(indent=2) + "\n")
+        mark_output_dir(target, tool)
     return claim_output_dir(target, tool, inputs, what="shard folder")
 
 

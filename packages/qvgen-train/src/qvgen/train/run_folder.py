@@ -18,18 +18,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from qvgen.core import (
-    MARKER_NAME,
-    OutputMarker,
     Provenance,
     atomic_write_text,
     check_disjoint,
     check_provenance,
     claim_output_dir,
+    mark_output_dir,
     read_marker,
     repair_jsonl,
     replace_output_dir,
@@ -78,8 +76,7 @@ def claim_run_folder(cfg: RunConfig, *, overwrite: bool = False) -> Path:
             target, TOOL, lambda tmp: write_provenance(tmp / PROVENANCE, expected), inputs, what="output_dir"
         )
     if occupied and read_marker(target) is None and _is_resumable_copy(target, cfg):
-        marker = OutputMarker(tool=TOOL, created=datetime.now(UTC).isoformat(timespec="seconds"))
-        atomic_write_text(target / MARKER_NAME, marker.model_dump_json(indent=2) + "\n")  # adopted
+        mark_output_dir(target, TOOL)  # adopted
     target = claim_output_dir(target, TOOL, inputs, what="output_dir")
     check_provenance(
         target / PROVENANCE, expected, target,
