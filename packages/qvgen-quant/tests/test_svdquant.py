@@ -137,7 +137,7 @@ def test_deploy_runs_the_branch_beside_the_integer_gemm_and_round_trips(tmp_path
     convert_(model)
     with torch.no_grad():
         deployed = model(x)
-    assert (deployed - fake).abs().max() <= 1e-4 * fake.abs().max()
+    assert torch.equal(deployed, fake)  # the fake-quant layers ran the deploy arithmetic at inference
     manifest = save_quantized(model, tmp_path)
     assert {entry.kept_rank for entry in manifest.layers} == {8}
     assert read_manifest(tmp_path).layers[0].kept_dtype == "bfloat16"

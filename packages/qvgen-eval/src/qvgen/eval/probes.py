@@ -35,21 +35,27 @@ def record_clip_groups(transformer: nn.Module) -> Iterator[list[ClipGroupCall]]:
             raise RuntimeError("record_clip_groups needs the transformer called with a `timestep` keyword")
         calls.append(ClipGroupCall(torch.as_tensor(t).detach().reshape(-1).cpu()))
 
-    def on_quantizer(name: str) -> Any:
-        def hook(module: ActivationQuantizer, args: tuple[Any, ...]) -> None:
+    def on_layer(name: str, quantizer: ActivationQuantizer) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not calls:
                 raise RuntimeError(f"activation quantizer {name!r} ran outside a transformer call")
-            calls[-1].groups[name] = module.group_index().detach().cpu().clone()
+            calls[-1].groups[name] = quantizer.group_index().detach().cpu().clone()
 
         return hook
 
-    quantizers = {n: m for n, m in transformer.named_modules() if isinstance(m, ActivationQuantizer)}
-    if not quantizers:
+    # the layers that own a quantizer, not the quantizer: at inference (and in deploy layers) the integer
+    # arithmetic reads the quantizer's clips without calling its forward
+    layers = {
+        f"{n}.act_quantizer": m
+        for n, m in transformer.named_modules()
+        if isinstance(getattr(m, "act_quantizer", None), ActivationQuantizer)
+    }
+    if not layers:
         raise ValueError(
             "the transformer has no activation quantizers; quantize it with qvgen.quant.prepare_"
         )
     handles = [transformer.register_forward_pre_hook(on_call, with_kwargs=True)]
-    handles += [m.register_forward_pre_hook(on_quantizer(n)) for n, m in quantizers.items()]
+    handles += [m.register_forward_pre_hook(on_layer(n, m.act_quantizer)) for n, m in layers.items()]
     try:
         yield calls
     finally:

@@ -5,13 +5,9 @@ real-valued per-row zero point ``z_w``, so ``W_q = s_w * (q_w - z_w)`` exactly a
 quantizer. Two targets:
 
 ``w4a4``: the input is quantized per token like the fake quantizer (``x_q = s_x * (q_x - z_x)``, integer
-``q_x`` and ``z_x``, the same `ActivationQuantizer` module and timestep group), then with
-``w8 = q_w - c`` (``c = clamp(round(z_w), 0, P)``, so ``|w8| <= P``), ``d = z_w - c`` and
-``u = q_x - o`` (``o = z_x`` when ``u`` fits int8, else 128)::
-
-    y = s_x * s_w * ( u @ w8.T  -  d * rowsum(u)  +  (o - z_x) * (rowsum(w8) - K * d) ) + bias
-
-``u @ w8.T`` is the integer GEMM (`qvgen.quant.integer_gemm`); the other two terms are rank-1.
+``q_x`` and ``z_x``, the same `ActivationQuantizer` module and timestep group), and the product is taken on
+the integer codes (`qvgen.quant.integer_linear`: an integer GEMM plus two rank-1 terms, the arithmetic a
+`QuantLinear` also runs at inference, so the two agree bit for bit).
 On CUDA with bf16/fp16 input (and the ``triton`` extra) the whole layer is two fused Triton kernels
 (`qvgen.quant.w4a4_triton`: activation pass, then an int8 GEMM reading the packed weight with this
 epilogue); other inputs (fp32, non-contiguous, K not a multiple of 64, N not of 16) take the reference path
@@ -29,14 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from qvgen.quant.fake_quant import ActivationQuantizer
-from qvgen.quant.integer_gemm import (
-    PreparedInt4Weight,
-    PreparedInt8Weight,
-    int4_weight_only_mm,
-    int8_gemm,
-    prepare_int4_weight_only,
-    prepare_int8_weight,
-)
+from qvgen.quant.integer_gemm import PreparedInt4Weight, int4_weight_only_mm, prepare_int4_weight_only
+from qvgen.quant.integer_linear import Int8LinearWeight, int8_linear, prepare_int8_linear
 from qvgen.quant.linear import QuantLinear
 from qvgen.quant.packing import CONTAINER_BITS, pack_int4, packed_columns, unpack_int4
 from qvgen.quant.roles import NON_LATENT_INPUT_ROLES, LayerRole
@@ -159,8 +149,7 @@ class DeployLinear(nn.Module):
             raise ValueError(f"{label} has NaN/Inf in its weight; cannot export it")
         scale = wq.effective_scale().float()  # max(scale, floor): > 0
         zero = wq.zero_point.detach().float()
-        # the same float ops as the fake quantizer, so the codes are exactly those it uses
-        codes = torch.clamp(torch.round(w / scale + zero), 0, wq.qmax)
+        codes = wq.codes(w)  # exactly the codes the fake quantizer rounds to
         new = cls(
             layer.in_features,
             layer.out_features,
@@ -220,21 +209,14 @@ class DeployLinear(nn.Module):
         self._kernel_cache = {}
         super()._load_from_state_dict(*args, **kwargs)
 
-    def _int8_kernel(self, device: torch.device) -> tuple[PreparedInt8Weight, Tensor, Tensor]:
+    def _int8_kernel(self, device: torch.device) -> Int8LinearWeight:
         key = ("int8", device.index if device.type == "cuda" else None)
         cached = self._kernel_cache.get(key)
         if cached is None:
-            codes = self.weight_codes().to(torch.int16)
-            z = self.weight_zero_point
-            c = torch.clamp(torch.round(z), 0, self.weight_qmax)
-            w8 = (codes - c.to(torch.int16)[:, None]).to(torch.int8)
-            d = z - c
-            rowsum = w8.sum(dim=1, dtype=torch.int64).float()
-            s = self.weight_scale
-            # coefficient rows of the rank-1 corrections: rowsum(u) and (o - z_x)
-            coef = torch.stack([-s * d, s * (rowsum - self.in_features * d)]).to(device)
-            bias = self.bias.to(device) if self.bias is not None else torch.zeros(0, device=device)
-            cached = (prepare_int8_weight(w8, s, device), coef, bias)
+            cached = prepare_int8_linear(
+                self.weight_codes(), self.weight_scale, self.weight_zero_point, self.bias, self.weight_qmax,
+                device,
+            )  # fmt: skip
             if device.type != "cuda":  # on CUDA the int8 copy is transient: resident stays the packed weight
                 self._kernel_cache[key] = cached
         return cached  # type: ignore[no-any-return]
@@ -298,28 +280,7 @@ class DeployLinear(nn.Module):
                 logger.info(
                     "%s: fused W4A4 kernel not used (%s); running the reference path", self.label, reason
                 )
-        xc = x.float()
-        scale, zero = act.qparams(xc)  # per token [..., 1], the fake quantizer's own code
-        qmax = 2**act.bits - 1
-        k = self.in_features
-        scale = scale.reshape(-1, 1)
-        zero = zero.reshape(-1, 1)
-        # u = q_x - o with q_x = clamp(round(x / s) + z, 0, P), computed in place (one new [M, K] buffer).
-        # o = z_x (u in [-P, P], fits int8) when P <= 127, else o = 128. Exact: all values are small integers.
-        u = torch.div(xc.reshape(-1, k), scale).round_()
-        if qmax <= 127:
-            offset = zero
-            u.clamp_(min=-zero, max=qmax - zero)
-        else:
-            offset = torch.full_like(zero, 128.0)
-            u.add_(zero).clamp_(0, qmax).sub_(offset)
-        weight, coef, bias = self._int8_kernel(x.device)
-        y = int8_gemm(u, weight)
-        lhs = torch.cat([u.sum(dim=1, keepdim=True), offset - zero], dim=1)
-        y.addmm_(lhs, coef).mul_(scale)
-        if self.bias is not None:
-            y.add_(bias)
-        return y
+        return int8_linear(x, act, self._int8_kernel(x.device))
 
     def _forward_w4a4_fused(self, x: Tensor) -> Tensor:
         """The Triton path (`qvgen.quant.w4a4_triton`): bf16/fp16 in, same dtype out, ``[M, N]``."""

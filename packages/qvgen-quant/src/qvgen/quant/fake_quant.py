@@ -240,6 +240,17 @@ class WeightQuantizer(nn.Module):
         """`max(scale, scale_floor)` `[out, 1]`, detached: the scale the forward uses and `convert_` exports."""
         return torch.maximum(self.scale.detach(), self.scale_floor.to(self.scale.dtype))
 
+    @torch.no_grad()
+    def codes(self, weight: Tensor) -> Tensor:
+        """The integer codes ``clamp(round(w/s + z), 0, P)`` `[out, in]` (float32) the forward rounds to.
+
+        The same float ops as `forward`, so export and the integer inference path see its exact codes.
+        """
+        scale = self.effective_scale().float()
+        return torch.clamp(
+            torch.round(weight.detach().float() / scale + self.zero_point.float()), 0, self.qmax
+        )
+
     def forward(self, weight: Tensor) -> Tensor:
         dtype = compute_dtype(weight)
         s = floor_scale(self.scale.to(dtype), self.scale_floor.to(dtype))

@@ -10,6 +10,8 @@ from torch import Tensor, nn
 
 from qvgen.quant.config import ClippedDynamicActivation, NoActivationQuant, QuantConfig
 from qvgen.quant.fake_quant import ActivationQuantizer, WeightQuantizer
+from qvgen.quant.integer_linear import int8_linear, prepare_int8_linear
+from qvgen.quant.packing import CONTAINER_BITS
 from qvgen.quant.roles import NON_LATENT_INPUT_ROLES, LayerRole
 from qvgen.quant.svdquant import SmoothLowRank
 
@@ -112,6 +114,8 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_initialized()
+        if self._runs_integer_arithmetic(x):
+            return self._forward_integer(x)
         if self.kept is not None:
             x = self.kept.smooth_input(x)
         xq = self.act_quantizer(x)
@@ -121,6 +125,36 @@ class QuantLinear(nn.Module):
             w = w + self.lowrank()
         y = F.linear(xq, w.to(x.dtype), self.bias)
         return y if self.kept is None else y + self.kept(x).to(y.dtype)
+
+    def _runs_integer_arithmetic(self, x: Tensor) -> bool:
+        """Whether this call takes the deploy layer's integer arithmetic (`qvgen.quant.integer_linear`).
+
+        It does at inference (no gradient wanted) for a W4A4 layer that a deploy layer could replace:
+        activation quantizer, int4-container weights, no Φ or weight delta, non-float64 input. Same function
+        as the float form, taken exactly, so a fake-quant model and its export agree bit for bit.
+        """
+        return (
+            not torch.is_grad_enabled()
+            and isinstance(self.act_quantizer, ActivationQuantizer)
+            and self.weight_quantizer.bits <= CONTAINER_BITS
+            and self.lowrank is None
+            and self.weight_delta is None
+            and x.dtype != torch.float64
+        )
+
+    def _forward_integer(self, x: Tensor) -> Tensor:
+        assert isinstance(self.act_quantizer, ActivationQuantizer)
+        wq = self.weight_quantizer
+        lead = x.shape[:-1]
+        xs = x if self.kept is None else self.kept.smooth_input(x)
+        weight = prepare_int8_linear(
+            wq.codes(self.weight), wq.effective_scale(), wq.zero_point, self.bias, wq.qmax, x.device,
+            transient=True,
+        )  # fmt: skip
+        y = int8_linear(xs, self.act_quantizer, weight).reshape(*lead, self.out_features).to(x.dtype)
+        if self.kept is not None:  # the deploy layer's order of operations, for the same bits
+            y = y + self.kept(xs).reshape(*lead, self.out_features)
+        return y.to(x.dtype)
 
     def extra_repr(self) -> str:
         return (
