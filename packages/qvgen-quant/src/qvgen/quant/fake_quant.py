@@ -246,10 +246,8 @@ class WeightQuantizer(nn.Module):
 
         The same float ops as `forward`, so export and the integer inference path see its exact codes.
         """
-        scale = self.effective_scale().float()
-        return torch.clamp(
-            torch.round(weight.detach().float() / scale + self.zero_point.float()), 0, self.qmax
-        )
+        q = weight.detach().float() / self.effective_scale().float()
+        return q.add_(self.zero_point.float()).round_().clamp_(0, self.qmax)
 
     def forward(self, weight: Tensor) -> Tensor:
         dtype = compute_dtype(weight)

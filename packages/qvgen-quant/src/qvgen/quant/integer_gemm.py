@@ -70,21 +70,15 @@ def _fbgemm_engine() -> Iterator[None]:
         torch.backends.quantized.engine = previous
 
 
-def prepare_int8_weight(
-    w8: Tensor, scale: Tensor, device: torch.device, *, transient: bool = False
-) -> PreparedInt8Weight:
-    """Prepare int8 codes ``w8 [N, K]`` with per-row scale ``[N]`` for `int8_gemm` on ``device``.
-
-    ``transient``: the weight serves a single call, so on CPU skip FBGEMM's packing (which costs about as
-    much as the product itself) and take the exact float product of the integers instead.
-    """
+def prepare_int8_weight(w8: Tensor, scale: Tensor, device: torch.device) -> PreparedInt8Weight:
+    """Prepare int8 codes ``w8 [N, K]`` with per-row scale ``[N]`` for `int8_gemm` on ``device``."""
     if w8.dtype != torch.int8:
         raise TypeError(f"prepare_int8_weight expects int8 codes, got {w8.dtype}")
     scale = scale.detach().to(device=device, dtype=torch.float32).reshape(-1)
     if device.type == "cuda":
         # column-major [K, N] is the layout cuBLASLt wants for the second operand
         return PreparedInt8Weight("int_mm", w8.to(device).t(), scale)
-    if device.type == "cpu" and fbgemm_available() and not transient:
+    if device.type == "cpu" and fbgemm_available():
         with _fbgemm_engine():
             # q = round(w8 * s / s): exact for |w8| <= 127, checked below
             qw = torch.quantize_per_channel(

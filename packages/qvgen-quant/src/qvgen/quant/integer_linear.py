@@ -47,18 +47,25 @@ def prepare_int8_linear(
 ) -> Int8LinearWeight:
     """`Int8LinearWeight` from integer codes ``[N, K]`` in ``[0, qmax]`` (qmax <= 15), ``s_w``/``z_w`` ``[N]``.
 
-    ``transient``: the weight serves one call (a fake-quant layer recomputes its codes every forward), so
-    skip kernel packing that only pays off when cached (`prepare_int8_weight`).
+    ``transient``: the weight serves one call (a fake-quant layer rounds its codes every forward). Off CUDA
+    it then stays in float32 (integer values, so the product is still exact) and skips FBGEMM's packing,
+    which only pays off when cached; ``codes`` may be overwritten.
     """
     k = codes.shape[1]
     s = scale.detach().float().reshape(-1)
     z = zero_point.detach().float().reshape(-1)
     c = torch.clamp(torch.round(z), 0, qmax)
-    w8 = (codes.to(torch.int16) - c.to(torch.int16)[:, None]).to(torch.int8)
     d = z - c
-    rowsum = w8.sum(dim=1, dtype=torch.int64).float()
+    gemm: PreparedInt8Weight
+    if transient and device.type != "cuda":
+        w8f = codes.float().sub_(c[:, None])  # in place when codes are float32
+        rowsum = w8f.sum(dim=1)  # exact: integers, |sum| <= 15 K
+        gemm = PreparedInt8Weight("float", w8f.to(device), s.to(device))
+    else:
+        w8 = (codes.to(torch.int16) - c.to(torch.int16)[:, None]).to(torch.int8)
+        rowsum = w8.sum(dim=1, dtype=torch.int64).float()
+        gemm = prepare_int8_weight(w8, s, device)
     coef = torch.stack([-s * d, s * (rowsum - k * d)]).to(device)
-    gemm = prepare_int8_weight(w8, s, device, transient=transient)
     return Int8LinearWeight(gemm, coef, None if bias is None else bias.detach().float().to(device))
 
 
