@@ -16,6 +16,7 @@ from qvgen.quant import (
     set_timesteps_,
     shrink_grid_search,
 )
+from qvgen.quant.fake_quant import fake_quantize_weight
 from qvgen.quant.testing import (
     ref_act_fake_quant,
     ref_group_index,
@@ -332,3 +333,25 @@ def test_grad_scale_returns_its_input_bit_for_bit_and_scales_the_gradient():
     assert torch.equal(out, t)  # export reads the raw s, z: training must have used exactly those values
     out.sum().backward()
     assert t.grad is not None and torch.allclose(t.grad, torch.full_like(t, 0.0123))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weight_fake_quant_saving_only_its_inputs_matches_the_op_by_op_graph(dtype: torch.dtype) -> None:
+    """The autograd Function behind `fake_quantize_weight` (saves w, s, z; recomputes in backward) gives the
+    reference's output and LSQ+ gradients, rows clamped at both ends included."""
+    g = torch.Generator().manual_seed(4)
+    w = (torch.randn(48, 200, generator=g, dtype=dtype) * 0.05).requires_grad_()
+    s = (torch.rand(48, 1, generator=g, dtype=dtype) * 0.01 + 0.004).requires_grad_()
+    z = (torch.rand(48, 1, generator=g, dtype=dtype) * 19 - 2).requires_grad_()  # some rows clamp
+    grad = torch.randn(48, 200, generator=g, dtype=dtype)
+    out = fake_quantize_weight(w, s, z, 4)
+    assert out.grad_fn is not None and type(out.grad_fn).__name__ == "_WeightFakeQuantBackward"
+    got = torch.autograd.grad(out, (w, s, z), grad)
+    ref = ref_weight_fake_quant(w, s, z, 4)  # float64, row by row, through autograd
+    want = torch.autograd.grad(ref, (w, s, z), grad.double())
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol * 1e-3)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 1e-3)
+    with torch.no_grad():
+        assert torch.equal(fake_quantize_weight(w, s, z, 4), out)

@@ -90,12 +90,47 @@ def grad_scale(t: Tensor, g: float) -> Tensor:
     return _GradScale.apply(t, g)  # type: ignore[no-any-return]
 
 
+class _WeightFakeQuant(torch.autograd.Function):
+    """LSQ+ weight quantize-dequantize that saves only ``(w, s, z)`` and recomputes the rest in backward.
+
+    The op-by-op autograd graph keeps two weight-sized float tensors per layer alive until backward (the
+    clamp's input and ``q - z``); inside a gradient-checkpointed block that is two fp32 copies of every
+    weight the block recomputes. Same forward bits, same gradients as that graph (up to summation order).
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w, scale, zero)
+        ctx.qmax = 2**bits - 1
+        q = torch.clamp(torch.round(w / scale + zero), 0, ctx.qmax)
+        return scale * (q - zero)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor, None]:  # type: ignore[override]
+        w, s, z = ctx.saved_tensors
+        t = w / s
+        r = torch.round(t + z)
+        inside = (r >= 0) & (r <= ctx.qmax)
+        d = r.clamp_(0, ctx.qmax).sub_(z)  # q - z, in r's buffer
+        gd = grad * s
+        gr = torch.where(inside, gd, 0.0)
+        grad_w = gr / s
+        # d/ds s(q - z) = (q - z) + s dq/ds with dq/ds = -w/s² inside the range (LSQ's straight-through round)
+        grad_s = (grad * d).sum(dim=1, keepdim=True) - (gr * t.div_(s)).sum(dim=1, keepdim=True)
+        # d/dz s(q - z) = s (dq/dz - 1) with dq/dz = 1 inside
+        grad_z = gr.sum(dim=1, keepdim=True) - gd.sum(dim=1, keepdim=True)
+        return grad_w, grad_s, grad_z, None
+
+
 def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int) -> Tensor:
     """LSQ+ quantize-dequantize `s * (clamp(round_ste(w/s + z), 0, P) - z)` per row (real-valued z)."""
-    if w.dim() == 2 and scale.shape == zero_point.shape == (w.shape[0], 1) and use_fused_fake_quant(w):
+    per_row = w.dim() == 2 and scale.shape == zero_point.shape == (w.shape[0], 1)
+    if per_row and use_fused_fake_quant(w):
         from qvgen.quant.fake_quant_triton import fused_fake_quantize_weight  # CUDA + triton: fused kernels
 
         return fused_fake_quantize_weight(w, scale, zero_point, bits)
+    if per_row and torch.is_grad_enabled() and type(w) in (Tensor, nn.Parameter):
+        return _WeightFakeQuant.apply(w, scale, zero_point, bits)  # type: ignore[no-any-return]
     qmax = 2**bits - 1
     q = torch.clamp(ste_round(w / scale + zero_point), 0, qmax)
     return scale * (q - zero_point)
