@@ -30,6 +30,7 @@ import torch
 
 from qvgen import quant
 from qvgen.models import get_family, load_pipeline, load_student, save_student
+from qvgen.quant.testing import randomize_kept_branches_
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 TARGETS = ("blocks.0.attn1.to_q", "blocks.0.attn2.to_k", "blocks.1.ffn.net.0.proj", "blocks.1.ffn.net.2")
@@ -42,12 +43,7 @@ def build(root: Path) -> tuple[Path, Path, Path]:
     student = get_family("wan").load_transformer(base)
     quant.prepare_(student, cfg)
     quant.initialize_(student, progress=False)
-    g = torch.Generator().manual_seed(7)
-    for m in student.modules():
-        if isinstance(m, quant.QuantLinear) and m.kept is not None:
-            m.kept.smooth.copy_(torch.rand(m.in_features, generator=g) + 0.5)
-            m.kept.down.copy_(torch.randn(m.kept.down.shape, generator=g) * 0.05)
-            m.kept.up.copy_(torch.randn(m.kept.up.shape, generator=g) * 0.05)
+    randomize_kept_branches_(student)
     save_student(student.eval(), root / "student", family="wan", checkpoint=base, quant_config=cfg)
     quant.convert_(student)
     quant.save_quantized(student, root / "deploy", identity=str(base))

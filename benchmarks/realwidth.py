@@ -580,31 +580,17 @@ def section(args: argparse.Namespace, flows: dict[str, Any], peer_row: dict[str,
         )
     rows.append("| flow ok | " + " | ".join(str(f.get("flow_ok", False)) for f in flows.values()) + " |")
     rows.append("| Φ rank at the end | " + " | ".join(str(f.get("phi_rank")) for f in flows.values()) + " |")
-    rows.append(
-        "| deploy vs fake-quant rel. error (inference: both integer arithmetic) | "
-        + " | ".join(f"{f.get('deploy_rel_err', float('nan')):.2e}" for f in flows.values())
-        + " |"
-    )
-    rows.append(
-        "| deploy vs fake-quant's float form (training forward), whole transformer | "
-        + " | ".join(f"{f.get('deploy_vs_float_form_rel_err', float('nan')):.2e}" for f in flows.values())
-        + " |"
-    )
-    rows.append(
-        "| same, each deploy layer on the fake-quant layer's input (max) | "
-        + " | ".join(f"{f.get('deploy_layer_rel_err_max', float('nan')):.2e}" for f in flows.values())
-        + " |"
-    )
-    rows.append(
-        "| fake-quant vs full precision rel. error (for scale) | "
-        + " | ".join(f"{f.get('fake_quant_vs_fp_rel_err', float('nan')):.2e}" for f in flows.values())
-        + " |"
-    )
-    rows.append(
-        "| deploy folder / fp32 transformer | "
-        + " | ".join(f"{f.get('deploy_over_fp32', float('nan')):.3f}" for f in flows.values())
-        + " |"
-    )
+    for label, key, fmt in (
+        ("deploy vs fake-quant rel. error (inference: both integer arithmetic)", "deploy_rel_err", ".2e"),
+        ("deploy vs fake-quant's float form (training forward), whole transformer",
+         "deploy_vs_float_form_rel_err", ".2e"),
+        ("same, each deploy layer on the fake-quant layer's input (max)", "deploy_layer_rel_err_max", ".2e"),
+        ("fake-quant vs full precision rel. error (for scale)", "fake_quant_vs_fp_rel_err", ".2e"),
+        ("deploy folder / fp32 transformer", "deploy_over_fp32", ".3f"),
+    ):  # fmt: skip
+        rows.append(
+            f"| {label} | " + " | ".join(format(f.get(key, float("nan")), fmt) for f in flows.values()) + " |"
+        )
     rows += [
         "",
         "Model-state bytes at the first optimizer step, measured vs `qvgen.train.memory.memory_plan`"

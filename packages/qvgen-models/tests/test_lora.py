@@ -13,6 +13,7 @@ from qvgen.models import LoraKeyError, enable_lora_, get_family, load_pipeline, 
 pytest.importorskip("peft")
 
 from qvgen.models.lora_layer import QuantLoraLinear  # imports peft
+from qvgen.quant.testing import randomize_kept_branches_
 
 torch.set_num_threads(1)
 KEPT_RANK = 4
@@ -30,12 +31,7 @@ def quantized_wan(base: Path, cfg: quant.QuantConfig) -> torch.nn.Module:
     transformer = get_family("wan").load_transformer(base)
     quant.prepare_(transformer, cfg)
     quant.initialize_(transformer, progress=False)
-    g = torch.Generator().manual_seed(7)
-    for m in transformer.modules():
-        if isinstance(m, quant.QuantLinear) and m.kept is not None:
-            m.kept.smooth.copy_(torch.rand(m.in_features, generator=g) + 0.5)
-            m.kept.down.copy_(torch.randn(m.kept.down.shape, generator=g) * 0.05)
-            m.kept.up.copy_(torch.randn(m.kept.up.shape, generator=g) * 0.05)
+    randomize_kept_branches_(transformer)
     return transformer.eval()
 
 

@@ -129,7 +129,7 @@ def fake_quantize_weight(w: Tensor, scale: Tensor, zero_point: Tensor, bits: int
         from qvgen.quant.fake_quant_triton import fused_fake_quantize_weight  # CUDA + triton: fused kernels
 
         return fused_fake_quantize_weight(w, scale, zero_point, bits)
-    if per_row and torch.is_grad_enabled() and type(w) in (Tensor, nn.Parameter):
+    if per_row and type(w) in (Tensor, nn.Parameter):
         return _WeightFakeQuant.apply(w, scale, zero_point, bits)  # type: ignore[no-any-return]
     qmax = 2**bits - 1
     q = torch.clamp(ste_round(w / scale + zero_point), 0, qmax)

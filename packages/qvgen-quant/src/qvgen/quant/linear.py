@@ -152,9 +152,10 @@ class QuantLinear(nn.Module):
             transient=True,
         )  # fmt: skip
         y = int8_linear(xs, self.act_quantizer, weight).reshape(*lead, self.out_features).to(x.dtype)
-        if self.kept is not None:  # the deploy layer's order of operations, for the same bits
-            y = y + self.kept(xs).reshape(*lead, self.out_features)
-        return y.to(x.dtype)
+        if self.kept is None:
+            return y
+        # the deploy layer's order of operations, for the same bits
+        return (y + self.kept(xs).reshape(*lead, self.out_features)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (

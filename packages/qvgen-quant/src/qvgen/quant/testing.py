@@ -1,7 +1,8 @@
-"""Float64 reference quantizers, written plainly (loops, no shared code) for parity tests in any package.
+"""Float64 reference quantizers, written plainly (loops, no shared code) for parity tests in any package,
+and `randomize_kept_branches_` for tests and benchmarks of SVDQuant's kept branch.
 
-Each function states the formula of docs/method.md it implements. They take and return float64 tensors and
-keep autograd, so gradients can be compared too (STE rounding as `(round(x) - x).detach() + x`).
+Each reference function states the formula of docs/method.md it implements. They take and return float64
+tensors and keep autograd, so gradients can be compared too (STE rounding as `(round(x) - x).detach() + x`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from qvgen.quant.svdquant import SmoothLowRank
 
 EPS = 1e-9
 
@@ -112,3 +115,18 @@ def ref_act_fake_quant(x: Tensor, clip_lo: Sequence[Tensor], clip_hi: Sequence[T
             out_rows.append(s * (q - z))
         samples.append(torch.stack(out_rows).reshape(x.shape[1:]))
     return torch.stack(samples)
+
+
+@torch.no_grad()
+def randomize_kept_branches_(model: nn.Module, seed: int = 7) -> None:
+    """Give every SVDQuant kept branch in `model` a non-trivial λ (in [0.5, 1.5)) and small random factors.
+
+    A fresh branch smooths by 1 and adds zero, which would let a test pass without running its arithmetic.
+    """
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        kept = getattr(m, "kept", None)
+        if isinstance(kept, SmoothLowRank):
+            kept.smooth.copy_(torch.rand(kept.smooth.shape, generator=g) + 0.5)
+            kept.down.copy_(torch.randn(kept.down.shape, generator=g) * 0.05)
+            kept.up.copy_(torch.randn(kept.up.shape, generator=g) * 0.05)
